@@ -1,0 +1,90 @@
+"""flowkit: unsupervised image anomaly detection by likelihood on learned representations.
+
+An encoder maps images to latent vectors; a normalizing flow learns their density on normal
+images; a low likelihood flags an anomaly. The registries live in :mod:`flowkit.registry`
+(``flowkit.registry.encoders.register("name")``); ``flowkit.encoders``, ``flowkit.flows`` and
+``flowkit.scorers`` are the modules holding the built-in components.
+
+Example:
+    >>> import flowkit
+    >>> flowkit.list_flows()
+    ['gaussian', 'realnvp']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+from flowkit.data.base import ImageSet  # noqa: E402
+from flowkit.detector import Detector  # noqa: E402
+from flowkit.encoders.base import Encoder  # noqa: E402
+from flowkit.errors import (  # noqa: E402
+    ConfigError,
+    DataError,
+    DatasetNotFoundError,
+    FlowkitError,
+    FlowkitPluginWarning,
+    ModelFileError,
+    TrainingDivergedError,
+    UnknownComponentError,
+)
+from flowkit.flows.base import Flow, NflowsFlow  # noqa: E402
+from flowkit.hookspecs import hookimpl  # noqa: E402
+from flowkit.registry import Registry, format_spec, parse_spec  # noqa: E402
+from flowkit.registry import datasets as _datasets  # noqa: E402
+from flowkit.registry import encoders as _encoders  # noqa: E402
+from flowkit.registry import flows as _flows  # noqa: E402
+from flowkit.registry import scorers as _scorers  # noqa: E402
+from flowkit.scorers import ScoreContext, Scorer  # noqa: E402
+
+__all__ = [
+    "__version__", "Detector", "Encoder", "Flow", "NflowsFlow", "ImageSet", "Scorer",
+    "ScoreContext", "Registry", "hookimpl",
+    "create_encoder", "create_flow", "create_scorer", "load_dataset", "list_encoders",
+    "list_flows", "list_datasets", "list_scorers", "parse_spec", "format_spec",
+    "FlowkitError", "ConfigError", "DataError", "DatasetNotFoundError", "ModelFileError",
+    "TrainingDivergedError", "UnknownComponentError", "FlowkitPluginWarning",
+]
+
+
+def _create(registry: Registry, spec: str, kwargs: dict[str, Any]) -> Any:
+    name, options = parse_spec(spec)
+    return registry.create(name, **{**options, **kwargs})
+
+
+def create_encoder(spec: str, **kwargs: Any) -> Encoder:
+    """Build an encoder: ``create_encoder("dcgan_ae:latent_dim=32", in_channels=1, image_size=32)``."""
+    return _create(_encoders, spec, kwargs)
+
+
+def create_flow(spec: str, **kwargs: Any) -> Flow:
+    """Build a flow: ``create_flow("realnvp:layers=4", features=32)``."""
+    return _create(_flows, spec, kwargs)
+
+
+def create_scorer(spec: str, **kwargs: Any) -> Scorer:
+    """Build a scorer: ``create_scorer("nll")``."""
+    return _create(_scorers, spec, kwargs)
+
+
+def load_dataset(spec: str, **kwargs: Any) -> ImageSet:
+    """Load a dataset: ``load_dataset("mnist", root="~/data", split="train")``."""
+    return _create(_datasets, spec, kwargs)
+
+
+def list_encoders(pattern: str = "*") -> list[str]:
+    return _encoders.list(pattern)
+
+
+def list_flows(pattern: str = "*") -> list[str]:
+    return _flows.list(pattern)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    return _datasets.list(pattern)
+
+
+def list_scorers(pattern: str = "*") -> list[str]:
+    return _scorers.list(pattern)

@@ -1,0 +1,117 @@
+"""The model file: a checked header plus a ``torch.save`` payload read with ``weights_only``.
+
+Layout: the magic line ``FLOWKIT-MODEL``, one JSON line (format version, payload size and
+SHA-256, package versions), then the payload. A file that is not flowkit's, truncated,
+tampered with or from a newer format is refused with :class:`ModelFileError`; a payload
+holding anything but tensors and plain containers is refused by ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowkit.errors import ModelFileError
+
+__all__ = ["FORMAT_VERSION", "write", "read", "package_versions", "atomic_write_bytes"]
+
+MAGIC = b"FLOWKIT-MODEL\n"
+FORMAT_VERSION = 1
+
+
+def package_versions() -> dict[str, str]:
+    """Versions recorded with models and bench results."""
+    from importlib import metadata
+
+    from flowkit import __version__
+
+    out = {"flowkit": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for dist in ("nflows", "torchvision", "scikit-learn", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write(path: str | Path, payload: dict[str, Any]) -> Path:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    body = buf.getvalue()
+    header = {"format": FORMAT_VERSION, "size": len(body),
+              "sha256": hashlib.sha256(body).hexdigest(), "versions": package_versions()}
+    return atomic_write_bytes(path, MAGIC + json.dumps(header).encode() + b"\n" + body)
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split("+")[0].split(".")[:2])
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"no such model file: {path}") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc}") from None
+    if not raw.startswith(MAGIC):
+        raise ModelFileError(f"{path} is not a flowkit model file (written by Detector.save or "
+                             "flowkit train)")
+    end = raw.find(b"\n", len(MAGIC))
+    try:
+        header = json.loads(raw[len(MAGIC) : end])
+        fmt, size, digest = int(header["format"]), int(header["size"]), str(header["sha256"])
+    except (ValueError, KeyError, TypeError):
+        raise ModelFileError(f"{path}: the model file's header is corrupt") from None
+    if fmt > FORMAT_VERSION:
+        raise ModelFileError(f"{path} was written by a newer flowkit (model format {fmt}, this "
+                             f"version reads up to {FORMAT_VERSION}); upgrade flowkit")
+    body = raw[end + 1 :]
+    if len(body) != size:
+        raise ModelFileError(f"{path} is truncated or padded ({len(body)} of {size} bytes)")
+    if hashlib.sha256(body).hexdigest() != digest:
+        raise ModelFileError(f"{path} was modified after it was saved (checksum mismatch); "
+                             "refusing to load it")
+    try:
+        payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError and friends: never execute foreign pickles
+        raise ModelFileError(f"{path}: refused to load the payload safely "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict):
+        raise ModelFileError(f"{path}: unexpected payload of type {type(payload).__name__}")
+    saved = header.get("versions", {})
+    now = package_versions()
+    drift = [f"{k} {saved[k]} → {now[k]}" for k in ("flowkit", "torch", "nflows")
+             if k in saved and k in now and _major_minor(saved[k]) != _major_minor(now[k])]
+    if drift:
+        warnings.warn(f"{path} was saved with other package versions ({', '.join(drift)}); "
+                      "scores may differ slightly", UserWarning, stacklevel=3)
+    payload["_versions"] = saved
+    return payload

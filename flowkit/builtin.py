@@ -1,0 +1,40 @@
+"""flowkit's own components, registered through the public hooks like any plugin."""
+
+from __future__ import annotations
+
+from flowkit.hookspecs import hookimpl
+from flowkit.registry import Registry
+
+
+@hookimpl
+def flowkit_register_encoders(registry: Registry) -> None:
+    from flowkit.encoders.dcgan import dcgan_ae
+
+    registry.register("dcgan_ae")(dcgan_ae)
+
+
+@hookimpl
+def flowkit_register_flows(registry: Registry) -> None:
+    from flowkit.flows.gaussian import gaussian
+    from flowkit.flows.realnvp import realnvp
+
+    registry.register("realnvp")(realnvp)
+    registry.register("gaussian")(gaussian)
+
+
+@hookimpl
+def flowkit_register_datasets(registry: Registry) -> None:
+    from flowkit.data import sources
+    from flowkit.data.files import folder
+
+    for name in ("digits", "mnist", "cifar10", "svhn", "fake"):
+        registry.register(name)(getattr(sources, name))
+    registry.register("folder")(folder)
+
+
+@hookimpl
+def flowkit_register_scorers(registry: Registry) -> None:
+    from flowkit import scorers
+
+    registry.register("nll")(scorers.nll)
+    registry.register("bpd")(scorers.bpd)

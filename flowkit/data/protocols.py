@@ -1,0 +1,65 @@
+"""Evaluation protocols (GANomaly-style, leakage-free).
+
+- Leave-one-class-out: the normal images of every split are pooled, shuffled with the seed and
+  split 80/20; the test set also gets every image of the held-out class.
+- Out-of-distribution: train on dataset A's train split; test A's test split against B.
+
+Validation (early stopping, threshold, scorer calibration) is carved later from the normal
+*training* part by the Detector; it never sees the test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from flowkit.data.base import ImageSet
+from flowkit.errors import ConfigError
+
+__all__ = ["Split", "leave_one_class_out", "out_of_distribution"]
+
+
+@dataclass
+class Split:
+    """Normal training images and a labelled test set (``is_anomaly`` True for anomalies)."""
+
+    train: ImageSet
+    test: ImageSet
+    is_anomaly: torch.Tensor
+
+    def describe(self) -> str:
+        n_anom = int(self.is_anomaly.sum())
+        return (f"{len(self.train)} normal training images; test: "
+                f"{len(self.test) - n_anom} normal + {n_anom} anomalous")
+
+
+def leave_one_class_out(data: ImageSet, anomaly_class: int, seed: int = 0,
+                        test_fraction: float = 0.2) -> Split:
+    """Hold class ``anomaly_class`` out as the anomaly; the other classes are normal."""
+    if not 0 <= anomaly_class < len(data.classes):
+        raise ConfigError(f"anomaly class must be in 0..{len(data.classes) - 1} for "
+                          f"{data.name}, got {anomaly_class}")
+    normal_idx = (data.labels != anomaly_class).nonzero().flatten()
+    anomal_idx = (data.labels == anomaly_class).nonzero().flatten()
+    if len(anomal_idx) == 0:
+        raise ConfigError(f"{data.name} has no image of class {anomaly_class}")
+    order = normal_idx[torch.randperm(len(normal_idx), generator=torch.Generator().manual_seed(seed))]
+    n_test = int(round(len(order) * test_fraction))
+    train = data.subset(order[n_test:])
+    test_idx = torch.cat([order[:n_test], anomal_idx])
+    test = data.subset(test_idx)
+    return Split(train, test, torch.cat([torch.zeros(n_test, dtype=torch.bool),
+                                         torch.ones(len(anomal_idx), dtype=torch.bool)]))
+
+
+def out_of_distribution(train: ImageSet, test_in: ImageSet, test_out: ImageSet) -> Split:
+    """Train on ``train`` (all classes normal); test ``test_in`` (normal) vs ``test_out``."""
+    if test_in.shape != test_out.shape:
+        raise ConfigError(f"in- and out-of-distribution images differ in shape: "
+                          f"{test_in.shape} vs {test_out.shape}")
+    test = ImageSet(torch.cat([test_in.images, test_out.images]),
+                    torch.cat([test_in.labels, test_out.labels]), test_in.classes,
+                    f"{test_in.name}+{test_out.name}")
+    return Split(train, test, torch.cat([torch.zeros(len(test_in), dtype=torch.bool),
+                                         torch.ones(len(test_out), dtype=torch.bool)]))

@@ -1,0 +1,380 @@
+"""The Detector: encoder + latent preprocessing + flow + scorer + threshold, sklearn-style.
+
+Example:
+    >>> import flowkit
+    >>> data = flowkit.load_dataset("digits")
+    >>> normal = data.subset((data.labels != 9).nonzero().flatten())
+    >>> det = flowkit.Detector(encoder="dcgan_ae:latent_dim=32", epochs_encoder=2, epochs_flow=5)
+    >>> det = det.fit(normal)                               # doctest: +SKIP
+    >>> det.predict(data.images[:5])                        # 1 normal, -1 anomaly  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowkit import artifact
+from flowkit.data.base import ImageSet, as_uint8_images
+from flowkit.errors import ConfigError, DataError, ModelFileError, UnknownComponentError
+from flowkit.preprocess import LatentPipeline
+from flowkit.registry import encoders, flows, parse_spec, scorers
+from flowkit.scorers import ScoreContext, Scorer
+from flowkit.training import History, embed, fit_encoder, fit_flow, resolve_device
+
+__all__ = ["Detector"]
+
+
+def _spec(value: str | tuple[str, dict[str, Any]], options: dict[str, Any] | None
+          ) -> tuple[str, dict[str, Any]]:
+    name, opts = parse_spec(value) if isinstance(value, str) else (value[0], dict(value[1]))
+    return name, {**opts, **(options or {})}
+
+
+class Detector:
+    """Two-stage anomaly detector with scikit-learn conventions.
+
+    Args:
+        encoder: encoder name with options, ``"dcgan_ae:latent_dim=32"``.
+        flow: flow name with options, ``"realnvp:layers=8"``.
+        scorer: scorer name with options (``"nll"``: negative log-likelihood).
+        latent: latent preprocessing fitted on normal training latents (``"standardize"``,
+            ``"pca:32"``, ``"l2+pca:32"``, ``"none"``).
+        confidence: the threshold is this quantile of the anomaly scores of normal
+            validation images (0.95: 5% of normal images are flagged), as in the paper.
+        contamination: expected fraction of anomalies; overrides ``confidence`` when set.
+        epochs_encoder, epochs_flow: maximum epochs of each stage (early stopping on the
+            validation split can end them sooner).
+        patience: epochs without validation improvement before a stage stops.
+        batch_size, lr_encoder, lr_flow: optimisation settings.
+        val_fraction: share of the normal training images held out for validation
+            (early stopping, threshold, scorer calibration). Never the test set.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``, ...
+        seed: makes fitting reproducible (same seed → same scores on CPU).
+        verbose: show progress bars.
+
+    Fitted attributes end in ``_``: ``encoder_``, ``pipeline_``, ``flow_``, ``scorer_``,
+    ``threshold_`` (on the anomaly score), ``offset_`` (``-threshold_``, so that
+    ``decision_function = -anomaly_score - offset_``), ``input_shape_``, ``history_``.
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder: str = "dcgan_ae",
+        flow: str = "realnvp",
+        scorer: str = "nll",
+        latent: str = "standardize",
+        encoder_options: dict[str, Any] | None = None,
+        flow_options: dict[str, Any] | None = None,
+        scorer_options: dict[str, Any] | None = None,
+        confidence: float = 0.95,
+        contamination: float | None = None,
+        epochs_encoder: int = 15,
+        epochs_flow: int = 200,
+        patience: int = 20,
+        batch_size: int = 64,
+        lr_encoder: float = 2e-4,
+        lr_flow: float = 1e-3,
+        val_fraction: float = 0.1,
+        device: str = "auto",
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        self.encoder = encoder
+        self.flow = flow
+        self.scorer = scorer
+        self.latent = latent
+        self.encoder_options = encoder_options
+        self.flow_options = flow_options
+        self.scorer_options = scorer_options
+        self.confidence = confidence
+        self.contamination = contamination
+        self.epochs_encoder = epochs_encoder
+        self.epochs_flow = epochs_flow
+        self.patience = patience
+        self.batch_size = batch_size
+        self.lr_encoder = lr_encoder
+        self.lr_flow = lr_flow
+        self.val_fraction = val_fraction
+        self.device = device
+        self.seed = seed
+        self.verbose = verbose
+
+    # -- sklearn plumbing ------------------------------------------------------------------
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Detector:
+        for key, value in params.items():
+            if key not in self._param_names():
+                raise ConfigError(f"Detector has no parameter {key!r}")
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(Detector.__init__).parameters.values()}
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
+        return f"Detector({', '.join(changed)})"
+
+    def _check_params(self) -> None:
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"confidence must be in (0, 1), got {self.confidence}")
+        if self.contamination is not None and not 0.0 < self.contamination < 0.5:
+            raise ConfigError(f"contamination must be in (0, 0.5), got {self.contamination}")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
+
+    @property
+    def encoder_spec_(self) -> tuple[str, dict[str, Any]]:
+        return _spec(self.encoder, self.encoder_options)
+
+    @property
+    def flow_spec_(self) -> tuple[str, dict[str, Any]]:
+        return _spec(self.flow, self.flow_options)
+
+    @property
+    def scorer_spec_(self) -> tuple[str, dict[str, Any]]:
+        return _spec(self.scorer, self.scorer_options)
+
+    def _fitted(self) -> None:
+        if not hasattr(self, "threshold_"):
+            raise ConfigError("this Detector is not fitted yet: call fit() or Detector.load()")
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    def split_validation(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seeded (train, validation) split of normal training images."""
+        n = len(images)
+        n_val = max(1, int(round(n * self.val_fraction)))
+        if n - n_val < 2:
+            raise DataError(f"need at least {n_val + 2} training images, got {n}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        return images[order[n_val:]], images[order[:n_val]]
+
+    def build_encoder(self, input_shape: tuple[int, int, int]) -> torch.nn.Module:
+        """Create the (untrained) encoder for images of ``input_shape`` (C, H, W)."""
+        c, h, w = input_shape
+        if h != w:
+            raise DataError(f"images must be square, got {h}×{w}")
+        name, options = self.encoder_spec_
+        torch.manual_seed(self.seed)
+        return encoders.create(name, in_channels=c, image_size=h, **options)
+
+    def fit(self, X: Any, y: Any = None) -> Detector:
+        """Fit on normal images: uint8 ``(N, C, H, W)`` tensor/array or an :class:`ImageSet`.
+
+        ``y`` is ignored (present for scikit-learn compatibility): training data is normal.
+        """
+        self._check_params()
+        images = as_uint8_images(X, "training images")
+        train, val = self.split_validation(images)
+        self.fit_encoder(train, val)
+        z_train, z_val = self.embed(train), self.embed(val)
+        return self.fit_density(z_train, z_val, train, val)
+
+    def fit_encoder(self, train: torch.Tensor, val: torch.Tensor,
+                    encoder: torch.nn.Module | None = None, progress: Any = None) -> Detector:
+        """Stage 1 only (the bench calls it once per encoder and caches the result)."""
+        self._check_params()
+        self.input_shape_ = tuple(int(s) for s in train.shape[1:])
+        self.encoder_ = encoder if encoder is not None else self.build_encoder(self.input_shape_)
+        enc_shape = tuple(getattr(self.encoder_, "input_shape", self.input_shape_))
+        if enc_shape != self.input_shape_:
+            raise DataError(f"encoder expects images {enc_shape}, got {self.input_shape_}")
+        self.history_ = {"encoder": fit_encoder(
+            self.encoder_, train, val, epochs=self.epochs_encoder, batch_size=self.batch_size,
+            lr=self.lr_encoder, patience=max(3, self.patience // 4), device=self.device,
+            seed=self.seed, progress=progress, verbose=self.verbose).to_dict()}
+        return self
+
+    def set_encoder(self, encoder: torch.nn.Module, input_shape: tuple[int, int, int],
+                    history: dict[str, Any] | None = None) -> Detector:
+        """Use an already trained encoder (e.g. from the bench's cache)."""
+        self.encoder_ = encoder.eval()
+        self.input_shape_ = tuple(int(s) for s in input_shape)
+        self.history_ = {"encoder": history or History("encoder").to_dict()}
+        return self
+
+    def fit_density(self, z_train: torch.Tensor, z_val: torch.Tensor,
+                    train_images: torch.Tensor | None = None,
+                    val_images: torch.Tensor | None = None, progress: Any = None) -> Detector:
+        """Stage 2 from encoder latents: preprocessing, flow, scorer and threshold."""
+        self._check_params()
+        if not hasattr(self, "encoder_"):
+            raise ConfigError("fit_density needs a fitted encoder: call fit() or fit_encoder()")
+        self.pipeline_ = LatentPipeline(self.latent, in_dim=z_train.shape[1]).fit(z_train)
+        p_train, p_val = self.pipeline_(z_train), self.pipeline_(z_val)
+        name, options = self.flow_spec_
+        torch.manual_seed(self.seed + 1)
+        self.flow_ = flows.create(name, features=self.pipeline_.out_dim, **options)
+        self.history_["flow"] = fit_flow(
+            self.flow_, p_train, p_val, epochs=self.epochs_flow, lr=self.lr_flow,
+            patience=self.patience, device=self.device, seed=self.seed, progress=progress,
+            verbose=self.verbose).to_dict()
+        sname, soptions = self.scorer_spec_
+        self.scorer_: Scorer = scorers.create(sname, **soptions)
+        train_ctx = self._context(z_train, train_images)
+        val_ctx = self._context(z_val, val_images)
+        self.scorer_.fit(train_ctx, val_ctx)
+        # The threshold comes from normal images the flow did not train on.
+        calib = self.scorer_.score(val_ctx) if len(z_val) >= 10 else self.scorer_.score(train_ctx)
+        q = 1.0 - self.contamination if self.contamination is not None else self.confidence
+        self.threshold_ = float(torch.quantile(calib.double(), q))
+        self.offset_ = -self.threshold_
+        return self
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def _check_images(self, X: Any) -> torch.Tensor:
+        images = as_uint8_images(X)
+        c, h, w = self.input_shape_
+        got = tuple(images.shape[1:])
+        if got != (c, h, w):
+            raise DataError(
+                f"this model expects {c}-channel {h}×{w} images, got {got[0]}-channel "
+                f"{got[1]}×{got[2]}; convert or resize them first (flowkit score does this "
+                "for image files)")
+        return images
+
+    def embed(self, X: Any) -> torch.Tensor:
+        """Raw encoder latents ``(N, embed_dim)`` of images (float32, CPU)."""
+        if not hasattr(self, "encoder_"):
+            raise ConfigError("this Detector has no encoder yet: call fit() first")
+        images = X if isinstance(X, torch.Tensor) and X.dtype == torch.uint8 else \
+            as_uint8_images(X)
+        return embed(self.encoder_, images, batch_size=max(self.batch_size, 256),
+                     device=self.device)
+
+    @torch.inference_mode()
+    def _context(self, latents: torch.Tensor, images: torch.Tensor | None) -> ScoreContext:
+        dev = resolve_device(self.device)
+        self.flow_.to(dev).eval()
+        self.pipeline_.to(dev)
+        z = self.pipeline_(latents.to(dev))
+        lp = torch.cat([self.flow_.log_prob(z[i : i + 1024]) for i in range(0, len(z), 1024)]) \
+            if len(z) else torch.empty(0, device=dev)
+        lp = (lp + self.pipeline_.log_abs_det().to(dev)).double().cpu()
+        return ScoreContext(log_prob=lp, latents=z.cpu(), images=images, detector=self)
+
+    def score_latents(self, latents: torch.Tensor, images: torch.Tensor | None = None
+                      ) -> dict[str, np.ndarray]:
+        """``log_prob`` and ``anomaly_score`` for precomputed encoder latents."""
+        self._fitted()
+        ctx = self._context(latents, images)
+        return {"log_prob": ctx.log_prob.numpy(),
+                "anomaly_score": self.scorer_.score(ctx).double().numpy()}
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Log-likelihood of each image's latent (higher = more normal)."""
+        self._fitted()
+        images = self._check_images(X)
+        return self._context(self.embed(images), images).log_prob.numpy()
+
+    def anomaly_score(self, X: Any) -> np.ndarray:
+        """The scorer's output (higher = more anomalous; ``-score_samples`` for nll)."""
+        self._fitted()
+        images = self._check_images(X)
+        return self.score_latents(self.embed(images), images)["anomaly_score"]
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """``threshold_ - anomaly_score``: negative for anomalies (sklearn convention)."""
+        return self.threshold_ - self.anomaly_score(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """1 for normal, -1 for anomaly (anomaly score above the threshold)."""
+        return np.where(self.anomaly_score(X) > self.threshold_, -1, 1)
+
+    # -- persistence -----------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write one file: config, weights, preprocessing, scorer state, threshold, versions.
+
+        The write is atomic (a crash never leaves a half-written model behind).
+        """
+        self._fitted()
+        payload = {
+            "params": {k: v for k, v in self.get_params().items() if k not in ("verbose",)},
+            "encoder": {"name": self.encoder_spec_[0], "options": self.encoder_spec_[1],
+                        "input_shape": list(self.input_shape_),
+                        "state": _cpu_state(self.encoder_)},
+            "pipeline": {"spec": self.latent, "in_dim": self.pipeline_.in_dim,
+                         "state": _cpu_state(self.pipeline_)},
+            "flow": {"name": self.flow_spec_[0], "options": self.flow_spec_[1],
+                     "features": self.pipeline_.out_dim, "state": _cpu_state(self.flow_)},
+            "scorer": {"name": self.scorer_spec_[0], "options": self.scorer_spec_[1],
+                       "state": self.scorer_.state_dict()},
+            "threshold": self.threshold_,
+            "history": self.history_,
+        }
+        return artifact.write(path, payload)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> Detector:
+        """Read a file written by :meth:`save` (``torch.load(weights_only=True)``).
+
+        Raises :class:`ModelFileError` for a file that is not a flowkit model, is truncated,
+        tampered with, from an incompatible format version, or needs a missing plugin.
+        """
+        payload = artifact.read(path)
+        try:
+            params = dict(payload["params"])
+            params["device"] = device
+            det = cls(**params)
+            enc, pipe, flw, scr = (payload[k] for k in ("encoder", "pipeline", "flow", "scorer"))
+            det.input_shape_ = tuple(enc["input_shape"])
+            c, h, _ = det.input_shape_
+            det.encoder_ = _build(encoders, enc["name"], enc["options"], path,
+                                  in_channels=c, image_size=h)
+            det.encoder_.load_state_dict(enc["state"])
+            det.encoder_.eval()
+            det.pipeline_ = LatentPipeline(pipe["spec"], in_dim=pipe["in_dim"])
+            det.pipeline_.load_state_dict(pipe["state"])
+            det.flow_ = _build(flows, flw["name"], flw["options"], path, features=flw["features"])
+            det.flow_.load_state_dict(flw["state"])
+            det.flow_.eval()
+            det.scorer_ = _build(scorers, scr["name"], scr["options"], path)
+            det.scorer_.load_state_dict(scr["state"])
+            det.threshold_ = float(payload["threshold"])
+            det.offset_ = -det.threshold_
+            det.history_ = payload.get("history", {})
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"{path}: the model file does not match this version of "
+                                 f"flowkit or its plugins ({type(exc).__name__}: {exc})") from None
+        return det
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def _build(registry: Any, name: str, options: dict[str, Any], path: Any, **kwargs: Any) -> Any:
+    try:
+        entry = registry.get(name)
+    except UnknownComponentError:
+        raise ModelFileError(
+            f"{path}: this model needs the {registry.kind} {name!r}, which no installed plugin "
+            "provides; install the plugin it was trained with") from None
+    from flowkit.registry import accepted_options
+
+    accepted = accepted_options(entry.factory, skip=1 if entry.namespace else 0)
+    if accepted is not None and "pretrained" in accepted:
+        options = {**options, "pretrained": False}  # the saved weights replace any download
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return registry.create(name, **{**kwargs, **options})
+    except ConfigError as exc:
+        raise ModelFileError(f"{path}: cannot rebuild the {registry.kind} {name!r}: {exc}") from None

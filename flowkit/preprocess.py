@@ -1,0 +1,151 @@
+"""Latent preprocessing between encoder and flow, fitted on normal training latents only.
+
+A pipeline is written as stages joined by ``+``: ``standardize`` (per dimension),
+``pca:K`` (whitened PCA to K dimensions), ``l2`` (unit norm, then centred), ``none``.
+Example: ``"l2+pca:32"``. The pipeline is saved inside the Detector artifact.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flowkit.errors import ConfigError
+
+__all__ = ["LatentPipeline", "parse_pipeline"]
+
+_EPS = 1e-6
+
+
+class _Standardize(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.in_dim = self.out_dim = dim
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, z: torch.Tensor) -> None:
+        self.mean.copy_(z.mean(0))
+        # A dead latent dimension must not become a division by zero.
+        self.std.copy_(z.std(0).clamp_min(_EPS * max(float(z.std(0).max()), 1.0)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean) / self.std
+
+    def log_abs_det(self) -> torch.Tensor:
+        return -torch.log(self.std).sum()
+
+
+class _PCA(nn.Module):
+    def __init__(self, dim: int, k: int) -> None:
+        super().__init__()
+        if not 1 <= k <= dim:
+            raise ConfigError(f"pca:{k} needs 1 <= K <= {dim} (the latent size)")
+        self.in_dim, self.out_dim = dim, k
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("components", torch.eye(dim)[:k].clone())
+        self.register_buffer("scale", torch.ones(k))
+
+    def fit(self, z: torch.Tensor) -> None:
+        if len(z) < 2:
+            raise ConfigError("pca needs at least 2 training latents")
+        mean = z.mean(0)
+        _, s, vh = torch.linalg.svd((z - mean).double(), full_matrices=False)
+        k = min(self.out_dim, vh.shape[0])
+        std = (s[:k] / (len(z) - 1) ** 0.5).float()
+        self.mean.copy_(mean)
+        self.components.zero_()
+        self.components[:k] = vh[:k].float()
+        self.scale.fill_(1.0)
+        self.scale[:k] = std.clamp_min(_EPS * max(float(std.max()), 1.0))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return ((z - self.mean) @ self.components.T) / self.scale
+
+    def log_abs_det(self) -> torch.Tensor:
+        return -torch.log(self.scale).sum()
+
+
+class _L2(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.in_dim = self.out_dim = dim
+        self.register_buffer("center", torch.zeros(dim))
+
+    def _norm(self, z: torch.Tensor) -> torch.Tensor:
+        return z / z.norm(dim=1, keepdim=True).clamp_min(_EPS)
+
+    def fit(self, z: torch.Tensor) -> None:
+        self.center.copy_(self._norm(z).mean(0))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self._norm(z) - self.center
+
+    def log_abs_det(self) -> torch.Tensor:
+        return torch.zeros(())  # not a bijection: densities are over the sphere's chart
+
+
+def parse_pipeline(spec: str) -> list[tuple[str, int | None]]:
+    """``"l2+pca:32"`` → ``[("l2", None), ("pca", 32)]``."""
+    stages: list[tuple[str, int | None]] = []
+    for part in filter(None, (p.strip() for p in (spec or "none").split("+"))):
+        name, _, arg = part.partition(":")
+        if name == "none":
+            continue
+        if name == "pca":
+            try:
+                stages.append(("pca", int(arg)))
+            except ValueError:
+                raise ConfigError(f"pca needs a dimension, e.g. pca:32 (got {part!r})") from None
+        elif name in ("standardize", "l2") and not arg:
+            stages.append((name, None))
+        else:
+            raise ConfigError(f"unknown latent preprocessing {part!r}; use standardize, pca:K, "
+                              "l2 or none, joined by '+'")
+    return stages
+
+
+class LatentPipeline(nn.Module):
+    """Composable latent preprocessing (see module docs). ``out_dim`` is what the flow sees.
+
+    Example:
+        >>> import torch
+        >>> pipe = LatentPipeline("l2+pca:2", in_dim=4)
+        >>> pipe.fit(torch.randn(50, 4)); pipe(torch.randn(3, 4)).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(self, spec: str = "standardize", in_dim: int = 1) -> None:
+        super().__init__()
+        self.spec = spec
+        self.in_dim = int(in_dim)
+        stages: list[nn.Module] = []
+        dim = self.in_dim
+        for name, arg in parse_pipeline(spec):
+            stage = _PCA(dim, arg) if name == "pca" else (  # type: ignore[arg-type]
+                _Standardize(dim) if name == "standardize" else _L2(dim))
+            stages.append(stage)
+            dim = stage.out_dim
+        self.stages = nn.ModuleList(stages)
+        self.out_dim = dim
+
+    @torch.no_grad()
+    def fit(self, z: torch.Tensor) -> LatentPipeline:
+        for stage in self.stages:
+            stage.fit(z)
+            z = stage(z)
+        return self
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.ndim != 2 or z.shape[1] != self.in_dim:
+            raise ConfigError(f"latents must have shape (N, {self.in_dim}), got {tuple(z.shape)}")
+        for stage in self.stages:
+            z = stage(z)
+        return z
+
+    def log_abs_det(self) -> torch.Tensor:
+        """Log-Jacobian of the (affine) stages, added to the flow's log-density."""
+        total = torch.zeros(())
+        for stage in self.stages:
+            total = total + stage.log_abs_det().cpu()
+        return total

@@ -1,0 +1,274 @@
+"""Registries of named components: encoders, flows, datasets and scorers.
+
+A registry maps a name to a factory taking keyword arguments. Plugins (built-ins too) fill the
+registries through the pluggy hooks in :mod:`flowkit.hookspecs`; the registries load the plugins
+lazily, the first time anyone looks something up.
+
+Example:
+    >>> import flowkit
+    >>> "dcgan_ae" in flowkit.list_encoders()
+    True
+    >>> flowkit.parse_spec("realnvp:layers=8,batch_norm=true")
+    ('realnvp', {'layers': 8, 'batch_norm': True})
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowkit.errors import ConfigError, UnknownComponentError
+
+__all__ = [
+    "Entry",
+    "Registry",
+    "encoders",
+    "flows",
+    "datasets",
+    "scorers",
+    "parse_spec",
+    "format_spec",
+    "REGISTRIES",
+]
+
+Factory = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component, with where it came from."""
+
+    name: str
+    factory: Factory
+    plugin: str = "user"
+    distribution: str | None = None
+    namespace: bool = False
+    lister: Callable[[], list[str]] | None = field(default=None, compare=False)
+
+    @property
+    def summary(self) -> str:
+        """First line of the factory's docstring."""
+        doc = inspect.getdoc(self.factory) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry:
+    """A name → factory table for one kind of component.
+
+    Args:
+        kind: what the registry holds, used in messages ("encoder", "flow", ...).
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+        self._namespaces: dict[str, Entry] = {}
+        # Set by flowkit.plugins while a plugin's hook runs, so entries know their origin.
+        self._current_plugin: tuple[str, str | None] = ("user", None)
+
+    # -- registration ---------------------------------------------------------------------
+
+    def register(
+        self, name: str | Factory | None = None, *, override: bool = False
+    ) -> Callable[[Factory], Factory] | Factory:
+        """Register a factory under ``name`` (default: the function's name).
+
+        Usable as ``@registry.register``, ``@registry.register("name")`` or
+        ``registry.register("name")(factory)``. Raises :class:`ConfigError` on a duplicate
+        name unless ``override=True``.
+        """
+        if callable(name):
+            return self._add(name.__name__, name, override=override)
+
+        def decorator(factory: Factory) -> Factory:
+            return self._add(name or factory.__name__, factory, override=override)
+
+        return decorator
+
+    def register_namespace(
+        self,
+        prefix: str,
+        factory: Callable[..., Any],
+        *,
+        lister: Callable[[], list[str]] | None = None,
+        override: bool = False,
+    ) -> None:
+        """Resolve every ``"prefix/<name>"`` with ``factory(name, **kwargs)``.
+
+        ``lister`` returns the names available in the namespace, for :meth:`list`.
+        """
+        if "/" in prefix or not prefix:
+            raise ConfigError(f"invalid {self.kind} namespace {prefix!r}")
+        if prefix in self._namespaces and not override:
+            raise ConfigError(
+                f"{self.kind} namespace {prefix!r} is already registered by "
+                f"{self._namespaces[prefix].plugin!r}; pass override=True to replace it"
+            )
+        plugin, dist = self._current_plugin
+        self._namespaces[prefix] = Entry(prefix, factory, plugin, dist, True, lister)
+
+    def _add(self, name: str, factory: Factory, *, override: bool) -> Factory:
+        if not name or name.split("/")[0] in self._namespaces and "/" in name:
+            raise ConfigError(f"invalid {self.kind} name {name!r}")
+        if name in self._entries and not override:
+            raise ConfigError(
+                f"{self.kind} {name!r} is already registered by {self._entries[name].plugin!r}; "
+                "pass override=True to replace it"
+            )
+        plugin, dist = self._current_plugin
+        self._entries[name] = Entry(name, factory, plugin, dist)
+        return factory
+
+    def unregister(self, name: str) -> None:
+        """Remove a name or namespace (no error if absent)."""
+        self._entries.pop(name, None)
+        self._namespaces.pop(name, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._namespaces.clear()
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    def _ensure_loaded(self) -> None:
+        from flowkit.plugins import load_plugins
+
+        load_plugins()
+
+    def get(self, name: str) -> Entry:
+        """The entry for ``name``; namespaced names return their namespace's entry."""
+        self._ensure_loaded()
+        if name in self._entries:
+            return self._entries[name]
+        if "/" in name:
+            prefix = name.split("/", 1)[0]
+            if prefix in self._namespaces:
+                return self._namespaces[prefix]
+        raise UnknownComponentError(self._unknown_message(name))
+
+    def _unknown_message(self, name: str) -> str:
+        known = list(self._entries) + [f"{p}/..." for p in self._namespaces]
+        close = difflib.get_close_matches(name, list(self._entries) + list(self._namespaces), n=3)
+        msg = f"unknown {self.kind} {name!r}"
+        if close:
+            msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
+        msg += f" Available: {', '.join(sorted(known)) or 'none'}."
+        return msg
+
+    def create(self, name: str, /, **kwargs: Any) -> Any:
+        """Build ``name`` with ``kwargs``; ``None`` values are dropped (as in timm).
+
+        Options the factory does not accept raise :class:`ConfigError` listing those it does.
+        """
+        entry = self.get(name)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        args: tuple[Any, ...] = (name.split("/", 1)[1],) if entry.namespace else ()
+        accepted = accepted_options(entry.factory, skip=len(args))
+        if accepted is not None:
+            unknown = sorted(set(kwargs) - set(accepted))
+            if unknown:
+                raise ConfigError(
+                    f"{self.kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
+                    f"accepted: {', '.join(accepted) or 'none'}"
+                )
+        return entry.factory(*args, **kwargs)
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Sorted registered names matching a glob ``pattern`` (namespaces expanded)."""
+        self._ensure_loaded()
+        names = set(self._entries)
+        head = pattern.split("/", 1)[0]
+        for prefix, entry in self._namespaces.items():
+            # A namespace can hold a thousand names (timm): expand it only when asked by prefix.
+            if "/" in pattern and entry.lister is not None and fnmatch.fnmatchcase(prefix, head):
+                names.update(f"{prefix}/{n}" for n in entry.lister())
+            else:
+                names.add(f"{prefix}/*")
+        return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern) or n == pattern)
+
+    def entries(self) -> list[Entry]:
+        """All entries and namespaces, for ``flowkit plugins``."""
+        self._ensure_loaded()
+        return list(self._entries.values()) + list(self._namespaces.values())
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self.get(str(name))
+        except UnknownComponentError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.list())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+def accepted_options(factory: Callable[..., Any], skip: int = 0) -> list[str] | None:
+    """Keyword options a factory accepts, or ``None`` when it takes ``**kwargs``."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())[skip:]
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+encoders = Registry("encoder")
+flows = Registry("flow")
+datasets = Registry("dataset")
+scorers = Registry("scorer")
+REGISTRIES: dict[str, Registry] = {
+    "encoders": encoders,
+    "flows": flows,
+    "datasets": datasets,
+    "scorers": scorers,
+}
+
+
+def _parse_value(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split ``"NAME:key=value,..."`` into the name and typed options.
+
+    Values are parsed as booleans (true/false), integers, floats, ``none`` or strings.
+    """
+    name, _, rest = spec.strip().partition(":")
+    if not name:
+        raise ConfigError(f"empty component name in {spec!r}")
+    options: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"bad option {item!r} in {spec!r}: expected key=value")
+        options[key.strip()] = _parse_value(value)
+    return name, options
+
+
+def format_spec(name: str, options: dict[str, Any] | None = None) -> str:
+    """Inverse of :func:`parse_spec`, with sorted keys (a stable label for results)."""
+    if not options:
+        return name
+    items = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                     for k, v in sorted(options.items()))
+    return f"{name}:{items}"

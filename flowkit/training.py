@@ -1,0 +1,311 @@
+"""The generic two-stage runner: plain torch loops shared by every encoder and flow.
+
+Stage 1 (:func:`fit_encoder`) trains a trainable encoder on its own ``loss``; :func:`embed`
+computes latents once, in eval mode with gradients off; stage 2 (:func:`fit_flow`) fits a flow
+to (preprocessed) latents by maximum likelihood. Both stages select their best epoch on a
+validation split of the *normal training data* and stop early when it stops improving.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from flowkit.data.base import to_float
+from flowkit.errors import ConfigError, DataError, TrainingDivergedError
+
+__all__ = [
+    "History",
+    "resolve_device",
+    "seed_everything",
+    "fit_encoder",
+    "embed",
+    "fit_flow",
+    "progress_bar",
+]
+
+MAX_RESTARTS = 3  # learning-rate cuts tried after a non-finite loss before giving up
+
+
+@dataclass
+class History:
+    """What a training stage did, kept with the model and in bench results."""
+
+    stage: str
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    epochs_run: int = 0
+    max_epochs: int = 0
+    stopped_early: bool = False
+    restarts: int = 0
+    seconds: float = 0.0
+    samples_per_second: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else as given (validated)."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator for shuffling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class _NullProgress:
+    def add_task(self, *_: Any, **__: Any) -> int:
+        return 0
+
+    def update(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def advance(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def remove_task(self, *_: Any) -> None:
+        pass
+
+
+@contextmanager
+def progress_bar(enabled: bool = True, progress: Any = None) -> Iterator[Any]:
+    """A rich progress display on stderr (or a silent stand-in, or the one given)."""
+    if progress is not None:
+        yield progress
+        return
+    if not enabled:
+        yield _NullProgress()
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+                  transient=True) as prog:
+        yield prog
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return list(order.split(batch_size))
+
+
+def _train_loop(
+    stage: str,
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    train: torch.Tensor,
+    val: torch.Tensor,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    patience: int,
+    clip_norm: float,
+    generator: torch.Generator,
+    progress: Any,
+) -> History:
+    """Minibatch Adam with early stopping on validation loss, LR cut on plateau, and
+    recovery from non-finite losses (restore best weights, cut the LR, retry)."""
+    if epochs < 1:
+        raise ConfigError(f"{stage}: epochs must be >= 1, got {epochs}")
+    if len(train) == 0:
+        raise DataError(f"{stage}: no training samples")
+    hist = History(stage, max_epochs=epochs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5,
+                                                       patience=max(1, patience // 3))
+    best = math.inf
+    best_state = copy.deepcopy(model.state_dict())
+    stale = 0
+    start = time.perf_counter()
+    seen = 0
+    task = progress.add_task(f"{stage}", total=epochs)
+    epoch = 0
+    while epoch < epochs:
+        model.train()
+        total, count, diverged = 0.0, 0, False
+        for idx in _batches(len(train), batch_size, generator):
+            if len(idx) < 2 and len(train) >= 2:
+                continue  # BatchNorm cannot use a batch of one
+            batch = prepare(train[idx])
+            loss = loss_fn(batch)
+            if not torch.isfinite(loss):
+                diverged = True
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        seen += count
+        val_loss = _evaluate(model, loss_fn, val, prepare, batch_size) if not diverged else math.nan
+        if diverged or not math.isfinite(val_loss):
+            hist.restarts += 1
+            if hist.restarts > MAX_RESTARTS:
+                raise TrainingDivergedError(
+                    stage, epoch + 1,
+                    f"the loss became non-finite {hist.restarts} times despite gradient clipping "
+                    f"and learning-rate cuts down to {opt.param_groups[0]['lr']:.2g}; check the "
+                    "input for outliers or lower the learning rate")
+            model.load_state_dict(best_state)
+            for group in opt.param_groups:
+                group["lr"] *= 0.1
+            opt.state.clear()
+            continue  # retry this epoch
+        hist.train_loss.append(total / max(count, 1))
+        hist.val_loss.append(val_loss)
+        epoch += 1
+        progress.update(task, advance=1,
+                        description=f"{stage} epoch {epoch}/{epochs} val {val_loss:.4g}")
+        sched.step(val_loss)
+        if val_loss < best - 1e-4 * abs(best if math.isfinite(best) else 1.0):
+            best, stale, hist.best_epoch = val_loss, 0, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= patience:
+                hist.stopped_early = True
+                break
+    progress.remove_task(task)
+    model.load_state_dict(best_state)
+    model.eval()
+    hist.epochs_run = epoch
+    hist.seconds = time.perf_counter() - start
+    hist.samples_per_second = seen / hist.seconds if hist.seconds > 0 else 0.0
+    return hist
+
+
+@torch.inference_mode()
+def _evaluate(model: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor],
+              data: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
+              batch_size: int) -> float:
+    model.eval()
+    total = 0.0
+    for idx in _batches(len(data), batch_size * 4, None):
+        total += float(loss_fn(prepare(data[idx]))) * len(idx)
+    return total / max(len(data), 1)
+
+
+def fit_encoder(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    val_images: torch.Tensor,
+    *,
+    epochs: int = 15,
+    batch_size: int = 64,
+    lr: float = 2e-4,
+    patience: int = 5,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    progress: Any = None,
+    verbose: bool = False,
+) -> History:
+    """Stage 1: train ``encoder`` on its own ``loss`` (DCGAN Adam settings by default).
+
+    ``images`` and ``val_images`` are uint8 ``(N, C, H, W)``; batches are moved to the device
+    and scaled to ``[-1, 1]`` one at a time. Non-trainable encoders return an empty history.
+    """
+    if not getattr(encoder, "trainable", True):
+        return History("encoder")
+    dev = resolve_device(device)
+    encoder.to(dev)
+    gen = seed_everything(seed)
+    with progress_bar(verbose, progress) as prog:
+        return _train_loop(
+            "encoder", encoder, encoder.loss, images, val_images,
+            lambda b: to_float(b.to(dev, non_blocking=True)),
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.0, betas=(0.5, 0.999),
+            patience=patience, clip_norm=10.0, generator=gen, progress=prog,
+        )
+
+
+@torch.inference_mode()
+def embed(encoder: nn.Module, images: torch.Tensor, *, batch_size: int = 256,
+          device: str | torch.device = "auto") -> torch.Tensor:
+    """Latents ``(N, embed_dim)`` (float32, CPU) of uint8 images, in eval mode.
+
+    Raises :class:`DataError` naming the images whose latents are not finite.
+    """
+    dev = resolve_device(device)
+    encoder.to(dev).eval()
+    parts = [encoder.encode(to_float(images[i : i + batch_size].to(dev))).float().cpu()
+             for i in range(0, len(images), batch_size)]
+    z = torch.cat(parts) if parts else torch.empty(0, getattr(encoder, "embed_dim", 0))
+    bad = (~torch.isfinite(z).all(1)).nonzero().flatten()
+    if len(bad):
+        raise DataError(f"the encoder produced non-finite latents for {len(bad)} image(s) "
+                        f"(indices {bad[:10].tolist()})")
+    return z
+
+
+def fit_flow(
+    flow: nn.Module,
+    latents: torch.Tensor,
+    val_latents: torch.Tensor,
+    *,
+    epochs: int = 200,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-5,
+    patience: int = 20,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    progress: Any = None,
+    verbose: bool = False,
+) -> History:
+    """Stage 2: maximum likelihood of ``flow`` on (standardized) latents.
+
+    The loss is the mean negative log-likelihood per dimension, so learning rates carry over
+    between latent sizes. Non-finite latents are refused before training starts.
+    """
+    for name, z in (("training", latents), ("validation", val_latents)):
+        if z.ndim != 2 or z.shape[1] != flow.features:
+            raise DataError(f"{name} latents must have shape (N, {flow.features}), "
+                            f"got {tuple(z.shape)}")
+        if not bool(torch.isfinite(z).all()):
+            raise DataError(f"{name} latents contain NaN or inf values")
+    dev = resolve_device(device)
+    flow.to(dev)
+    gen = seed_everything(seed)
+    flow.initialize(latents.to(dev))
+    dim = latents.shape[1]
+    with progress_bar(verbose, progress) as prog:
+        return _train_loop(
+            "flow", flow, lambda z: -flow.log_prob(z).mean() / dim, latents, val_latents,
+            lambda b: b.to(dev, non_blocking=True),
+            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            betas=(0.9, 0.999), patience=patience, clip_norm=5.0, generator=gen, progress=prog,
+        )
