@@ -40,12 +40,34 @@ from flowkit.registry import scorers as _scorers  # noqa: E402
 from flowkit.scorers import ScoreContext, Scorer  # noqa: E402
 
 __all__ = [
-    "__version__", "Detector", "Encoder", "Flow", "NflowsFlow", "ImageSet", "Scorer",
-    "ScoreContext", "Registry", "hookimpl",
-    "create_encoder", "create_flow", "create_scorer", "load_dataset", "list_encoders",
-    "list_flows", "list_datasets", "list_scorers", "parse_spec", "format_spec",
-    "FlowkitError", "ConfigError", "DataError", "DatasetNotFoundError", "ModelFileError",
-    "TrainingDivergedError", "UnknownComponentError", "FlowkitPluginWarning",
+    "__version__",
+    "Detector",
+    "Encoder",
+    "Flow",
+    "NflowsFlow",
+    "ImageSet",
+    "Scorer",
+    "ScoreContext",
+    "Registry",
+    "hookimpl",
+    "create_encoder",
+    "create_flow",
+    "create_scorer",
+    "load_dataset",
+    "list_encoders",
+    "list_flows",
+    "list_datasets",
+    "list_scorers",
+    "parse_spec",
+    "format_spec",
+    "FlowkitError",
+    "ConfigError",
+    "DataError",
+    "DatasetNotFoundError",
+    "ModelFileError",
+    "TrainingDivergedError",
+    "UnknownComponentError",
+    "FlowkitPluginWarning",
 ]
 
 
@@ -55,7 +77,8 @@ def _create(registry: Registry, spec: str, kwargs: dict[str, Any]) -> Any:
 
 
 def create_encoder(spec: str, **kwargs: Any) -> Encoder:
-    """Build an encoder: ``create_encoder("dcgan_ae:latent_dim=32", in_channels=1, image_size=32)``."""
+    """Build an encoder, e.g. ``create_encoder("dcgan_ae:latent_dim=32", in_channels=1,
+    image_size=32)``."""
     return _create(_encoders, spec, kwargs)
 
 

@@ -64,8 +64,12 @@ def write(path: str | Path, payload: dict[str, Any]) -> Path:
     buf = io.BytesIO()
     torch.save(payload, buf)
     body = buf.getvalue()
-    header = {"format": FORMAT_VERSION, "size": len(body),
-              "sha256": hashlib.sha256(body).hexdigest(), "versions": package_versions()}
+    header = {
+        "format": FORMAT_VERSION,
+        "size": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "versions": package_versions(),
+    }
     return atomic_write_bytes(path, MAGIC + json.dumps(header).encode() + b"\n" + body)
 
 
@@ -82,8 +86,9 @@ def read(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ModelFileError(f"cannot read {path}: {exc}") from None
     if not raw.startswith(MAGIC):
-        raise ModelFileError(f"{path} is not a flowkit model file (written by Detector.save or "
-                             "flowkit train)")
+        raise ModelFileError(
+            f"{path} is not a flowkit model file (written by Detector.save or flowkit train)"
+        )
     end = raw.find(b"\n", len(MAGIC))
     try:
         header = json.loads(raw[len(MAGIC) : end])
@@ -91,27 +96,39 @@ def read(path: str | Path) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError):
         raise ModelFileError(f"{path}: the model file's header is corrupt") from None
     if fmt > FORMAT_VERSION:
-        raise ModelFileError(f"{path} was written by a newer flowkit (model format {fmt}, this "
-                             f"version reads up to {FORMAT_VERSION}); upgrade flowkit")
+        raise ModelFileError(
+            f"{path} was written by a newer flowkit (model format {fmt}, this "
+            f"version reads up to {FORMAT_VERSION}); upgrade flowkit"
+        )
     body = raw[end + 1 :]
     if len(body) != size:
         raise ModelFileError(f"{path} is truncated or padded ({len(body)} of {size} bytes)")
     if hashlib.sha256(body).hexdigest() != digest:
-        raise ModelFileError(f"{path} was modified after it was saved (checksum mismatch); "
-                             "refusing to load it")
+        raise ModelFileError(
+            f"{path} was modified after it was saved (checksum mismatch); refusing to load it"
+        )
     try:
         payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError and friends: never execute foreign pickles
-        raise ModelFileError(f"{path}: refused to load the payload safely "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise ModelFileError(
+            f"{path}: refused to load the payload safely "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
     if not isinstance(payload, dict):
         raise ModelFileError(f"{path}: unexpected payload of type {type(payload).__name__}")
     saved = header.get("versions", {})
     now = package_versions()
-    drift = [f"{k} {saved[k]} → {now[k]}" for k in ("flowkit", "torch", "nflows")
-             if k in saved and k in now and _major_minor(saved[k]) != _major_minor(now[k])]
+    drift = [
+        f"{k} {saved[k]} → {now[k]}"
+        for k in ("flowkit", "torch", "nflows")
+        if k in saved and k in now and _major_minor(saved[k]) != _major_minor(now[k])
+    ]
     if drift:
-        warnings.warn(f"{path} was saved with other package versions ({', '.join(drift)}); "
-                      "scores may differ slightly", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{path} was saved with other package versions ({', '.join(drift)}); "
+            "scores may differ slightly",
+            UserWarning,
+            stacklevel=3,
+        )
     payload["_versions"] = saved
     return payload

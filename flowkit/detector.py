@@ -20,18 +20,19 @@ import numpy as np
 import torch
 
 from flowkit import artifact
-from flowkit.data.base import ImageSet, as_uint8_images
+from flowkit.data.base import as_uint8_images
 from flowkit.errors import ConfigError, DataError, ModelFileError, UnknownComponentError
 from flowkit.preprocess import LatentPipeline
-from flowkit.registry import encoders, flows, parse_spec, scorers
+from flowkit.registry import accepted_options, encoders, flows, parse_spec, scorers
 from flowkit.scorers import ScoreContext, Scorer
 from flowkit.training import History, embed, fit_encoder, fit_flow, resolve_device
 
 __all__ = ["Detector"]
 
 
-def _spec(value: str | tuple[str, dict[str, Any]], options: dict[str, Any] | None
-          ) -> tuple[str, dict[str, Any]]:
+def _spec(
+    value: str | tuple[str, dict[str, Any]], options: dict[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
     name, opts = parse_spec(value) if isinstance(value, str) else (value[0], dict(value[1]))
     return name, {**opts, **(options or {})}
 
@@ -123,7 +124,9 @@ class Detector:
         return self
 
     def __repr__(self) -> str:
-        defaults = {p.name: p.default for p in inspect.signature(Detector.__init__).parameters.values()}
+        defaults = {
+            p.name: p.default for p in inspect.signature(Detector.__init__).parameters.values()
+        }
         changed = [f"{k}={v!r}" for k, v in self.get_params().items() if defaults.get(k) != v]
         return f"Detector({', '.join(changed)})"
 
@@ -134,6 +137,22 @@ class Detector:
             raise ConfigError(f"contamination must be in (0, 0.5), got {self.contamination}")
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        # Catch a misspelt component or option now, not after an hour of encoder training.
+        fixed = {"encoder": {"in_channels", "image_size"}, "flow": {"features"}, "scorer": set()}
+        for registry, (name, options), kind in (
+            (encoders, self.encoder_spec_, "encoder"),
+            (flows, self.flow_spec_, "flow"),
+            (scorers, self.scorer_spec_, "scorer"),
+        ):
+            entry = registry.get(name)
+            accepted = accepted_options(entry.factory, skip=1 if entry.namespace else 0)
+            unknown = sorted(set(options) - set(accepted or options) - fixed[kind])
+            if accepted is not None and unknown:
+                raise ConfigError(
+                    f"{kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
+                    f"accepted: {', '.join(accepted)}"
+                )
+        LatentPipeline(self.latent, in_dim=1024)  # validates the spec
 
     @property
     def encoder_spec_(self) -> tuple[str, dict[str, Any]]:
@@ -183,8 +202,13 @@ class Detector:
         z_train, z_val = self.embed(train), self.embed(val)
         return self.fit_density(z_train, z_val, train, val)
 
-    def fit_encoder(self, train: torch.Tensor, val: torch.Tensor,
-                    encoder: torch.nn.Module | None = None, progress: Any = None) -> Detector:
+    def fit_encoder(
+        self,
+        train: torch.Tensor,
+        val: torch.Tensor,
+        encoder: torch.nn.Module | None = None,
+        progress: Any = None,
+    ) -> Detector:
         """Stage 1 only (the bench calls it once per encoder and caches the result)."""
         self._check_params()
         self.input_shape_ = tuple(int(s) for s in train.shape[1:])
@@ -192,23 +216,43 @@ class Detector:
         enc_shape = tuple(getattr(self.encoder_, "input_shape", self.input_shape_))
         if enc_shape != self.input_shape_:
             raise DataError(f"encoder expects images {enc_shape}, got {self.input_shape_}")
-        self.history_ = {"encoder": fit_encoder(
-            self.encoder_, train, val, epochs=self.epochs_encoder, batch_size=self.batch_size,
-            lr=self.lr_encoder, patience=max(3, self.patience // 4), device=self.device,
-            seed=self.seed, progress=progress, verbose=self.verbose).to_dict()}
+        self.history_ = {
+            "encoder": fit_encoder(
+                self.encoder_,
+                train,
+                val,
+                epochs=self.epochs_encoder,
+                batch_size=self.batch_size,
+                lr=self.lr_encoder,
+                patience=max(3, self.patience // 4),
+                device=self.device,
+                seed=self.seed,
+                progress=progress,
+                verbose=self.verbose,
+            ).to_dict()
+        }
         return self
 
-    def set_encoder(self, encoder: torch.nn.Module, input_shape: tuple[int, int, int],
-                    history: dict[str, Any] | None = None) -> Detector:
+    def set_encoder(
+        self,
+        encoder: torch.nn.Module,
+        input_shape: tuple[int, int, int],
+        history: dict[str, Any] | None = None,
+    ) -> Detector:
         """Use an already trained encoder (e.g. from the bench's cache)."""
         self.encoder_ = encoder.eval()
         self.input_shape_ = tuple(int(s) for s in input_shape)
         self.history_ = {"encoder": history or History("encoder").to_dict()}
         return self
 
-    def fit_density(self, z_train: torch.Tensor, z_val: torch.Tensor,
-                    train_images: torch.Tensor | None = None,
-                    val_images: torch.Tensor | None = None, progress: Any = None) -> Detector:
+    def fit_density(
+        self,
+        z_train: torch.Tensor,
+        z_val: torch.Tensor,
+        train_images: torch.Tensor | None = None,
+        val_images: torch.Tensor | None = None,
+        progress: Any = None,
+    ) -> Detector:
         """Stage 2 from encoder latents: preprocessing, flow, scorer and threshold."""
         self._check_params()
         if not hasattr(self, "encoder_"):
@@ -219,11 +263,32 @@ class Detector:
         torch.manual_seed(self.seed + 1)
         self.flow_ = flows.create(name, features=self.pipeline_.out_dim, **options)
         self.history_["flow"] = fit_flow(
-            self.flow_, p_train, p_val, epochs=self.epochs_flow, lr=self.lr_flow,
-            patience=self.patience, device=self.device, seed=self.seed, progress=progress,
-            verbose=self.verbose).to_dict()
+            self.flow_,
+            p_train,
+            p_val,
+            epochs=self.epochs_flow,
+            lr=self.lr_flow,
+            patience=self.patience,
+            device=self.device,
+            seed=self.seed,
+            progress=progress,
+            verbose=self.verbose,
+        ).to_dict()
+        return self.fit_scorer(z_train, z_val, train_images, val_images)
+
+    def fit_scorer(
+        self,
+        z_train: torch.Tensor,
+        z_val: torch.Tensor,
+        train_images: torch.Tensor | None = None,
+        val_images: torch.Tensor | None = None,
+    ) -> Detector:
+        """(Re)build the scorer from ``self.scorer`` and set the threshold, on normal data
+        only; the encoder and flow stay as they are (the bench swaps scorers this way)."""
         sname, soptions = self.scorer_spec_
         self.scorer_: Scorer = scorers.create(sname, **soptions)
+        if getattr(self.scorer_, "needs_images", False) and val_images is None:
+            raise ConfigError(f"scorer {sname!r} needs the training images")
         train_ctx = self._context(z_train, train_images)
         val_ctx = self._context(z_val, val_images)
         self.scorer_.fit(train_ctx, val_ctx)
@@ -244,17 +309,18 @@ class Detector:
             raise DataError(
                 f"this model expects {c}-channel {h}×{w} images, got {got[0]}-channel "
                 f"{got[1]}×{got[2]}; convert or resize them first (flowkit score does this "
-                "for image files)")
+                "for image files)"
+            )
         return images
 
     def embed(self, X: Any) -> torch.Tensor:
         """Raw encoder latents ``(N, embed_dim)`` of images (float32, CPU)."""
         if not hasattr(self, "encoder_"):
             raise ConfigError("this Detector has no encoder yet: call fit() first")
-        images = X if isinstance(X, torch.Tensor) and X.dtype == torch.uint8 else \
-            as_uint8_images(X)
-        return embed(self.encoder_, images, batch_size=max(self.batch_size, 256),
-                     device=self.device)
+        images = X if isinstance(X, torch.Tensor) and X.dtype == torch.uint8 else as_uint8_images(X)
+        return embed(
+            self.encoder_, images, batch_size=max(self.batch_size, 256), device=self.device
+        )
 
     @torch.inference_mode()
     def _context(self, latents: torch.Tensor, images: torch.Tensor | None) -> ScoreContext:
@@ -262,18 +328,24 @@ class Detector:
         self.flow_.to(dev).eval()
         self.pipeline_.to(dev)
         z = self.pipeline_(latents.to(dev))
-        lp = torch.cat([self.flow_.log_prob(z[i : i + 1024]) for i in range(0, len(z), 1024)]) \
-            if len(z) else torch.empty(0, device=dev)
+        lp = (
+            torch.cat([self.flow_.log_prob(z[i : i + 1024]) for i in range(0, len(z), 1024)])
+            if len(z)
+            else torch.empty(0, device=dev)
+        )
         lp = (lp + self.pipeline_.log_abs_det().to(dev)).double().cpu()
         return ScoreContext(log_prob=lp, latents=z.cpu(), images=images, detector=self)
 
-    def score_latents(self, latents: torch.Tensor, images: torch.Tensor | None = None
-                      ) -> dict[str, np.ndarray]:
+    def score_latents(
+        self, latents: torch.Tensor, images: torch.Tensor | None = None
+    ) -> dict[str, np.ndarray]:
         """``log_prob`` and ``anomaly_score`` for precomputed encoder latents."""
         self._fitted()
         ctx = self._context(latents, images)
-        return {"log_prob": ctx.log_prob.numpy(),
-                "anomaly_score": self.scorer_.score(ctx).double().numpy()}
+        return {
+            "log_prob": ctx.log_prob.numpy(),
+            "anomaly_score": self.scorer_.score(ctx).double().numpy(),
+        }
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Log-likelihood of each image's latent (higher = more normal)."""
@@ -305,15 +377,28 @@ class Detector:
         self._fitted()
         payload = {
             "params": {k: v for k, v in self.get_params().items() if k not in ("verbose",)},
-            "encoder": {"name": self.encoder_spec_[0], "options": self.encoder_spec_[1],
-                        "input_shape": list(self.input_shape_),
-                        "state": _cpu_state(self.encoder_)},
-            "pipeline": {"spec": self.latent, "in_dim": self.pipeline_.in_dim,
-                         "state": _cpu_state(self.pipeline_)},
-            "flow": {"name": self.flow_spec_[0], "options": self.flow_spec_[1],
-                     "features": self.pipeline_.out_dim, "state": _cpu_state(self.flow_)},
-            "scorer": {"name": self.scorer_spec_[0], "options": self.scorer_spec_[1],
-                       "state": self.scorer_.state_dict()},
+            "encoder": {
+                "name": self.encoder_spec_[0],
+                "options": self.encoder_spec_[1],
+                "input_shape": list(self.input_shape_),
+                "state": _cpu_state(self.encoder_),
+            },
+            "pipeline": {
+                "spec": self.latent,
+                "in_dim": self.pipeline_.in_dim,
+                "state": _cpu_state(self.pipeline_),
+            },
+            "flow": {
+                "name": self.flow_spec_[0],
+                "options": self.flow_spec_[1],
+                "features": self.pipeline_.out_dim,
+                "state": _cpu_state(self.flow_),
+            },
+            "scorer": {
+                "name": self.scorer_spec_[0],
+                "options": self.scorer_spec_[1],
+                "state": self.scorer_.state_dict(),
+            },
             "threshold": self.threshold_,
             "history": self.history_,
         }
@@ -334,8 +419,9 @@ class Detector:
             enc, pipe, flw, scr = (payload[k] for k in ("encoder", "pipeline", "flow", "scorer"))
             det.input_shape_ = tuple(enc["input_shape"])
             c, h, _ = det.input_shape_
-            det.encoder_ = _build(encoders, enc["name"], enc["options"], path,
-                                  in_channels=c, image_size=h)
+            det.encoder_ = _build(
+                encoders, enc["name"], enc["options"], path, in_channels=c, image_size=h
+            )
             det.encoder_.load_state_dict(enc["state"])
             det.encoder_.eval()
             det.pipeline_ = LatentPipeline(pipe["spec"], in_dim=pipe["in_dim"])
@@ -351,8 +437,10 @@ class Detector:
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise ModelFileError(f"{path}: the model file does not match this version of "
-                                 f"flowkit or its plugins ({type(exc).__name__}: {exc})") from None
+            raise ModelFileError(
+                f"{path}: the model file does not match this version of "
+                f"flowkit or its plugins ({type(exc).__name__}: {exc})"
+            ) from None
         return det
 
 
@@ -366,9 +454,8 @@ def _build(registry: Any, name: str, options: dict[str, Any], path: Any, **kwarg
     except UnknownComponentError:
         raise ModelFileError(
             f"{path}: this model needs the {registry.kind} {name!r}, which no installed plugin "
-            "provides; install the plugin it was trained with") from None
-    from flowkit.registry import accepted_options
-
+            "provides; install the plugin it was trained with"
+        ) from None
     accepted = accepted_options(entry.factory, skip=1 if entry.namespace else 0)
     if accepted is not None and "pretrained" in accepted:
         options = {**options, "pretrained": False}  # the saved weights replace any download
@@ -377,4 +464,6 @@ def _build(registry: Any, name: str, options: dict[str, Any], path: Any, **kwarg
             warnings.simplefilter("ignore", UserWarning)
             return registry.create(name, **{**kwargs, **options})
     except ConfigError as exc:
-        raise ModelFileError(f"{path}: cannot rebuild the {registry.kind} {name!r}: {exc}") from None
+        raise ModelFileError(
+            f"{path}: cannot rebuild the {registry.kind} {name!r}: {exc}"
+        ) from None

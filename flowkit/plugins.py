@@ -49,7 +49,9 @@ def _iter_entry_points() -> list[metadata.EntryPoint]:
 
 
 def _disabled() -> set[str]:
-    return {n.strip() for n in os.environ.get("FLOWKIT_DISABLE_PLUGINS", "").split(",") if n.strip()}
+    return {
+        n.strip() for n in os.environ.get("FLOWKIT_DISABLE_PLUGINS", "").split(",") if n.strip()
+    }
 
 
 def _warn(name: str, dist: str | None, what: str, exc: BaseException) -> str:

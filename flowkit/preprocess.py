@@ -100,8 +100,10 @@ def parse_pipeline(spec: str) -> list[tuple[str, int | None]]:
         elif name in ("standardize", "l2") and not arg:
             stages.append((name, None))
         else:
-            raise ConfigError(f"unknown latent preprocessing {part!r}; use standardize, pca:K, "
-                              "l2 or none, joined by '+'")
+            raise ConfigError(
+                f"unknown latent preprocessing {part!r}; use standardize, pca:K, "
+                "l2 or none, joined by '+'"
+            )
     return stages
 
 
@@ -122,8 +124,12 @@ class LatentPipeline(nn.Module):
         stages: list[nn.Module] = []
         dim = self.in_dim
         for name, arg in parse_pipeline(spec):
-            stage = _PCA(dim, arg) if name == "pca" else (  # type: ignore[arg-type]
-                _Standardize(dim) if name == "standardize" else _L2(dim))
+            stage = (
+                _PCA(dim, arg)
+                if name == "pca"
+                # type: ignore[arg-type]
+                else (_Standardize(dim) if name == "standardize" else _L2(dim))
+            )
             stages.append(stage)
             dim = stage.out_dim
         self.stages = nn.ModuleList(stages)

@@ -269,6 +269,7 @@ def format_spec(name: str, options: dict[str, Any] | None = None) -> str:
     """Inverse of :func:`parse_spec`, with sorted keys (a stable label for results)."""
     if not options:
         return name
-    items = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
-                     for k, v in sorted(options.items()))
+    items = ",".join(
+        f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(options.items())
+    )
     return f"{name}:{items}"

@@ -94,8 +94,13 @@ class _NullProgress:
 
 
 @contextmanager
-def progress_bar(enabled: bool = True, progress: Any = None) -> Iterator[Any]:
-    """A rich progress display on stderr (or a silent stand-in, or the one given)."""
+def progress_bar(
+    enabled: bool = True, progress: Any = None, header: Callable[[], Any] | None = None
+) -> Iterator[Any]:
+    """A rich progress display on stderr (or a silent stand-in, or the one given).
+
+    ``header`` returns a renderable drawn above the bars (the bench's live table).
+    """
     if progress is not None:
         yield progress
         return
@@ -103,12 +108,30 @@ def progress_bar(enabled: bool = True, progress: Any = None) -> Iterator[Any]:
         yield _NullProgress()
         return
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                  transient=True) as prog:
+    class _Progress(Progress):
+        def get_renderables(self) -> Iterator[Any]:
+            if header is not None:
+                yield header()
+            yield self.make_tasks_table(self.tasks)
+
+    with _Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=header is None,
+    ) as prog:
         yield prog
 
 
@@ -144,8 +167,9 @@ def _train_loop(
     hist = History(stage, max_epochs=epochs)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5,
-                                                       patience=max(1, patience // 3))
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=max(1, patience // 3)
+    )
     best = math.inf
     best_state = copy.deepcopy(model.state_dict())
     stale = 0
@@ -176,10 +200,12 @@ def _train_loop(
             hist.restarts += 1
             if hist.restarts > MAX_RESTARTS:
                 raise TrainingDivergedError(
-                    stage, epoch + 1,
+                    stage,
+                    epoch + 1,
                     f"the loss became non-finite {hist.restarts} times despite gradient clipping "
                     f"and learning-rate cuts down to {opt.param_groups[0]['lr']:.2g}; check the "
-                    "input for outliers or lower the learning rate")
+                    "input for outliers or lower the learning rate",
+                )
             model.load_state_dict(best_state)
             for group in opt.param_groups:
                 group["lr"] *= 0.1
@@ -188,8 +214,9 @@ def _train_loop(
         hist.train_loss.append(total / max(count, 1))
         hist.val_loss.append(val_loss)
         epoch += 1
-        progress.update(task, advance=1,
-                        description=f"{stage} epoch {epoch}/{epochs} val {val_loss:.4g}")
+        progress.update(
+            task, advance=1, description=f"{stage} epoch {epoch}/{epochs} val {val_loss:.4g}"
+        )
         sched.step(val_loss)
         if val_loss < best - 1e-4 * abs(best if math.isfinite(best) else 1.0):
             best, stale, hist.best_epoch = val_loss, 0, epoch
@@ -209,9 +236,13 @@ def _train_loop(
 
 
 @torch.inference_mode()
-def _evaluate(model: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor],
-              data: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
-              batch_size: int) -> float:
+def _evaluate(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    data: torch.Tensor,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+) -> float:
     model.eval()
     total = 0.0
     for idx in _batches(len(data), batch_size * 4, None):
@@ -245,29 +276,49 @@ def fit_encoder(
     gen = seed_everything(seed)
     with progress_bar(verbose, progress) as prog:
         return _train_loop(
-            "encoder", encoder, encoder.loss, images, val_images,
+            "encoder",
+            encoder,
+            encoder.loss,
+            images,
+            val_images,
             lambda b: to_float(b.to(dev, non_blocking=True)),
-            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.0, betas=(0.5, 0.999),
-            patience=patience, clip_norm=10.0, generator=gen, progress=prog,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=0.0,
+            betas=(0.5, 0.999),
+            patience=patience,
+            clip_norm=10.0,
+            generator=gen,
+            progress=prog,
         )
 
 
 @torch.inference_mode()
-def embed(encoder: nn.Module, images: torch.Tensor, *, batch_size: int = 256,
-          device: str | torch.device = "auto") -> torch.Tensor:
+def embed(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+) -> torch.Tensor:
     """Latents ``(N, embed_dim)`` (float32, CPU) of uint8 images, in eval mode.
 
     Raises :class:`DataError` naming the images whose latents are not finite.
     """
     dev = resolve_device(device)
     encoder.to(dev).eval()
-    parts = [encoder.encode(to_float(images[i : i + batch_size].to(dev))).float().cpu()
-             for i in range(0, len(images), batch_size)]
+    parts = [
+        encoder.encode(to_float(images[i : i + batch_size].to(dev))).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     z = torch.cat(parts) if parts else torch.empty(0, getattr(encoder, "embed_dim", 0))
     bad = (~torch.isfinite(z).all(1)).nonzero().flatten()
     if len(bad):
-        raise DataError(f"the encoder produced non-finite latents for {len(bad)} image(s) "
-                        f"(indices {bad[:10].tolist()})")
+        raise DataError(
+            f"the encoder produced non-finite latents for {len(bad)} image(s) "
+            f"(indices {bad[:10].tolist()})"
+        )
     return z
 
 
@@ -293,8 +344,9 @@ def fit_flow(
     """
     for name, z in (("training", latents), ("validation", val_latents)):
         if z.ndim != 2 or z.shape[1] != flow.features:
-            raise DataError(f"{name} latents must have shape (N, {flow.features}), "
-                            f"got {tuple(z.shape)}")
+            raise DataError(
+                f"{name} latents must have shape (N, {flow.features}), got {tuple(z.shape)}"
+            )
         if not bool(torch.isfinite(z).all()):
             raise DataError(f"{name} latents contain NaN or inf values")
     dev = resolve_device(device)
@@ -304,8 +356,19 @@ def fit_flow(
     dim = latents.shape[1]
     with progress_bar(verbose, progress) as prog:
         return _train_loop(
-            "flow", flow, lambda z: -flow.log_prob(z).mean() / dim, latents, val_latents,
+            "flow",
+            flow,
+            lambda z: -flow.log_prob(z).mean() / dim,
+            latents,
+            val_latents,
             lambda b: b.to(dev, non_blocking=True),
-            epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-            betas=(0.9, 0.999), patience=patience, clip_norm=5.0, generator=gen, progress=prog,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=(0.9, 0.999),
+            patience=patience,
+            clip_norm=5.0,
+            generator=gen,
+            progress=prog,
         )

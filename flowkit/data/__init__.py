@@ -6,7 +6,20 @@ from flowkit.data.protocols import Split, leave_one_class_out, out_of_distributi
 from flowkit.data.sources import cifar10, digits, fake, mnist, svhn
 
 __all__ = [
-    "ImageSet", "Split", "as_uint8_images", "default_data_root", "resize_uint8", "to_float",
-    "find_images", "folder", "load_images", "digits", "mnist", "cifar10", "svhn", "fake",
-    "leave_one_class_out", "out_of_distribution",
+    "ImageSet",
+    "Split",
+    "as_uint8_images",
+    "default_data_root",
+    "resize_uint8",
+    "to_float",
+    "find_images",
+    "folder",
+    "load_images",
+    "digits",
+    "mnist",
+    "cifar10",
+    "svhn",
+    "fake",
+    "leave_one_class_out",
+    "out_of_distribution",
 ]

@@ -66,8 +66,11 @@ class ImageSet:
         if all(s.paths is not None for s in sets):
             paths = [p for s in sets for p in s.paths]  # type: ignore[union-attr]
         return ImageSet(
-            torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),
-            sets[0].classes, name or sets[0].name, paths,
+            torch.cat([s.images for s in sets]),
+            torch.cat([s.labels for s in sets]),
+            sets[0].classes,
+            name or sets[0].name,
+            paths,
         )
 
 
@@ -83,8 +86,9 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Te
     out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
     for start in range(0, len(images), chunk):
         part = images[start : start + chunk].float()
-        part = F.interpolate(part, size=(size, size), mode="bilinear", antialias=True,
-                             align_corners=False)
+        part = F.interpolate(
+            part, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         out[start : start + chunk] = part.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
@@ -108,7 +112,9 @@ def as_uint8_images(x: object, name: str = "images") -> torch.Tensor:
     finite = torch.isfinite(t).flatten(1).all(1)
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten().tolist()
-        raise DataError(f"{name}: {len(bad)} image(s) contain NaN or inf values (indices {bad[:10]})")
+        raise DataError(
+            f"{name}: {len(bad)} image(s) contain NaN or inf values (indices {bad[:10]})"
+        )
     hi = float(t.max()) if t.numel() else 0.0
     if t.min() < 0 or hi > 255:
         raise DataError(f"{name}: float images must lie in [0, 1] or [0, 255]")

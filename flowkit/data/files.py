@@ -31,8 +31,9 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def load_images(files: list[Path], image_size: int, channels: int | None = None,
-                skip_unreadable: bool = False) -> tuple[torch.Tensor, list[Path]]:
+def load_images(
+    files: list[Path], image_size: int, channels: int | None = None, skip_unreadable: bool = False
+) -> tuple[torch.Tensor, list[Path]]:
     """Decode, convert (L or RGB) and resize files to a uint8 tensor ``(N, C, S, S)``.
 
     ``channels=None`` chooses 1 when every image is grayscale, else 3. Unreadable files are
@@ -72,8 +73,14 @@ def load_images(files: list[Path], image_size: int, channels: int | None = None,
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), kept
 
 
-def folder(root: Any = None, split: str = "all", image_size: int = 32, download: bool = False,
-           channels: int | None = None, skip_unreadable: bool = False) -> ImageSet:
+def folder(
+    root: Any = None,
+    split: str = "all",
+    image_size: int = 32,
+    download: bool = False,
+    channels: int | None = None,
+    skip_unreadable: bool = False,
+) -> ImageSet:
     """A folder of image files. Sub-folders are classes; ``normal/`` + ``anomalous/`` are
     labelled 0 and 1. Unreadable files are named in the error."""
     if root is None:
@@ -99,6 +106,11 @@ def folder(root: Any = None, split: str = "all", image_size: int = 32, download:
         files += found
         labels += [label] * len(found)
     images, kept = load_images(files, image_size, channels, skip_unreadable)
-    label_of = dict(zip(files, labels))
-    return ImageSet(images, torch.tensor([label_of[f] for f in kept]), classes, root.name,
-                    [str(f) for f in kept])
+    label_of = dict(zip(files, labels, strict=True))
+    return ImageSet(
+        images,
+        torch.tensor([label_of[f] for f in kept]),
+        classes,
+        root.name,
+        [str(f) for f in kept],
+    )

@@ -30,36 +30,61 @@ class Split:
 
     def describe(self) -> str:
         n_anom = int(self.is_anomaly.sum())
-        return (f"{len(self.train)} normal training images; test: "
-                f"{len(self.test) - n_anom} normal + {n_anom} anomalous")
+        return (
+            f"{len(self.train)} normal training images; test: "
+            f"{len(self.test) - n_anom} normal + {n_anom} anomalous"
+        )
 
 
-def leave_one_class_out(data: ImageSet, anomaly_class: int, seed: int = 0,
-                        test_fraction: float = 0.2) -> Split:
+def leave_one_class_out(
+    data: ImageSet, anomaly_class: int, seed: int = 0, test_fraction: float = 0.2
+) -> Split:
     """Hold class ``anomaly_class`` out as the anomaly; the other classes are normal."""
     if not 0 <= anomaly_class < len(data.classes):
-        raise ConfigError(f"anomaly class must be in 0..{len(data.classes) - 1} for "
-                          f"{data.name}, got {anomaly_class}")
+        raise ConfigError(
+            f"anomaly class must be in 0..{len(data.classes) - 1} for "
+            f"{data.name}, got {anomaly_class}"
+        )
     normal_idx = (data.labels != anomaly_class).nonzero().flatten()
     anomal_idx = (data.labels == anomaly_class).nonzero().flatten()
     if len(anomal_idx) == 0:
         raise ConfigError(f"{data.name} has no image of class {anomaly_class}")
-    order = normal_idx[torch.randperm(len(normal_idx), generator=torch.Generator().manual_seed(seed))]
+    order = normal_idx[
+        torch.randperm(len(normal_idx), generator=torch.Generator().manual_seed(seed))
+    ]
     n_test = int(round(len(order) * test_fraction))
     train = data.subset(order[n_test:])
     test_idx = torch.cat([order[:n_test], anomal_idx])
     test = data.subset(test_idx)
-    return Split(train, test, torch.cat([torch.zeros(n_test, dtype=torch.bool),
-                                         torch.ones(len(anomal_idx), dtype=torch.bool)]))
+    return Split(
+        train,
+        test,
+        torch.cat(
+            [torch.zeros(n_test, dtype=torch.bool), torch.ones(len(anomal_idx), dtype=torch.bool)]
+        ),
+    )
 
 
 def out_of_distribution(train: ImageSet, test_in: ImageSet, test_out: ImageSet) -> Split:
     """Train on ``train`` (all classes normal); test ``test_in`` (normal) vs ``test_out``."""
     if test_in.shape != test_out.shape:
-        raise ConfigError(f"in- and out-of-distribution images differ in shape: "
-                          f"{test_in.shape} vs {test_out.shape}")
-    test = ImageSet(torch.cat([test_in.images, test_out.images]),
-                    torch.cat([test_in.labels, test_out.labels]), test_in.classes,
-                    f"{test_in.name}+{test_out.name}")
-    return Split(train, test, torch.cat([torch.zeros(len(test_in), dtype=torch.bool),
-                                         torch.ones(len(test_out), dtype=torch.bool)]))
+        raise ConfigError(
+            f"in- and out-of-distribution images differ in shape: "
+            f"{test_in.shape} vs {test_out.shape}"
+        )
+    test = ImageSet(
+        torch.cat([test_in.images, test_out.images]),
+        torch.cat([test_in.labels, test_out.labels]),
+        test_in.classes,
+        f"{test_in.name}+{test_out.name}",
+    )
+    return Split(
+        train,
+        test,
+        torch.cat(
+            [
+                torch.zeros(len(test_in), dtype=torch.bool),
+                torch.ones(len(test_out), dtype=torch.bool),
+            ]
+        ),
+    )

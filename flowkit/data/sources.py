@@ -32,8 +32,9 @@ def _split_indices(n: int, split: str, seed: int = 0, test_fraction: float = 0.2
     return np.arange(n)
 
 
-def digits(split: str = "all", image_size: int = 32, root: Any = None,
-           download: bool = False) -> ImageSet:
+def digits(
+    split: str = "all", image_size: int = 32, root: Any = None, download: bool = False
+) -> ImageSet:
     """scikit-learn's bundled handwritten digits (1,797 images, 10 classes), resized.
 
     Real data that ships with scikit-learn, so it works with no network: flowkit's embedded
@@ -46,8 +47,9 @@ def digits(split: str = "all", image_size: int = 32, root: Any = None,
     images = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8))
     images = resize_uint8(images.unsqueeze(1), image_size)
     idx = _split_indices(len(images), split)
-    return ImageSet(images[idx], torch.from_numpy(bunch.target[idx]),
-                    [str(c) for c in range(10)], "digits")
+    return ImageSet(
+        images[idx], torch.from_numpy(bunch.target[idx]), [str(c) for c in range(10)], "digits"
+    )
 
 
 _WHERE = {
@@ -60,9 +62,13 @@ _WHERE = {
 
 
 def _not_found(name: str, root: Path, cause: BaseException | None) -> DatasetNotFoundError:
-    why = f" ({type(cause).__name__}: {cause})" if cause else ""
+    how = (
+        f"could not be downloaded ({type(cause).__name__}: {cause})"
+        if cause
+        else "downloading is disabled"
+    )
     return DatasetNotFoundError(
-        f"{name} is not in {root} and could not be downloaded{why}. On a machine with network "
+        f"{name} is not in {root} and {how}. On a machine with network "
         f"access, download it (e.g. with torchvision) and place {_WHERE[name].format(root=root)}; "
         f"then pass --data-root {root} (or set FLOWKIT_DATA). The files are read with "
         "download disabled, so no network is needed once they are there."
@@ -89,15 +95,22 @@ def _torchvision(name: str, cls_name: str, root: Any, download: bool, **kwargs: 
 
 def _both_splits(load: Any, split: str) -> list[Any]:
     _check_split(split)
-    return [load(True)] if split == "train" else [load(False)] if split == "test" else [
-        load(True), load(False)]
+    return (
+        [load(True)]
+        if split == "train"
+        else [load(False)]
+        if split == "test"
+        else [load(True), load(False)]
+    )
 
 
-def mnist(split: str = "all", image_size: int = 32, root: Any = None,
-          download: bool = True) -> ImageSet:
+def mnist(
+    split: str = "all", image_size: int = 32, root: Any = None, download: bool = True
+) -> ImageSet:
     """MNIST (torchvision), 28×28 resized to ``image_size`` (32 in the paper)."""
-    parts = _both_splits(lambda train: _torchvision("mnist", "MNIST", root, download,
-                                                    train=train), split)
+    parts = _both_splits(
+        lambda train: _torchvision("mnist", "MNIST", root, download, train=train), split
+    )
     images = torch.cat([torch.as_tensor(p.data, dtype=torch.uint8) for p in parts]).unsqueeze(1)
     labels = torch.cat([torch.as_tensor(p.targets, dtype=torch.long) for p in parts])
     return ImageSet(resize_uint8(images, image_size), labels, [str(c) for c in range(10)], "mnist")
@@ -106,30 +119,47 @@ def mnist(split: str = "all", image_size: int = 32, root: Any = None,
 CIFAR10_CLASSES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def cifar10(split: str = "all", image_size: int = 32, root: Any = None,
-            download: bool = True) -> ImageSet:
+def cifar10(
+    split: str = "all", image_size: int = 32, root: Any = None, download: bool = True
+) -> ImageSet:
     """CIFAR-10 (torchvision), 32×32 RGB."""
-    parts = _both_splits(lambda train: _torchvision("cifar10", "CIFAR10", root, download,
-                                                    train=train), split)
+    parts = _both_splits(
+        lambda train: _torchvision("cifar10", "CIFAR10", root, download, train=train), split
+    )
     images = torch.cat([torch.from_numpy(np.asarray(p.data)) for p in parts]).permute(0, 3, 1, 2)
     labels = torch.cat([torch.as_tensor(p.targets, dtype=torch.long) for p in parts])
-    return ImageSet(resize_uint8(images.contiguous(), image_size), labels, CIFAR10_CLASSES,
-                    "cifar10")
+    return ImageSet(
+        resize_uint8(images.contiguous(), image_size), labels, CIFAR10_CLASSES, "cifar10"
+    )
 
 
-def svhn(split: str = "all", image_size: int = 32, root: Any = None,
-         download: bool = True) -> ImageSet:
+def svhn(
+    split: str = "all", image_size: int = 32, root: Any = None, download: bool = True
+) -> ImageSet:
     """SVHN cropped digits (torchvision), 32×32 RGB; label 0 is the digit 0."""
-    parts = _both_splits(lambda train: _torchvision(
-        "svhn", "SVHN", root, download, split="train" if train else "test"), split)
+    parts = _both_splits(
+        lambda train: _torchvision(
+            "svhn", "SVHN", root, download, split="train" if train else "test"
+        ),
+        split,
+    )
     images = torch.cat([torch.from_numpy(np.asarray(p.data)) for p in parts])
     labels = torch.cat([torch.as_tensor(np.asarray(p.labels), dtype=torch.long) for p in parts])
-    return ImageSet(resize_uint8(images.contiguous(), image_size), labels,
-                    [str(c) for c in range(10)], "svhn")
+    return ImageSet(
+        resize_uint8(images.contiguous(), image_size), labels, [str(c) for c in range(10)], "svhn"
+    )
 
 
-def fake(split: str = "all", image_size: int = 32, root: Any = None, download: bool = False,
-         channels: int = 1, classes: int = 4, per_class: int = 80, seed: int = 0) -> ImageSet:
+def fake(
+    split: str = "all",
+    image_size: int = 32,
+    root: Any = None,
+    download: bool = False,
+    channels: int = 1,
+    classes: int = 4,
+    per_class: int = 80,
+    seed: int = 0,
+) -> ImageSet:
     """Synthetic images for tests: class ``k`` is a bright blob at its own place, plus noise."""
     _check_split(split)
     g = torch.Generator().manual_seed(seed)
@@ -141,8 +171,10 @@ def fake(split: str = "all", image_size: int = 32, root: Any = None, download: b
     yy, xx = torch.meshgrid(torch.arange(image_size), torch.arange(image_size), indexing="ij")
     d2 = (xx[None] - centre[:, 0, None, None]) ** 2 + (yy[None] - centre[:, 1, None, None]) ** 2
     img = torch.exp(-d2 / (2 * (image_size / 10) ** 2)) * 220
-    img = img[:, None].repeat(1, channels, 1, 1) + torch.rand(n, channels, image_size, image_size,
-                                                              generator=g) * 30
+    img = (
+        img[:, None].repeat(1, channels, 1, 1)
+        + torch.rand(n, channels, image_size, image_size, generator=g) * 30
+    )
     images = img.clamp(0, 255).to(torch.uint8)
     idx = _split_indices(n, split, seed)
     return ImageSet(images[idx], labels[idx], [str(c) for c in range(classes)], "fake")

@@ -42,7 +42,9 @@ def dcgan_trunk(in_channels: int, image_size: int, width: int, out_features: int
     return nn.Sequential(*layers)
 
 
-def dcgan_decoder(in_features: int, out_channels: int, image_size: int, width: int) -> nn.Sequential:
+def dcgan_decoder(
+    in_features: int, out_channels: int, image_size: int, width: int
+) -> nn.Sequential:
     """The DCGAN generator: a latent vector ``(B, in_features)`` → image in ``[-1, 1]``."""
     stages = check_image_size(image_size)
     channels = width * 2 ** (stages - 1)

@@ -23,8 +23,9 @@ class DCGANAutoencoder(Encoder):
 
     trainable = True
 
-    def __init__(self, in_channels: int = 1, image_size: int = 32, latent_dim: int = 100,
-                 width: int = 64) -> None:
+    def __init__(
+        self, in_channels: int = 1, image_size: int = 32, latent_dim: int = 100, width: int = 64
+    ) -> None:
         super().__init__()
         self.embed_dim = int(latent_dim)
         self.input_shape = (int(in_channels), int(image_size), int(image_size))
@@ -45,7 +46,8 @@ class DCGANAutoencoder(Encoder):
         return F.l1_loss(self.reconstruct(x), x)
 
 
-def dcgan_ae(in_channels: int = 1, image_size: int = 32, latent_dim: int = 100,
-             width: int = 64) -> DCGANAutoencoder:
+def dcgan_ae(
+    in_channels: int = 1, image_size: int = 32, latent_dim: int = 100, width: int = 64
+) -> DCGANAutoencoder:
     """DCGAN convolutional autoencoder, L1 reconstruction (the paper's encoder)."""
     return DCGANAutoencoder(in_channels, image_size, latent_dim, width)

@@ -35,8 +35,8 @@ class Flow(nn.Module):
 
     def sample(self, n: int) -> torch.Tensor:
         """``n`` samples ``(n, features)``."""
-        device = next(self.parameters(), torch.empty(0)).device
-        return self.inverse(torch.randn(n, self.features, device=device))
+        ref = next(self.parameters(), torch.empty(0))
+        return self.inverse(torch.randn(n, self.features, device=ref.device, dtype=ref.dtype))
 
     def initialize(self, z: torch.Tensor) -> None:
         """Data-dependent initialisation from training latents (default: nothing)."""
@@ -61,6 +61,3 @@ class NflowsFlow(Flow):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return self.flow.log_prob(z)
-
-    def sample(self, n: int) -> torch.Tensor:
-        return self.flow.sample(n)

@@ -1,23 +1,63 @@
-"""Real NVP (Dinh et al., ICLR 2017) from nflows: the reference flow of flowkit."""
+"""Real NVP (Dinh et al., ICLR 2017) from nflows: the reference flow of flowkit.
+
+nflows 0.14's ``AffineCouplingTransform`` bounds every scale to ``(0.001, 1.001]`` (its
+issue #49), so the data → noise direction can only contract. Standardized latents usually
+have low-variance directions that must be *expanded* to become standard normal, so flowkit's
+coupling takes the scale activation as an option, as nflows' unreleased fix (PR #52) does.
+"""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
-from nflows.flows.realnvp import SimpleRealNVP
+from nflows.distributions.normal import StandardNormal
+from nflows.flows.base import Flow as NflowsBase
+from nflows.nn.nets import ResidualNet
+from nflows.transforms.base import CompositeTransform
+from nflows.transforms.coupling import AffineCouplingTransform
+from nflows.transforms.normalization import BatchNorm
 
 from flowkit.errors import ConfigError
 from flowkit.flows.base import NflowsFlow
 
-__all__ = ["realnvp"]
+__all__ = ["realnvp", "ScaledAffineCoupling", "SCALE_ACTIVATIONS"]
 
-_ACTIVATIONS = {
-    "relu": F.relu, "elu": F.elu, "gelu": F.gelu, "tanh": F.tanh,
+_ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "gelu": F.gelu, "tanh": torch.tanh}
+
+SCALE_ACTIVATIONS = {
+    # log-scale bounded by tanh, as in the Real NVP paper: scales in (e^-2, e^2), 1 at zero.
+    "tanh": lambda x: torch.exp(2.0 * torch.tanh(x / 2.0)),
+    # nflows' GENERAL_SCALE_ACTIVATION from its fix for issue #49: scales in (0.001, 3].
+    "softplus": lambda x: (F.softplus(x) + 1e-3).clamp(0, 3),
+    # nflows 0.14's default (contract only), kept for comparison with older results.
+    "sigmoid": lambda x: torch.sigmoid(x + 2) + 1e-3,
 }
 
 
-def realnvp(features: int, layers: int = 8, hidden: int = 256, blocks: int = 2,
-            batch_norm: bool = False, dropout: float = 0.0, activation: str = "relu") -> NflowsFlow:
-    """Real NVP: affine couplings with alternating masks, residual conditioners (nflows).
+class ScaledAffineCoupling(AffineCouplingTransform):
+    """nflows' affine coupling with a configurable scale activation."""
+
+    def __init__(self, mask: torch.Tensor, transform_net_create_fn, scale: str = "tanh") -> None:
+        super().__init__(mask, transform_net_create_fn)
+        self._scale_fn = SCALE_ACTIVATIONS[scale]
+
+    def _scale_and_shift(self, transform_params: torch.Tensor):
+        unconstrained = transform_params[:, self.num_transform_features :, ...]
+        shift = transform_params[:, : self.num_transform_features, ...]
+        return self._scale_fn(unconstrained), shift
+
+
+def realnvp(
+    features: int,
+    layers: int = 8,
+    hidden: int = 256,
+    blocks: int = 2,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+    activation: str = "relu",
+    scale: str = "tanh",
+) -> NflowsFlow:
+    """Real NVP: affine couplings with alternating masks and residual conditioners (nflows).
 
     Args:
         features: latent dimension (set from the encoder).
@@ -26,19 +66,34 @@ def realnvp(features: int, layers: int = 8, hidden: int = 256, blocks: int = 2,
         blocks: residual blocks per coupling network.
         batch_norm: nflows BatchNorm transform between coupling layers.
         dropout: dropout inside the coupling networks.
-        activation: relu, elu, gelu or tanh.
+        activation: relu, elu, gelu or tanh, inside the coupling networks.
+        scale: the coupling's scale activation: tanh (Real NVP's bounded log-scale),
+            softplus, or sigmoid (nflows 0.14's contract-only default).
     """
     if features < 2:
         raise ConfigError(f"realnvp needs at least 2 features, got {features}")
     if activation not in _ACTIVATIONS:
         raise ConfigError(f"realnvp activation must be one of {sorted(_ACTIVATIONS)}")
-    flow = SimpleRealNVP(
-        features=features,
-        hidden_features=hidden,
-        num_layers=layers,
-        num_blocks_per_layer=blocks,
-        activation=_ACTIVATIONS[activation],
-        dropout_probability=dropout,
-        batch_norm_between_layers=batch_norm,
-    )
+    if scale not in SCALE_ACTIVATIONS:
+        raise ConfigError(f"realnvp scale must be one of {sorted(SCALE_ACTIVATIONS)}")
+
+    def conditioner(in_features: int, out_features: int) -> ResidualNet:
+        return ResidualNet(
+            in_features,
+            out_features,
+            hidden_features=hidden,
+            num_blocks=blocks,
+            activation=_ACTIVATIONS[activation],
+            dropout_probability=dropout,
+        )
+
+    mask = torch.ones(features)
+    mask[::2] = -1
+    transforms = []
+    for _ in range(layers):
+        transforms.append(ScaledAffineCoupling(mask.clone(), conditioner, scale))
+        mask *= -1
+        if batch_norm:
+            transforms.append(BatchNorm(features))
+    flow = NflowsBase(CompositeTransform(transforms), StandardNormal([features]))
     return NflowsFlow(flow, features)

@@ -1,0 +1,142 @@
+"""PNG figures of a bench run (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from flowkit.artifact import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from flowkit.bench.report import Aggregate
+    from flowkit.bench.store import RunStore
+
+__all__ = ["plot_dataset"]
+
+MAX_PANELS = 10
+
+
+def _figure_bytes(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-")[:60]
+
+
+def plot_dataset(
+    store: RunStore,
+    dataset: str,
+    protocol: str,
+    group: list[Aggregate],
+    records: list[dict[str, Any]],
+    reference: dict[str, Any] | None,
+) -> dict[str, Path]:
+    """Per-class AUC bars (with published GANomaly figures) and likelihood histograms."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from flowkit.bench.report import _target_order, combination_label
+
+    paths: dict[str, Path] = {}
+    targets = _target_order(group)
+    combos = sorted({a.combination for a in group})
+    lookup = {(a.target, a.combination): a for a in group}
+
+    # Figure 2 style: AUC per held-out class for every combination (and GANomaly).
+    series = [
+        (
+            c,
+            [lookup[(t, c)].mean() if (t, c) in lookup else np.nan for t, _ in targets],
+            [lookup[(t, c)].std() if (t, c) in lookup else 0.0 for t, _ in targets],
+        )
+        for c in combos
+    ]
+    if reference and not reference.get("chart_only") and "GANomaly" in reference:
+        classes = reference["classes"]
+        series.append(
+            (
+                "GANomaly (published)",
+                [
+                    reference["GANomaly"][int(t)]
+                    if t.isdigit() and int(t) < len(classes)
+                    else np.nan
+                    for t, _ in targets
+                ],
+                [0.0] * len(targets),
+            )
+        )
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(targets) * max(1, len(series)) / 2), 4))
+    width = 0.8 / len(series)
+    x = np.arange(len(targets))
+    for i, (label, means, stds) in enumerate(series):
+        ax.bar(x + i * width - 0.4 + width / 2, means, width, yerr=stds, label=label, capsize=2)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x, [name for _, name in targets])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("ROC AUC")
+    ax.set_xlabel("held-out class" if protocol == "loo" else "OOD set")
+    ax.set_title(f"{dataset}: AUC per {'held-out class' if protocol == 'loo' else 'OOD set'}")
+    ax.legend(fontsize=7, loc="lower right")
+    key = f"{dataset}-{protocol}-auc"
+    paths[key] = atomic_write_bytes(store.root / f"{key}.png", _figure_bytes(fig))
+
+    # Figure 1 style: log-likelihood of normal vs anomalous test images, per combination.
+    ok = [
+        r
+        for r in records
+        if r.get("status") == "ok"
+        and r["config"]["dataset"] == dataset
+        and r["config"]["protocol"] == protocol
+    ]
+    for combo in combos:
+        recs = sorted(
+            (r for r in ok if combination_label(r) == combo),
+            key=lambda r: (r["config"]["seed"], str(r["config"]["target"])),
+        )
+        first_seed = recs[0]["config"]["seed"] if recs else 0
+        recs = [r for r in recs if r["config"]["seed"] == first_seed][:MAX_PANELS]
+        if not recs:
+            continue
+        cols = min(5, len(recs))
+        rows = (len(recs) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+        for ax, rec in zip(axes.flat, recs, strict=False):
+            path = store.scores_path(rec["cell_id"])
+            if not path.exists():
+                continue
+            with np.load(path) as npz:
+                lp, y = npz["log_prob"], npz["is_anomaly"].astype(bool)
+            lo, hi = np.percentile(lp, [1, 99.5])
+            bins = np.linspace(lo, hi, 40)
+            ax.hist(np.clip(lp[~y], lo, hi), bins, alpha=0.6, density=True, label="normal")
+            ax.hist(
+                np.clip(lp[y], lo, hi),
+                bins,
+                alpha=0.6,
+                density=True,
+                label="held out" if protocol == "loo" else "OOD",
+            )
+            ax.set_title(
+                f"{rec.get('target_name', rec['config']['target'])} "
+                f"AUC {rec['metrics']['auc']:.2f}",
+                fontsize=8,
+            )
+            ax.tick_params(labelsize=6)
+        for ax in list(axes.flat)[len(recs) :]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=6)
+        fig.suptitle(f"{dataset}: log-likelihood, {combo} (seed {first_seed})", fontsize=9)
+        key = f"{dataset}-{protocol}-hist-{_slug(combo)}"
+        paths[key] = atomic_write_bytes(store.root / f"{key}.png", _figure_bytes(fig))
+    return paths

@@ -1,0 +1,309 @@
+"""Reports of a bench run: Markdown + CSV tables beside the published figures, and plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flowkit.artifact import atomic_write_bytes
+from flowkit.bench.store import RunStore
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["Aggregate", "aggregate", "write_report", "load_reference"]
+
+METRICS = ("auc", "ap", "f1", "aupr_in", "aupr_out", "fpr95")
+
+
+def reference_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "benchmarks" / "reference" / "ganomaly.toml"
+
+
+def load_reference() -> dict[str, Any]:
+    """Published figures (``benchmarks/reference/ganomaly.toml``); empty if not available."""
+    path = reference_path()
+    if not path.exists():
+        return {}
+    return tomllib.loads(path.read_text())
+
+
+@dataclass
+class Aggregate:
+    """Mean ± std over seeds of one (dataset, protocol, target, combination)."""
+
+    dataset: str
+    protocol: str
+    target: str
+    target_name: str
+    combination: str
+    config: dict[str, Any]
+    plugins: dict[str, str]
+    values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    seeds: list[int] = field(default_factory=list)
+
+    def mean(self, metric: str = "auc") -> float:
+        v = self.values.get(metric, [])
+        return float(np.mean(v)) if v else math.nan
+
+    def std(self, metric: str = "auc") -> float:
+        v = self.values.get(metric, [])
+        return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+    def cell(self, metric: str = "auc") -> str:
+        if not self.values.get(metric):
+            return "-"
+        n = len(self.values[metric])
+        return (
+            f"{self.mean(metric):.3f} ± {self.std(metric):.3f}"
+            if n > 1
+            else f"{self.mean(metric):.3f}"
+        )
+
+
+def combination_label(rec: dict[str, Any]) -> str:
+    """The combination, with the plugin of any component that is not built in."""
+    label = rec["combination"]
+    extra = sorted({p for p in rec.get("plugins", {}).values() if p not in ("builtin", "?")})
+    return f"{label} ({', '.join(extra)})" if extra else label
+
+
+def aggregate(records: list[dict[str, Any]]) -> list[Aggregate]:
+    groups: dict[tuple[str, ...], Aggregate] = {}
+    for rec in records:
+        if rec.get("status") != "ok":
+            continue
+        cfg = rec["config"]
+        key = (cfg["dataset"], cfg["protocol"], str(cfg["target"]), combination_label(rec))
+        agg = groups.get(key)
+        if agg is None:
+            agg = groups[key] = Aggregate(
+                cfg["dataset"],
+                cfg["protocol"],
+                str(cfg["target"]),
+                str(rec.get("target_name", cfg["target"])),
+                key[3],
+                cfg,
+                rec.get("plugins", {}),
+            )
+        agg.seeds.append(cfg["seed"])
+        for m in METRICS:
+            if m in rec.get("metrics", {}):
+                agg.values[m].append(float(rec["metrics"][m]))
+    return list(groups.values())
+
+
+def _target_order(aggs: list[Aggregate]) -> list[tuple[str, str]]:
+    seen = {(a.target, a.target_name) for a in aggs}
+    return sorted(
+        seen, key=lambda t: (not t[0].isdigit(), int(t[0]) if t[0].isdigit() else 0, t[0])
+    )
+
+
+def _reference_columns(
+    dataset: str, ref: dict[str, Any], targets: list[tuple[str, str]]
+) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """Columns of published figures for this dataset, with markers and notes."""
+    table = ref.get(dataset)
+    if not table:
+        return [], {}, []
+    if table.get("chart_only"):
+        return (
+            ["GANomaly (published)"],
+            {"GANomaly (published)": ["chart only"] * len(targets)},
+            [table.get("note", "")],
+        )
+    verified = {tuple(v) for v in table.get("verified", [])}
+    classes = table["classes"]
+    cols: dict[str, list[str]] = {}
+    for method in ("GANomaly", "Skip-GANomaly"):
+        if method not in table:
+            continue
+        col = []
+        for t, _name in targets:
+            idx = int(t) if t.isdigit() and int(t) < len(classes) else None
+            if idx is None:
+                col.append("-")
+                continue
+            mark = "" if (method, classes[idx]) in verified else "†"
+            col.append(f"{table[method][idx]:.3f}{mark}")
+        cols[f"{method} (published)"] = col
+    notes = [
+        "† unverified: recalled from the Skip-GANomaly paper's CIFAR-10 table "
+        "(arXiv:1901.08954) and not yet checked against it; do not cite without checking. "
+        "Unmarked cells were checked against a quoted source."
+    ]
+    return list(cols), cols, notes
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path, plots: bool = True) -> dict[str, Path]:
+    """Write ``report.md``, ``report.csv`` and PNG plots into ``run_dir``; return their paths."""
+    store = RunStore(run_dir)
+    records = store.records()
+    aggs = aggregate(records)
+    ref = load_reference()
+    failed = [r for r in records if r.get("status") != "ok"]
+    ok = [r for r in records if r.get("status") == "ok"]
+    suites = sorted({r.get("suite", "?") for r in records})
+    md: list[str] = [f"# flowkit bench report: {', '.join(suites) or 'no results'}", ""]
+    if ok:
+        prov = ok[-1]["provenance"]
+        vers = prov.get("versions", {})
+        md += [
+            f"{len(ok)} cells finished, {len(failed)} failed. flowkit {vers.get('flowkit')}, "
+            f"torch {vers.get('torch')}, nflows {vers.get('nflows')}, device "
+            f"{prov.get('device')}, git {(prov.get('git_sha') or 'n/a')[:12]}.",
+            "",
+        ]
+    paths: dict[str, Path] = {}
+    by_dataset: dict[tuple[str, str], list[Aggregate]] = defaultdict(list)
+    for a in aggs:
+        by_dataset[(a.dataset, a.protocol)].append(a)
+    for (dataset, protocol), group in sorted(by_dataset.items()):
+        combos = sorted({a.combination for a in group})
+        targets = _target_order(group)
+        lookup = {(a.target, a.combination): a for a in group}
+        what = "held-out class" if protocol == "loo" else "OOD set"
+        metric_names = ["auc"] if protocol == "loo" else ["auc", "aupr_in", "aupr_out", "fpr95"]
+        md += [
+            f"## {dataset}: {'leave-one-class-out' if protocol == 'loo' else 'out-of-distribution'}"
+            " (ROC AUC, mean ± std over seeds)",
+            "",
+        ]
+        ref_names, ref_cols, ref_notes = (
+            _reference_columns(dataset, ref, targets) if protocol == "loo" else ([], {}, [])
+        )
+        header = [what] + combos + ref_names
+        rows = []
+        for i, (t, name) in enumerate(targets):
+            rows.append(
+                [name]
+                + [lookup[(t, c)].cell() if (t, c) in lookup else "-" for c in combos]
+                + [ref_cols[r][i] for r in ref_names]
+            )
+        means = {
+            c: np.mean([lookup[(t, c)].mean() for t, _ in targets if (t, c) in lookup])
+            for c in combos
+        }
+        rows.append(
+            ["**mean**"] + [f"**{means[c]:.3f}**" for c in combos] + ["" for _ in ref_names]
+        )
+        md += [_markdown_table(header, rows), ""]
+        if protocol == "ood":
+            for m in metric_names[1:]:
+                md += [
+                    f"{m}: "
+                    + "; ".join(
+                        f"{c} on {name}: {lookup[(t, c)].cell(m)}"
+                        for t, name in targets
+                        for c in combos
+                        if (t, c) in lookup
+                    ),
+                    "",
+                ]
+        best = max(combos, key=lambda c: means[c])
+        md += [f"Best mean AUC on {dataset}: **{best}** ({means[best]:.3f})."]
+        if len(combos) > 1:
+            md += [
+                "Ranking: "
+                + ", ".join(f"{c} {means[c]:.3f}" for c in sorted(combos, key=lambda c: -means[c]))
+                + "."
+            ]
+        md += [""] + [f"_{n}_" for n in ref_notes if n] + [""]
+        if plots:
+            from flowkit.bench import plots as plotting
+
+            try:
+                paths.update(
+                    plotting.plot_dataset(
+                        store,
+                        dataset,
+                        protocol,
+                        group,
+                        records,
+                        ref.get(dataset) if protocol == "loo" else None,
+                    )
+                )
+            except Exception as exc:  # a plot must never lose the tables
+                md += [f"(plots failed: {type(exc).__name__}: {exc})", ""]
+            for key, p in paths.items():
+                if key.startswith(f"{dataset}-{protocol}"):
+                    md += [f"![{key}]({p.name})", ""]
+    caveats = ref.get("caveats", {})
+    if caveats:
+        md += ["## Caveats when comparing", "", caveats.get("text", "").strip(), ""]
+        if any(p == "ood" for _, p in by_dataset):
+            md += [caveats.get("ood", "").strip(), ""]
+    if failed:
+        md += ["## Failed cells", ""]
+        md += [
+            f"- `{r['combination']}` on {r['config']['dataset']} / {r['config']['target']} "
+            f"seed {r['config']['seed']}: {r.get('error', '?')}"
+            for r in failed
+        ]
+        md += [""]
+    paths["markdown"] = atomic_write_bytes(store.root / "report.md", "\n".join(md).encode())
+    paths["csv"] = atomic_write_bytes(store.root / "report.csv", _csv(aggs).encode())
+    return paths
+
+
+def _csv(aggs: list[Aggregate]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        [
+            "dataset",
+            "protocol",
+            "target",
+            "target_name",
+            "combination",
+            "encoder",
+            "latent",
+            "flow",
+            "scorer",
+            "encoder_plugin",
+            "flow_plugin",
+            "n_seeds",
+        ]
+        + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    )
+    for a in sorted(aggs, key=lambda a: (a.dataset, a.protocol, a.combination, a.target)):
+        cfg = a.config
+        w.writerow(
+            [
+                a.dataset,
+                a.protocol,
+                a.target,
+                a.target_name,
+                a.combination,
+                cfg["encoder"],
+                cfg["latent"],
+                cfg["flow"],
+                cfg["scorer"],
+                a.plugins.get("encoder", ""),
+                a.plugins.get("flow", ""),
+                len(a.seeds),
+            ]
+            + [
+                f"{v:.5f}" if not math.isnan(v) else ""
+                for m in METRICS
+                for v in (a.mean(m), a.std(m) if a.values.get(m) else math.nan)
+            ]
+        )
+    return buf.getvalue()

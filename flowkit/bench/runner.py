@@ -1,0 +1,314 @@
+"""Running a suite: encoders trained once per (dataset, held-out class, seed) and cached with
+their latents; flows cached per encoder; scorers reuse both. Every finished cell is appended
+to ``results.jsonl``; rerunning skips what is done."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowkit.artifact import package_versions
+from flowkit.bench.store import RunStore, git_sha
+from flowkit.bench.suite import Cell, Suite
+from flowkit.data.base import ImageSet
+from flowkit.data.protocols import Split, leave_one_class_out, out_of_distribution
+from flowkit.detector import Detector
+from flowkit.errors import FlowkitError
+from flowkit.metrics import detection_metrics, ood_metrics
+from flowkit.registry import datasets, encoders, flows, parse_spec, scorers
+from flowkit.training import resolve_device
+
+__all__ = ["run_suite", "BenchData"]
+
+
+@dataclass
+class BenchData:
+    """The images a suite needs, loaded once."""
+
+    data: ImageSet | None = None  # loo: all images; ood: the in-distribution train split
+    test_in: ImageSet | None = None  # ood only
+    out: dict[str, ImageSet] | None = None  # ood only
+
+    @property
+    def n_classes(self) -> int:
+        assert self.data is not None
+        return len(self.data.classes)
+
+
+def load_bench_data(suite: Suite, root: Any = None, download: bool = True) -> BenchData:
+    def load(spec: str, split: str) -> ImageSet:
+        name, opts = parse_spec(spec)
+        return datasets.create(
+            name, root=root, split=split, image_size=suite.image_size, download=download, **opts
+        )
+
+    if suite.protocol == "loo":
+        return BenchData(data=load(suite.dataset, "all"))
+    return BenchData(
+        data=load(suite.dataset, "train"),
+        test_in=load(suite.dataset, "test"),
+        out={name: load(name, "test") for name in suite.out_datasets},
+    )
+
+
+def _split(cell: Cell, bd: BenchData) -> Split:
+    assert bd.data is not None
+    if cell.protocol == "loo":
+        return leave_one_class_out(bd.data, int(cell.target), seed=cell.seed)
+    assert bd.test_in is not None and bd.out is not None
+    return out_of_distribution(bd.data, bd.test_in, bd.out[str(cell.target)])
+
+
+def _detector(cell: Cell, device: str) -> Detector:
+    return Detector(
+        encoder=cell.encoder,
+        flow=cell.flow,
+        scorer=cell.scorer,
+        latent=cell.latent,
+        confidence=cell.confidence,
+        epochs_encoder=cell.epochs_encoder,
+        epochs_flow=cell.epochs_flow,
+        patience=cell.patience,
+        batch_size=cell.batch_size,
+        device=device,
+        seed=cell.seed,
+    )
+
+
+def _plugin(registry: Any, spec: str) -> str:
+    try:
+        return registry.get(parse_spec(spec)[0]).plugin
+    except FlowkitError:
+        return "?"
+
+
+class _EncoderStage:
+    """A trained encoder with the latents of its split, from the cache or trained now."""
+
+    def __init__(
+        self, cell: Cell, split: Split, store: RunStore, device: str, progress: Any
+    ) -> None:
+        det = _detector(cell, device)
+        train, val = det.split_validation(split.train.images)
+        self.train_images, self.val_images = train, val
+        self.test_images = split.test.images
+        path = store.encoder_path(cell.encoder_key)
+        cached = store.load_tensors(path)
+        self.cached = cached is not None
+        encoder = det.build_encoder(tuple(train.shape[1:]))
+        if cached is not None:
+            encoder.load_state_dict(cached["state"])
+            det.set_encoder(encoder, tuple(train.shape[1:]), cached["history"])
+            self.z_train, self.z_val = cached["z_train"], cached["z_val"]
+            self.fit_seconds = float(cached["fit_seconds"])
+        else:
+            start = time.perf_counter()
+            det.fit_encoder(train, val, encoder=encoder, progress=progress)
+            self.z_train, self.z_val = det.embed(train), det.embed(val)
+            self.fit_seconds = time.perf_counter() - start
+            store.save_tensors(
+                path,
+                {
+                    "state": {k: v.cpu() for k, v in det.encoder_.state_dict().items()},
+                    "history": det.history_["encoder"],
+                    "z_train": self.z_train,
+                    "z_val": self.z_val,
+                    "fit_seconds": self.fit_seconds,
+                },
+            )
+        self.encoder, self.history = det.encoder_, det.history_["encoder"]
+        start = time.perf_counter()
+        self.z_test = det.embed(self.test_images)
+        self.embed_seconds = time.perf_counter() - start
+
+
+def _run_flow_group(
+    cells: list[Cell],
+    enc: _EncoderStage,
+    split: Split,
+    store: RunStore,
+    device: str,
+    progress: Any,
+    record: Callable[..., None],
+) -> None:
+    first = cells[0]
+    det = _detector(first, device)
+    det.set_encoder(enc.encoder, tuple(enc.train_images.shape[1:]), enc.history)
+    flow_path = store.flow_path(first.flow_key)
+    flow_cached = False
+    start = time.perf_counter()
+    if flow_path.exists():
+        try:
+            loaded = Detector.load(flow_path, device=device)
+            det.pipeline_, det.flow_ = loaded.pipeline_, loaded.flow_
+            det.history_["flow"] = loaded.history_.get("flow", {})
+            flow_cached = True
+        except FlowkitError:
+            flow_cached = False
+    if not flow_cached:
+        det.fit_density(enc.z_train, enc.z_val, enc.train_images, enc.val_images, progress=progress)
+        det.save(flow_path)
+    flow_seconds = time.perf_counter() - start
+    for cell in cells:
+        try:
+            det.scorer = cell.scorer
+            start = time.perf_counter()
+            det.fit_scorer(enc.z_train, enc.z_val, enc.train_images, enc.val_images)
+            out = det.score_latents(enc.z_test, enc.test_images)
+            score_seconds = time.perf_counter() - start + enc.embed_seconds
+            y = split.is_anomaly.numpy()
+            s = out["anomaly_score"]
+            metrics = detection_metrics(y, s, det.threshold_)
+            if cell.protocol == "ood":
+                metrics.update(ood_metrics(y, s))
+            store.save_scores(
+                cell.cell_id,
+                anomaly_score=s,
+                log_prob=out["log_prob"],
+                is_anomaly=y,
+                labels=split.test.labels.numpy(),
+            )
+            fh = det.history_.get("flow", {})
+            record(
+                cell,
+                "ok",
+                metrics=metrics,
+                threshold=det.threshold_,
+                timings={
+                    "encoder_fit_s": enc.fit_seconds,
+                    "encoder_cached": enc.cached,
+                    "flow_fit_s": float(fh.get("seconds", flow_seconds)),
+                    "flow_cached": flow_cached,
+                    "score_images_per_s": len(s) / score_seconds if score_seconds > 0 else None,
+                },
+                training={
+                    "encoder_best_epoch": enc.history.get("best_epoch"),
+                    "encoder_epochs_run": enc.history.get("epochs_run"),
+                    "flow_best_epoch": fh.get("best_epoch"),
+                    "flow_epochs_run": fh.get("epochs_run"),
+                    "flow_stopped_early": fh.get("stopped_early"),
+                },
+                sizes={
+                    "train": len(enc.train_images),
+                    "val": len(enc.val_images),
+                    "test": len(s),
+                    "anomalies": int(y.sum()),
+                },
+            )
+        except Exception as exc:  # a failed cell is recorded; the grid goes on
+            record(cell, "failed", error=_error_text(exc))
+
+
+def _error_text(exc: BaseException) -> str:
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def run_suite(
+    suite: Suite,
+    out_dir: str | Path,
+    *,
+    data_root: Any = None,
+    download: bool = True,
+    device: str = "auto",
+    cache: str | Path | None = None,
+    retry_failed: bool = True,
+    on_cell: Callable[[dict[str, Any]], None] | None = None,
+    progress: Any = None,
+    data: BenchData | None = None,
+) -> RunStore:
+    """Run (or resume) ``suite`` into ``out_dir``; returns the store holding its results.
+
+    ``on_cell`` is called with each record as it is written (the CLI's live table).
+    """
+    store = RunStore(out_dir, cache)
+    bench_data = data or load_bench_data(suite, data_root, download)
+    cells = suite.cells(bench_data.n_classes)
+    previous = {r["cell_id"]: r for r in store.records()}
+    todo = [
+        c
+        for c in cells
+        if c.cell_id not in previous or (retry_failed and previous[c.cell_id]["status"] != "ok")
+    ]
+    dev = str(resolve_device(device))
+    provenance = {
+        "versions": package_versions(),
+        "git_sha": git_sha(),
+        "device": dev,
+        "torch_threads": torch.get_num_threads(),
+    }
+    task = (
+        progress.add_task("cells", total=len(cells), completed=len(cells) - len(todo))
+        if progress is not None
+        else None
+    )
+
+    def record(cell: Cell, status: str, **fields: Any) -> None:
+        rec = {
+            "cell_id": cell.cell_id,
+            "status": status,
+            "suite": suite.name,
+            "config": cell.config(),
+            "combination": cell.combination,
+            "target_name": target_name(cell),
+            "encoder_key": cell.encoder_key,
+            "flow_key": cell.flow_key,
+            "plugins": {
+                "encoder": _plugin(encoders, cell.encoder),
+                "flow": _plugin(flows, cell.flow),
+                "scorer": _plugin(scorers, cell.scorer),
+            },
+            "provenance": {**provenance, "seed": cell.seed},
+            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **fields,
+        }
+        store.append(rec)
+        if progress is not None:
+            progress.advance(task)
+        if on_cell is not None:
+            on_cell(rec)
+
+    def target_name(cell: Cell) -> str:
+        if cell.protocol == "loo" and bench_data.data is not None:
+            return bench_data.data.classes[int(cell.target)]
+        return str(cell.target)
+
+    def by_encoder(c: Cell) -> tuple[str, str]:
+        return (c.encoder_key, str(c.target))
+
+    todo.sort(key=lambda c: cells.index(c))
+    for _, group_iter in groupby(todo, key=by_encoder):
+        group = list(group_iter)
+        try:
+            split = _split(group[0], bench_data)
+            enc = _EncoderStage(group[0], split, store, dev, progress)
+        except Exception as exc:  # a failed cell is recorded; the grid goes on
+            for cell in group:
+                record(cell, "failed", error=_error_text(exc))
+            continue
+        for _, flow_iter in groupby(group, key=lambda c: c.flow_key):
+            flow_cells = list(flow_iter)
+            try:
+                _run_flow_group(flow_cells, enc, split, store, dev, progress, record)
+            except Exception as exc:  # a failed cell is recorded; the grid goes on
+                for cell in flow_cells:
+                    record(cell, "failed", error=_error_text(exc))
+    return store
+
+
+def cell_scores(store: RunStore, cell_id: str) -> dict[str, np.ndarray] | None:
+    path = store.scores_path(cell_id)
+    if not path.exists():
+        return None
+    with np.load(path) as npz:
+        return {k: npz[k] for k in npz.files}

@@ -1,0 +1,142 @@
+"""The run directory: append-only results, per-cell scores and the encoder/flow cache.
+
+``results.jsonl`` gets one line per finished cell, written with a single ``write`` on a file
+opened for appending and fsynced, so a run killed at any moment loses at most the cell in
+flight. A torn last line (a kill in the middle of a write) is repaired on the next open.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowkit.artifact import atomic_write_bytes
+
+__all__ = ["RunStore", "git_sha"]
+
+
+def git_sha() -> str | None:
+    """The commit of the flowkit source tree, when it is a git checkout."""
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+class RunStore:
+    """Files of one bench run under ``root`` (and a cache, by default ``root/cache``)."""
+
+    def __init__(self, root: str | Path, cache: str | Path | None = None) -> None:
+        self.root = Path(root)
+        self.cache = Path(cache) if cache else self.root / "cache"
+        self.results_path = self.root / "results.jsonl"
+        for d in (self.root, self.root / "scores", self.cache / "encoders", self.cache / "flows"):
+            d.mkdir(parents=True, exist_ok=True)
+        self._repair()
+
+    # -- results ---------------------------------------------------------------------------
+
+    def _repair(self) -> None:
+        """Cut a torn last line left by a kill in the middle of an append."""
+        if not self.results_path.exists():
+            return
+        data = self.results_path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            with open(self.results_path, "r+b") as fh:
+                fh.truncate(keep)
+            warnings.warn(
+                f"{self.results_path}: removed an incomplete last record "
+                "(the previous run was killed while writing it)",
+                stacklevel=3,
+            )
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, sort_keys=True, default=_json_default) + "\n").encode()
+        fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The latest record of each cell (a retried failure replaces the failure)."""
+        return list(read_results(self.results_path).values())
+
+    def done(self) -> set[str]:
+        return {cid for cid, r in read_results(self.results_path).items() if r["status"] == "ok"}
+
+    # -- per-cell scores, for histograms -------------------------------------------------
+
+    def scores_path(self, cell_id: str) -> Path:
+        return self.root / "scores" / f"{cell_id}.npz"
+
+    def save_scores(self, cell_id: str, **arrays: np.ndarray) -> Path:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return atomic_write_bytes(self.scores_path(cell_id), buf.getvalue())
+
+    # -- cache -----------------------------------------------------------------------------
+
+    def encoder_path(self, key: str) -> Path:
+        return self.cache / "encoders" / f"{key}.pt"
+
+    def flow_path(self, key: str) -> Path:
+        return self.cache / "flows" / f"{key}.flowkit"
+
+    def save_tensors(self, path: Path, payload: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    def load_tensors(self, path: Path) -> dict[str, Any] | None:
+        """A cached payload, or ``None`` if absent or unreadable (then it is rebuilt)."""
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            warnings.warn(f"ignoring unreadable cache file {path}: {exc}", stacklevel=2)
+            return None
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """Records by cell id, the latest winning; unreadable lines are skipped with a warning."""
+    out: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return out
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out[rec["cell_id"]] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                warnings.warn(f"{path}:{n}: skipping an unreadable record", stacklevel=2)
+    return out
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

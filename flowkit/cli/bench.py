@@ -1,0 +1,208 @@
+"""``flowkit bench`` and ``flowkit report``."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from flowkit.cli._common import err, handle_errors, out, set_threads
+from flowkit.errors import ConfigError
+
+Repeat = Optional[list[str]]
+
+
+def _int_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+class _LiveTable:
+    """Mean AUC so far per combination, redrawn as cells finish."""
+
+    def __init__(self) -> None:
+        self.auc: dict[str, list[float]] = defaultdict(list)
+        self.failed: dict[str, int] = defaultdict(int)
+        self.last = ""
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        from flowkit.bench.report import combination_label
+
+        label = combination_label(rec)
+        target = rec.get("target_name", rec["config"]["target"])
+        if rec["status"] == "ok":
+            self.auc[label].append(rec["metrics"]["auc"])
+            self.last = f"{label} on {target}: AUC {rec['metrics']['auc']:.3f}"
+        else:
+            self.failed[label] += 1
+            self.last = f"[red]{label} on {target} failed:[/] {rec.get('error', '')[:120]}"
+
+    def render(self) -> Table:
+        table = Table(title="bench (this run)", caption=self.last or None)
+        for col in ("combination", "cells", "mean AUC", "failed"):
+            table.add_column(col, justify="left" if col == "combination" else "right")
+        for label in sorted(set(self.auc) | set(self.failed)):
+            v = self.auc.get(label, [])
+            table.add_row(
+                label,
+                str(len(v)),
+                f"{sum(v) / len(v):.3f}" if v else "-",
+                str(self.failed.get(label, 0)),
+            )
+        return table
+
+
+@handle_errors
+def bench(
+    suite: Annotated[
+        str,
+        typer.Option(
+            help="Suite name (quick, paper-mnist, paper-cifar10, paper-svhn-ood, ...) or path to a TOML file."
+        ),
+    ] = "quick",
+    dataset: Annotated[
+        Optional[str], typer.Option(help="Override the suite's dataset (NAME:key=value,...).")
+    ] = None,
+    classes: Annotated[
+        Optional[str], typer.Option(help="Held-out classes, e.g. 0,1,7 (default: the suite's).")
+    ] = None,
+    encoder: Annotated[
+        Repeat, typer.Option(help="Encoder NAME:key=value,...; repeat for several.")
+    ] = None,
+    flow: Annotated[
+        Repeat, typer.Option(help="Flow NAME:key=value,...; repeat for several.")
+    ] = None,
+    scorer: Annotated[
+        Repeat, typer.Option(help="Scorer NAME:key=value,...; repeat for several.")
+    ] = None,
+    latent: Annotated[
+        Repeat,
+        typer.Option(
+            help="Latent preprocessing (standardize, pca:K, l2, ...); repeat for several."
+        ),
+    ] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Seeds, e.g. 0,1,2.")] = None,
+    epochs_encoder: Annotated[Optional[int], typer.Option(help="Maximum encoder epochs.")] = None,
+    epochs_flow: Annotated[Optional[int], typer.Option(help="Maximum flow epochs.")] = None,
+    data_root: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Where dataset files are (default $FLOWKIT_DATA or ~/.cache/flowkit/data)."
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", help="Run directory (default runs/<suite>); rerunning on it resumes."
+        ),
+    ] = None,
+    cache: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Encoder/flow cache directory (default <out>/cache); share it between runs to reuse trained encoders."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    download: Annotated[bool, typer.Option(help="Try to download missing datasets.")] = True,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Rerun cells that failed in an earlier run.")
+    ] = True,
+    plots: Annotated[bool, typer.Option(help="Write PNG plots with the report.")] = True,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No live table or progress bars.")
+    ] = False,
+) -> None:
+    """Run a benchmark suite (GANomaly protocol), resumably, then write its report.
+
+    Each encoder is trained once per (dataset, held-out class, seed) and cached with its
+    latents; finished cells are appended to <out>/results.jsonl and skipped on rerun.
+    """
+    from flowkit.bench.report import write_report
+    from flowkit.bench.runner import run_suite
+    from flowkit.bench.suite import load_suite
+    from flowkit.training import progress_bar
+
+    set_threads(threads)
+    s = load_suite(suite).with_overrides(
+        dataset=dataset,
+        classes=_int_list(classes, "--classes"),
+        encoders=encoder,
+        flows=flow,
+        scorers=scorer,
+        latents=latent,
+        seeds=_int_list(seeds, "--seeds"),
+        epochs_encoder=epochs_encoder,
+        epochs_flow=epochs_flow,
+    )
+    run_dir = out_dir or Path("runs") / s.name
+    err.print(
+        f"suite {s.name}: {s.dataset} ({s.protocol}), encoders {s.encoders}, flows "
+        f"{s.flows}, scorers {s.scorers}, seeds {s.seeds} → {run_dir}"
+    )
+    live_table = _LiveTable()
+    with progress_bar(not quiet, header=live_table.render) as prog:
+        store = run_suite(
+            s,
+            run_dir,
+            data_root=data_root,
+            download=download,
+            device=device,
+            cache=cache,
+            retry_failed=retry_failed,
+            on_cell=live_table,
+            progress=None if quiet else prog,
+        )
+    _summary(store.records())
+    paths = write_report(run_dir, plots=plots)
+    out.print(
+        f"report: {paths['markdown']}  ({paths['csv'].name} and "
+        f"{sum(1 for k in paths if k not in ('markdown', 'csv'))} plot(s) beside it)"
+    )
+    failed = [r for r in store.records() if r["status"] != "ok"]
+    if failed:
+        err.print(
+            f"[yellow]{len(failed)} cell(s) failed; see the report. Rerun the same command "
+            "to retry them.[/]"
+        )
+        raise typer.Exit(1)
+
+
+def _summary(records: list[dict[str, Any]]) -> None:
+    from flowkit.bench.report import aggregate
+
+    aggs = aggregate(records)
+    by: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for a in aggs:
+        by[(a.dataset, a.combination)].append(a.mean())
+    table = Table(title="mean ROC AUC over held-out classes / OOD sets")
+    for col in ("dataset", "combination", "targets", "mean AUC"):
+        table.add_column(col, justify="right" if col in ("targets", "mean AUC") else "left")
+    for (ds, combo), vals in sorted(
+        by.items(), key=lambda kv: (kv[0][0], -sum(kv[1]) / len(kv[1]))
+    ):
+        table.add_row(ds, combo, str(len(vals)), f"{sum(vals) / len(vals):.3f}")
+    out.print(table)
+
+
+@handle_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A bench run directory (holding results.jsonl).")],
+    plots: Annotated[bool, typer.Option(help="Write PNG plots.")] = True,
+) -> None:
+    """Write report.md, report.csv and PNG plots for a bench run directory."""
+    from flowkit.bench.report import write_report
+    from flowkit.bench.store import RunStore
+
+    if not (run_dir / "results.jsonl").exists():
+        raise ConfigError(f"{run_dir} holds no results.jsonl (not a bench run directory)")
+    _summary(RunStore(run_dir).records())
+    paths = write_report(run_dir, plots=plots)
+    out.print(f"report: {paths['markdown']}")

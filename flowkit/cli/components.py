@@ -1,0 +1,62 @@
+"""``flowkit list`` and ``flowkit plugins``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flowkit.cli._common import handle_errors, out
+from flowkit.registry import REGISTRIES
+
+
+class Kind(str, Enum):
+    encoders = "encoders"
+    flows = "flows"
+    datasets = "datasets"
+    scorers = "scorers"
+
+
+@handle_errors
+def list_components(
+    kind: Annotated[Kind, typer.Argument(help="What to list.")],
+    pattern: Annotated[str, typer.Argument(help="Glob filter, e.g. 'timm/resnet*'.")] = "*",
+) -> None:
+    """List registered encoders, flows, datasets or scorers, with the plugin of each."""
+    registry = REGISTRIES[kind.value]
+    names = registry.list(pattern)
+    table = Table(title=f"{kind.value} matching {pattern!r}" if pattern != "*" else kind.value)
+    for col in ("name", "plugin", "description"):
+        table.add_column(col)
+    for name in names:
+        entry = registry.get(name.removesuffix("/*") + "/x" if name.endswith("/*") else name)
+        table.add_row(name, entry.plugin, entry.summary)
+    out.print(table)
+    if not names:
+        raise typer.Exit(1)
+
+
+@handle_errors
+def plugins() -> None:
+    """Show loaded plugins: name, distribution, version, hooks and components."""
+    from flowkit.plugins import plugin_infos
+
+    table = Table(title="flowkit plugins")
+    for col in ("plugin", "distribution", "version", "hooks", "components", "status"):
+        table.add_column(col)
+    for info in plugin_infos():
+        comps = "; ".join(
+            f"{kind}: {', '.join(names)}" for kind, names in info.components.items() if names
+        )
+        hooks = ", ".join(h.replace("flowkit_register_", "") for h in info.hooks)
+        table.add_row(
+            info.name,
+            info.distribution or "-",
+            info.version or "-",
+            hooks,
+            comps,
+            "[red]failed[/]" if info.error else "[green]ok[/]",
+        )
+    out.print(table)

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowkit.data import ImageSet, leave_one_class_out
+from flowkit.plugins import reset_plugins
+
+torch.set_num_threads(2)
+
+# Tiny settings that train in about a second on 2 CPU cores.
+TINY = dict(
+    encoder="dcgan_ae:width=8,latent_dim=8",
+    flow="realnvp:hidden=16,layers=2,blocks=1",
+    epochs_encoder=2,
+    epochs_flow=5,
+    patience=5,
+    device="cpu",
+    seed=0,
+)
+
+
+@pytest.fixture
+def fresh_plugins():
+    """Registries rebuilt from scratch before and after the test."""
+    reset_plugins()
+    yield
+    reset_plugins()
+
+
+@pytest.fixture(scope="session")
+def fake_data() -> ImageSet:
+    from flowkit import load_dataset
+
+    return load_dataset("fake", per_class=40)
+
+
+@pytest.fixture(scope="session")
+def fake_split(fake_data):
+    return leave_one_class_out(fake_data, 0, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(fake_split):
+    from flowkit import Detector
+
+    return Detector(**TINY).fit(fake_split.train)

@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from flowkit.bench.report import write_report
+from flowkit.bench.runner import run_suite
+from flowkit.bench.suite import Suite, list_suites, load_suite
+from flowkit.cli import app
+from flowkit.errors import ConfigError
+
+TINY_SUITE = dict(
+    name="t",
+    dataset="fake:per_class=30",
+    classes=[0, 1],
+    encoders=["dcgan_ae:width=8,latent_dim=8"],
+    flows=["realnvp:hidden=16,layers=2,blocks=1"],
+    epochs_encoder=1,
+    epochs_flow=3,
+)
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_shipped_suites_load():
+    assert {"quick", "paper-mnist", "paper-cifar10", "paper-svhn-ood"} <= set(list_suites())
+    quick = load_suite("quick")
+    assert quick.dataset == "digits" and set(quick.flows) == {"realnvp", "gaussian"}
+    assert load_suite("paper-svhn-ood").protocol == "ood"
+    assert load_suite("paper-mnist").seeds == [0, 1, 2]
+
+
+def test_overrides_and_bad_fields(tmp_path):
+    s = load_suite("quick").with_overrides(classes=[0, 1, 7], seeds=None)
+    assert s.classes == [0, 1, 7] and s.seeds == [0]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('dataset = "digits"\nflws = ["realnvp"]\n')
+    with pytest.raises(ConfigError, match="unknown field.*flws"):
+        load_suite(str(bad))
+
+
+def test_grid_trains_each_encoder_once_and_resumes(tmp_path):
+    suite = Suite(**TINY_SUITE).validate()
+    store = run_suite(suite, tmp_path, device="cpu")
+    recs = lines(store.results_path)
+    assert len(recs) == 2 and all(r["status"] == "ok" for r in recs)
+    assert {r["target_name"] for r in recs} == {"0", "1"}
+    r = recs[0]
+    assert {"auc", "ap", "f1"} <= set(r["metrics"])
+    assert {"encoder_fit_s", "flow_fit_s", "score_images_per_s"} <= set(r["timings"])
+    assert r["provenance"]["versions"]["torch"] and r["provenance"]["seed"] == 0
+    enc_files = sorted(store.cache.glob("encoders/*.pt"))
+    assert len(enc_files) == 2
+    mtimes = [f.stat().st_mtime_ns for f in enc_files]
+
+    # Adding a flow and a scorer trains no encoder again and reruns no finished cell.
+    bigger = suite.with_overrides(flows=suite.flows + ["gaussian"], scorers=["nll", "bpd"])
+    run_suite(bigger, tmp_path, device="cpu")
+    recs = lines(store.results_path)
+    assert len(recs) == 8 and len({r["cell_id"] for r in recs}) == 8
+    assert all(r["timings"]["encoder_cached"] for r in recs[2:])
+    assert [f.stat().st_mtime_ns for f in enc_files] == mtimes
+    # the flow is shared by scorers: bpd cells reuse the cached realnvp
+    bpd_realnvp = [
+        r for r in recs[2:] if r["config"]["scorer"] == "bpd" and "realnvp" in r["config"]["flow"]
+    ]
+    assert bpd_realnvp and all(r["timings"]["flow_cached"] for r in bpd_realnvp)
+
+    # Everything done: a rerun appends nothing.
+    run_suite(bigger, tmp_path, device="cpu")
+    assert len(lines(store.results_path)) == 8
+
+
+def test_killed_run_resumes_and_torn_line_is_repaired(tmp_path):
+    suite = Suite(**TINY_SUITE).validate()
+    store = run_suite(suite, tmp_path, device="cpu")
+    full = store.results_path.read_text().splitlines(keepends=True)
+    # Simulate a SIGKILL during the second append: half a line, no newline.
+    store.results_path.write_text(full[0] + full[1][: len(full[1]) // 2])
+    with pytest.warns(UserWarning, match="incomplete last record"):
+        run_suite(suite, tmp_path, device="cpu")
+    recs = lines(store.results_path)
+    assert len(recs) == 2 and len({r["cell_id"] for r in recs}) == 2
+
+
+def test_failed_cell_is_recorded_and_others_continue(tmp_path):
+    suite = Suite(
+        **{
+            **TINY_SUITE,
+            "flows": ["realnvp:hidden=16,layers=2,blocks=1", "realnvp:hidden=16,bogus=1"],
+        }
+    ).validate()
+    run_suite(suite, tmp_path, device="cpu")
+    recs = lines(tmp_path / "results.jsonl")
+    ok = [r for r in recs if r["status"] == "ok"]
+    failed = [r for r in recs if r["status"] == "failed"]
+    assert len(ok) == 2 and len(failed) == 2
+    assert "no option 'bogus'" in failed[0]["error"]
+    paths = write_report(tmp_path)
+    text = paths["markdown"].read_text()
+    assert "## Failed cells" in text and "bogus" in text
+
+
+def test_report_tables_plots_and_reference(tmp_path):
+    suite = Suite(**{**TINY_SUITE, "seeds": [0, 1]}).validate()
+    run_suite(suite, tmp_path, device="cpu")
+    paths = write_report(tmp_path)
+    md = paths["markdown"].read_text()
+    assert "± " in md and "**mean**" in md and "Caveats" in md
+    csv_text = paths["csv"].read_text()
+    assert csv_text.splitlines()[0].startswith("dataset,protocol,target")
+    pngs = [p for k, p in paths.items() if k not in ("markdown", "csv")]
+    assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_reference_figures_are_labelled():
+    from flowkit.bench.report import _reference_columns, load_reference
+
+    ref = load_reference()
+    names, cols, notes = _reference_columns("cifar10", ref, [("2", "bird"), ("1", "car")])
+    assert cols["GANomaly (published)"] == ["0.510", "0.631†"]  # bird verified, car not
+    assert cols["Skip-GANomaly (published)"] == ["0.448†", "0.953"]
+    assert "unverified" in notes[0]
+    names, cols, _ = _reference_columns("mnist", ref, [("1", "1")])
+    assert cols[names[0]] == ["chart only"]
+
+
+def test_ood_protocol(tmp_path):
+    suite = Suite(
+        name="o",
+        dataset="fake:per_class=20",
+        protocol="ood",
+        out_datasets=["fake:per_class=20,seed=5,channels=1,classes=2"],
+        encoders=["dcgan_ae:width=8,latent_dim=8"],
+        flows=["gaussian"],
+        epochs_encoder=1,
+        epochs_flow=2,
+    ).validate()
+    run_suite(suite, tmp_path, device="cpu")
+    rec = lines(tmp_path / "results.jsonl")[0]
+    assert rec["status"] == "ok", rec.get("error")
+    assert {"aupr_in", "aupr_out", "fpr95"} <= set(rec["metrics"])
+
+
+def test_bench_cli_resumes(tmp_path):
+    runner = CliRunner()
+    args = [
+        "bench",
+        "--dataset",
+        "fake:per_class=30",
+        "--classes",
+        "0,1",
+        "--encoder",
+        "dcgan_ae:width=8,latent_dim=8",
+        "--flow",
+        "gaussian",
+        "--epochs-encoder",
+        "1",
+        "--epochs-flow",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "-q",
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "mean ROC AUC" in res.output and (tmp_path / "report.md").exists()
+    before = (tmp_path / "results.jsonl").read_text()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and (tmp_path / "results.jsonl").read_text() == before
+    assert os.path.exists(tmp_path / "report.csv")

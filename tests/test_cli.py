@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from flowkit.cli import app
+
+runner = CliRunner()
+TINY_ARGS = [
+    "--encoder",
+    "dcgan_ae:width=8,latent_dim=8",
+    "--flow",
+    "realnvp:hidden=16,layers=2,blocks=1",
+    "--epochs-encoder",
+    "1",
+    "--epochs-flow",
+    "3",
+    "--device",
+    "cpu",
+    "-q",
+]
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def assert_clean_error(result, code: int, text: str):
+    assert result.exit_code == code, result.output
+    assert text in result.output
+    assert "Traceback" not in result.output
+
+
+def test_list_and_plugins():
+    res = run("list", "flows")
+    assert res.exit_code == 0 and "realnvp" in res.output and "builtin" in res.output
+    res = run("list", "datasets", "d*")
+    assert "digits" in res.output and "mnist" not in res.output
+    res = run("plugins")
+    assert res.exit_code == 0 and "builtin" in res.output and "dcgan_ae" in res.output
+
+
+def test_train_then_score_end_to_end(tmp_path):
+    model = tmp_path / "m.flowkit"
+    res = run(
+        "train", "--dataset", "digits", "--anomaly-class", "9", "--out", str(model), *TINY_ARGS
+    )
+    assert res.exit_code == 0, res.output
+    assert "test ROC AUC" in res.output and model.exists()
+    for i in range(3):
+        Image.fromarray((np.random.default_rng(i).random((8, 8)) * 255).astype(np.uint8)).save(
+            tmp_path / f"img{i}.png"
+        )
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "rgb.jpg")
+    res = run("score", str(model), str(tmp_path), "--csv")
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert lines[0] == "path,anomaly_score,log_likelihood,threshold,label"
+    rows = [
+        line.split(",") for line in lines[1:] if not line.startswith(("warning", "0 of", "1 of"))
+    ]
+    assert len([r for r in rows if len(r) == 5]) == 4
+    assert all(r[4] in ("normal", "anomaly") for r in rows if len(r) == 5)
+    res = run("score", str(model), str(tmp_path / "img0.png"))
+    assert res.exit_code == 0 and "1 image(s) flagged" in res.output
+
+
+def test_corrupt_png_in_folder_is_named(tmp_path, tiny_detector):
+    model = tiny_detector.save(tmp_path / "m.flowkit")
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "imgs" / "ok.png")
+    (tmp_path / "imgs" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage")
+    assert_clean_error(run("score", str(model), str(tmp_path / "imgs")), 2, "bad.png")
+    res = run("score", str(model), str(tmp_path / "imgs"), "--skip-unreadable")
+    assert res.exit_code == 0 and "ok.png" in res.output
+
+
+@pytest.mark.parametrize(
+    "args,code,text",
+    [
+        (["train", "--encoder", "dcgan_aee"], 2, "did you mean 'dcgan_ae'"),
+        (["train", "--flow", "realnvp:layer=3"], 2, "accepted: features, layers"),
+        (
+            ["train", "--dataset", "mnist", "--data-root", "/nonexistent/x", "--no-download"],
+            2,
+            "MNIST/raw",
+        ),
+        (
+            ["train", "--dataset", "digits", "--anomaly-class", "12"],
+            2,
+            "anomaly class must be in 0..9",
+        ),
+        (["score", "/nonexistent/model.flowkit", "."], 2, "no such model file"),
+        (["list", "flows", "zzz*"], 1, ""),
+        (["bench", "--suite", "quik"], 2, "did you mean quick"),
+        (["report", "/nonexistent/run"], 2, "not a bench run directory"),
+    ],
+)
+def test_user_errors_are_one_line_no_traceback(args, code, text):
+    assert_clean_error(run(*args), code, text)
+
+
+def test_tampered_model_is_refused_by_cli(tmp_path, tiny_detector):
+    path = tiny_detector.save(tmp_path / "m.flowkit")
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 1
+    path.write_bytes(bytes(raw))
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "a.png")
+    assert_clean_error(run("score", str(path), str(tmp_path / "a.png")), 2, "modified")

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+import torchvision
+
+import flowkit
+from flowkit.data import as_uint8_images, find_images, leave_one_class_out, load_images
+from flowkit.errors import DataError, DatasetNotFoundError
+
+
+def write_mnist(root: Path, n: int = 20) -> np.ndarray:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 10
+    for prefix in ("train", "t10k"):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes()
+        )
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + labels.astype(np.uint8).tobytes()
+        )
+    return labels
+
+
+def test_mnist_reads_native_idx_files_offline(tmp_path):
+    labels = write_mnist(tmp_path)
+    data = flowkit.load_dataset("mnist", root=tmp_path, split="all", download=False)
+    assert data.images.shape == (40, 1, 32, 32) and data.images.dtype == torch.uint8
+    assert data.labels.tolist() == labels.tolist() * 2
+    train = flowkit.load_dataset("mnist", root=tmp_path, split="train", download=False)
+    assert len(train) == 20
+
+
+def test_cifar10_reads_python_batches_offline(tmp_path, monkeypatch):
+    # torchvision checks the md5 of the real archive's files; ours are tiny stand-ins.
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 9]}
+        (base / name).write_bytes(pickle.dumps(batch))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    data = flowkit.load_dataset("cifar10", root=tmp_path, split="all", download=False)
+    assert data.images.shape == (24, 3, 32, 32)
+    assert data.classes[1] == "car" and data.labels[:4].tolist() == [0, 1, 2, 9]
+    # channel order: CIFAR stores R plane, then G, then B
+    first = np.frombuffer(pickle.loads((base / "data_batch_1").read_bytes())["data"][0], np.uint8)
+    assert data.images[0, 0].flatten().tolist() == first[:1024].tolist()
+
+
+def test_svhn_reads_mat_files_offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.svhn, "check_integrity", lambda *a, **k: True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        scipy.io.savemat(
+            tmp_path / f"{split}_32x32.mat",
+            {
+                "X": rng.integers(0, 256, (32, 32, 3, 5), dtype=np.uint8),
+                "y": np.array([[10], [1], [2], [3], [10]], dtype=np.uint8),
+            },
+        )
+    data = flowkit.load_dataset("svhn", root=tmp_path, split="test", download=False)
+    assert data.images.shape == (5, 3, 32, 32)
+    assert data.labels.tolist() == [0, 1, 2, 3, 0]  # SVHN's label 10 is the digit 0
+
+
+@pytest.mark.parametrize(
+    "name,hint",
+    [("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-py"), ("svhn", "test_32x32.mat")],
+)
+def test_missing_dataset_says_where_to_put_files(tmp_path, name, hint):
+    with pytest.raises(DatasetNotFoundError) as info:
+        flowkit.load_dataset(name, root=tmp_path, download=False)
+    msg = str(info.value)
+    assert hint in msg and str(tmp_path) in msg and "--data-root" in msg
+
+
+def test_failed_download_becomes_a_clear_error(tmp_path, monkeypatch):
+    def no_network(self, *a, **kw):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
+    with pytest.raises(DatasetNotFoundError, match="could not be downloaded.*unreachable"):
+        flowkit.load_dataset("mnist", root=tmp_path, download=True)
+
+
+def test_digits_is_real_embedded_data():
+    data = flowkit.load_dataset("digits")
+    assert data.images.shape == (1797, 1, 32, 32)
+    assert sorted(set(data.labels.tolist())) == list(range(10))
+    train = flowkit.load_dataset("digits", split="train")
+    test = flowkit.load_dataset("digits", split="test")
+    assert len(train) + len(test) == 1797
+
+
+def test_leave_one_class_out_has_no_leakage(fake_data):
+    split = leave_one_class_out(fake_data, 2, seed=3)
+    assert not (split.train.labels == 2).any()
+    assert int(split.is_anomaly.sum()) == int((fake_data.labels == 2).sum())
+    assert (split.test.labels[split.is_anomaly] == 2).all()
+    assert not (split.test.labels[~split.is_anomaly] == 2).any()
+    # train and test are disjoint images of the pool (fake images are all distinct)
+    train = {bytes(x.numpy()) for x in split.train.images}
+    assert not any(bytes(x.numpy()) in train for x in split.test.images)
+    normal = len(fake_data) - int((fake_data.labels == 2).sum())
+    assert len(split.train) == normal - int((~split.is_anomaly).sum())
+    assert abs(int((~split.is_anomaly).sum()) - 0.2 * normal) <= 1
+    assert leave_one_class_out(fake_data, 2, seed=3).test.images.equal(split.test.images)
+    assert not leave_one_class_out(fake_data, 2, seed=4).test.images.equal(split.test.images)
+
+
+def _png(path: Path, mode: str = "L", size: int = 20) -> None:
+    from PIL import Image
+
+    Image.fromarray(
+        np.random.default_rng(0)
+        .integers(0, 255, (size, size, 3 if mode == "RGB" else 1))
+        .astype(np.uint8)
+        .squeeze(),
+        mode=mode,
+    ).save(path)
+
+
+def test_folder_dataset_and_corrupt_files_named(tmp_path):
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "anomalous").mkdir()
+    for i in range(3):
+        _png(tmp_path / "normal" / f"n{i}.png")
+    _png(tmp_path / "anomalous" / "a0.png", "RGB")
+    data = flowkit.load_dataset("folder", root=tmp_path, image_size=16)
+    assert data.images.shape == (4, 3, 16, 16)  # one RGB image → all converted to RGB
+    assert data.labels.tolist() == [0, 0, 0, 1] and data.classes == ["normal", "anomalous"]
+    (tmp_path / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(DataError, match=r"1 of 5 image file\(s\) could not be read: .*broken.png"):
+        flowkit.load_dataset("folder", root=tmp_path)
+    with pytest.warns(UserWarning, match="broken.png"):
+        data = flowkit.load_dataset("folder", root=tmp_path, skip_unreadable=True)
+    assert len(data) == 4
+
+
+def test_load_images_converts_channels(tmp_path):
+    _png(tmp_path / "a.png", "RGB", 40)
+    images, kept = load_images(find_images([tmp_path]), image_size=32, channels=1)
+    assert images.shape == (1, 1, 32, 32) and kept == [tmp_path / "a.png"]
+    with pytest.raises(DataError, match="no such file"):
+        find_images([tmp_path / "missing"])
+
+
+def test_as_uint8_images_validates():
+    assert as_uint8_images(torch.ones(2, 8, 8)).shape == (2, 1, 8, 8)
+    assert as_uint8_images(np.full((1, 1, 2, 2), 1.0)).max() == 255
+    bad = torch.zeros(3, 1, 4, 4)
+    bad[1, 0, 0, 0] = float("nan")
+    with pytest.raises(DataError, match=r"1 image\(s\) contain NaN.*\[1\]"):
+        as_uint8_images(bad)
+    with pytest.raises(DataError, match="shape"):
+        as_uint8_images(torch.zeros(4, 4))
+    with pytest.raises(DataError, match=r"\[0, 1\] or \[0, 255\]"):
+        as_uint8_images(torch.full((1, 1, 2, 2), -3.0))

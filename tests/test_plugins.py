@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import re
+import sys
+import types
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+import flowkit
+from flowkit import hookspecs, plugins
+from flowkit.errors import FlowkitPluginWarning
+from flowkit.registry import encoders, flows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module(name: str, source: str) -> str:
+    mod = types.ModuleType(name)
+    exec(source, mod.__dict__)
+    sys.modules[name] = mod
+    return name
+
+
+GOOD = """
+import torch
+from flowkit import hookimpl
+from flowkit.encoders.dcgan import DCGANAutoencoder
+
+@hookimpl
+def flowkit_register_encoders(registry):
+    @registry.register("my_encoder")
+    def my_encoder(**kwargs):
+        return DCGANAutoencoder(**kwargs)
+"""
+
+RAISES = """
+from flowkit import hookimpl
+
+@hookimpl
+def flowkit_register_encoders(registry):
+    registry.register("half_registered")(lambda **kw: None)
+    raise RuntimeError("boom")
+"""
+
+
+@pytest.fixture
+def fake_entry_points(monkeypatch, fresh_plugins):
+    """Replace entry-point discovery with the given (name, module) pairs plus built-ins."""
+
+    def install(*pairs):
+        eps = [metadata.EntryPoint("builtin", "flowkit.builtin", "flowkit")]
+        eps += [metadata.EntryPoint(name, module, "flowkit") for name, module in pairs]
+        monkeypatch.setattr(plugins, "_iter_entry_points", lambda: list(eps))
+
+    return install
+
+
+def test_third_party_plugin_registers_and_is_attributed(fake_entry_points):
+    fake_entry_points(("mine", _module("fk_test_good", GOOD)))
+    assert "my_encoder" in flowkit.list_encoders()
+    assert encoders.get("my_encoder").plugin == "mine"
+    enc = flowkit.create_encoder("my_encoder", in_channels=1, image_size=32, latent_dim=4)
+    assert enc.embed_dim == 4
+    info = {i.name: i for i in plugins.plugin_infos()}
+    assert info["mine"].components == {"encoders": ["my_encoder"]}
+    assert info["mine"].hooks == ["flowkit_register_encoders"]
+
+
+def test_plugin_failing_to_import_warns_once_and_others_work(fake_entry_points):
+    fake_entry_points(("broken", "fk_no_such_module_xyz"), ("mine", _module("fk_test_good", GOOD)))
+    with pytest.warns(FlowkitPluginWarning, match="'broken'.*failed to import") as rec:
+        names = flowkit.list_encoders()
+    assert len([w for w in rec if issubclass(w.category, FlowkitPluginWarning)]) == 1
+    assert {"dcgan_ae", "my_encoder"} <= set(names)
+    assert flowkit.list_flows() == ["gaussian", "realnvp"]
+
+
+def test_plugin_raising_in_hook_leaves_nothing_behind(fake_entry_points):
+    fake_entry_points(("raiser", _module("fk_test_raises", RAISES)))
+    with pytest.warns(FlowkitPluginWarning, match="'raiser'.*RuntimeError: boom"):
+        names = flowkit.list_encoders()
+    assert names == ["dcgan_ae"]
+    status = {i.name: i.error for i in plugins.plugin_infos()}
+    assert status["raiser"] and status["builtin"] is None
+
+
+def test_disable_plugins_by_name(fake_entry_points, monkeypatch):
+    monkeypatch.setenv("FLOWKIT_DISABLE_PLUGINS", "mine, other")
+    fake_entry_points(("mine", _module("fk_test_good", GOOD)))
+    assert flowkit.list_encoders() == ["dcgan_ae"]
+
+
+def test_builtins_come_through_the_hooks(fresh_plugins):
+    pm = plugins.get_plugin_manager()
+    assert "builtin" in {pm.get_name(p) for p in pm.get_plugins()}
+    assert flows.get("realnvp").plugin == "builtin"
+
+
+def test_every_hook_is_documented():
+    docs = (ROOT / "README.md").read_text() + (ROOT / "CONTRIBUTING.md").read_text()
+    specs = {name for name in dir(hookspecs) if name.startswith("flowkit_")}
+    assert specs == set(hookspecs.HOOK_NAMES.values())
+    for name in specs:
+        assert re.search(rf"`{name}\(registry\)`", docs), f"hook {name} is not documented"
+        assert getattr(hookspecs, name).__doc__, f"hook {name} has no docstring"
