@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import flowkit
+from flowkit.cli import app
+from flowkit.testing import check_encoder
+
+SMALL = "timm/resnet18:pretrained=false"
+
+
+def test_namespace_lists_timm_models():
+    names = flowkit.list_encoders("timm/resnet1*")
+    assert "timm/resnet18" in names and all(n.startswith("timm/resnet1") for n in names)
+    assert flowkit.registry.encoders.get("timm/resnet18").distribution == "flowkit-timm"
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_contract_frozen_and_trainable(channels):
+    check_encoder("timm/resnet18", in_channels=channels, pretrained=False)
+    check_encoder("timm/resnet18", in_channels=channels, pretrained=False, train="ae")
+
+
+def test_frozen_encoder_is_not_trained_and_normalizes_inputs():
+    enc = flowkit.create_encoder(SMALL, in_channels=1, image_size=32)
+    assert not enc.trainable and enc.embed_dim == 512
+    assert not any(p.requires_grad for p in enc.backbone.parameters())
+    x = enc._prepare(torch.zeros(2, 1, 32, 32))
+    assert x.shape == (2, 3, 32, 32)
+    expected = (0.5 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(x[0, :, 0, 0], expected)
+
+
+def test_pretrained_without_network_names_the_alternatives(monkeypatch):
+    # As on a machine with no network: the hub refuses at once instead of timing out.
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(flowkit.ConfigError) as info:
+        flowkit.create_encoder("timm/resnet18", in_channels=3, image_size=32)
+    msg = str(info.value)
+    assert "pretrained=false" in msg and "checkpoint=PATH" in msg
+
+
+def test_checkpoint_from_disk(tmp_path):
+    import timm
+
+    src = timm.create_model("resnet18", pretrained=False)
+    torch.save(src.state_dict(), tmp_path / "r18.pth")
+    enc = flowkit.create_encoder(
+        "timm/resnet18", in_channels=3, image_size=32, checkpoint=str(tmp_path / "r18.pth")
+    )
+    torch.testing.assert_close(enc.backbone.conv1.weight, src.conv1.weight)
+    with pytest.raises(flowkit.ConfigError, match="checkpoint file not found"):
+        flowkit.create_encoder("timm/resnet18", checkpoint=str(tmp_path / "nope.pth"))
+
+
+def test_unknown_timm_model():
+    with pytest.raises(flowkit.ConfigError, match="did you mean timm/resnet18"):
+        flowkit.create_encoder("timm/resnet18x", pretrained=False)
+
+
+def test_runner_and_bench_cell_train_resnet18(tmp_path):
+    data = flowkit.load_dataset("fake", per_class=12)
+    det = flowkit.Detector(
+        encoder=SMALL + ",train=ae", flow="gaussian", epochs_encoder=1, epochs_flow=2, device="cpu"
+    ).fit(data)
+    assert det.history_["encoder"]["epochs_run"] == 1
+    path = det.save(tmp_path / "t.flowkit")
+    again = flowkit.Detector.load(path, device="cpu")  # no download on load
+    np.testing.assert_allclose(
+        again.score_samples(data.images[:4]), det.score_samples(data.images[:4]), rtol=1e-5
+    )
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--dataset",
+            "fake:per_class=12",
+            "--classes",
+            "0",
+            "--encoder",
+            SMALL,
+            "--encoder",
+            "dcgan_ae:width=8,latent_dim=8",
+            "--flow",
+            "gaussian",
+            "--epochs-encoder",
+            "1",
+            "--epochs-flow",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+            "-q",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(x) for x in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(r["status"] == "ok" for r in recs)
+    timm_rec = next(r for r in recs if r["config"]["encoder"].startswith("timm/"))
+    assert timm_rec["plugins"]["encoder"] == "timm"
+    assert "(timm)" in (tmp_path / "run" / "report.md").read_text()
