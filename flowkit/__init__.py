@@ -7,8 +7,8 @@ images; a low likelihood flags an anomaly. The registries live in :mod:`flowkit.
 
 Example:
     >>> import flowkit
-    >>> flowkit.list_flows()
-    ['gaussian', 'realnvp']
+    >>> flowkit.list_flows("r*")
+    ['realnvp']
 """
 
 from __future__ import annotations

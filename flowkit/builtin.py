@@ -15,11 +15,14 @@ def flowkit_register_encoders(registry: Registry) -> None:
 
 @hookimpl
 def flowkit_register_flows(registry: Registry) -> None:
+    from flowkit.flows.autoregressive import maf, nsf
     from flowkit.flows.gaussian import gaussian
     from flowkit.flows.realnvp import realnvp
 
     registry.register("realnvp")(realnvp)
     registry.register("gaussian")(gaussian)
+    registry.register("maf")(maf)
+    registry.register("nsf")(nsf)
 
 
 @hookimpl

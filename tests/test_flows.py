@@ -8,7 +8,11 @@ from scipy.stats import multivariate_normal
 import flowkit
 from flowkit.testing import check_flow, registered
 
-SMALL = {"realnvp": {"hidden": 16, "layers": 2, "blocks": 1}}
+SMALL = {
+    "realnvp": {"hidden": 16, "layers": 2, "blocks": 1},
+    "maf": {"hidden": 16, "layers": 2, "blocks": 1},
+    "nsf": {"hidden": 16, "layers": 2, "blocks": 1},
+}
 
 
 @pytest.mark.parametrize("name", registered("flows"))

@@ -108,7 +108,8 @@ def test_parse_spec_rejects_malformed(bad):
 
 
 def test_public_helpers():
-    assert flowkit.list_flows() == ["gaussian", "realnvp"]
+    assert {"gaussian", "maf", "nsf", "realnvp"} <= set(flowkit.list_flows())
+    assert flowkit.list_flows("r*") == ["realnvp"]
     enc = flowkit.create_encoder("dcgan_ae:latent_dim=16", in_channels=3, image_size=64)
     assert enc.embed_dim == 16 and enc.input_shape == (3, 64, 64)
     assert flowkit.create_flow("realnvp:layers=2", features=4).features == 4

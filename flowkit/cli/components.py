@@ -45,7 +45,7 @@ def plugins() -> None:
 
     table = Table(title="flowkit plugins")
     for col in ("plugin", "distribution", "version", "hooks", "components", "status"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("plugin", "distribution", "version", "status"))
     for info in plugin_infos():
         comps = "; ".join(
             f"{kind}: {', '.join(names)}" for kind, names in info.components.items() if names

@@ -8,6 +8,9 @@ coupling takes the scale activation as an option, as nflows' unreleased fix (PR 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from nflows.distributions.normal import StandardNormal
@@ -20,9 +23,9 @@ from nflows.transforms.normalization import BatchNorm
 from flowkit.errors import ConfigError
 from flowkit.flows.base import NflowsFlow
 
-__all__ = ["realnvp", "ScaledAffineCoupling", "SCALE_ACTIVATIONS"]
+__all__ = ["realnvp", "coupling_flow", "ScaledAffineCoupling", "SCALE_ACTIVATIONS", "ACTIVATIONS"]
 
-_ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "gelu": F.gelu, "tanh": torch.tanh}
+ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "gelu": F.gelu, "tanh": torch.tanh}
 
 SCALE_ACTIVATIONS = {
     # log-scale bounded by tanh, as in the Real NVP paper: scales in (e^-2, e^2), 1 at zero.
@@ -70,12 +73,39 @@ def realnvp(
         scale: the coupling's scale activation: tanh (Real NVP's bounded log-scale),
             softplus, or sigmoid (nflows 0.14's contract-only default).
     """
-    if features < 2:
-        raise ConfigError(f"realnvp needs at least 2 features, got {features}")
-    if activation not in _ACTIVATIONS:
-        raise ConfigError(f"realnvp activation must be one of {sorted(_ACTIVATIONS)}")
     if scale not in SCALE_ACTIVATIONS:
         raise ConfigError(f"realnvp scale must be one of {sorted(SCALE_ACTIVATIONS)}")
+
+    return NflowsFlow(
+        coupling_flow(
+            features,
+            layers,
+            hidden,
+            blocks,
+            activation,
+            dropout,
+            batch_norm,
+            lambda mask, net: ScaledAffineCoupling(mask, net, scale),
+        ),
+        features,
+    )
+
+
+def coupling_flow(
+    features: int,
+    layers: int,
+    hidden: int,
+    blocks: int,
+    activation: str,
+    dropout: float,
+    batch_norm: bool,
+    make_coupling: Callable[..., Any],
+) -> NflowsBase:
+    """Couplings with alternating masks and residual conditioners over a standard normal."""
+    if features < 2:
+        raise ConfigError(f"coupling flows need at least 2 features, got {features}")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
 
     def conditioner(in_features: int, out_features: int) -> ResidualNet:
         return ResidualNet(
@@ -83,7 +113,7 @@ def realnvp(
             out_features,
             hidden_features=hidden,
             num_blocks=blocks,
-            activation=_ACTIVATIONS[activation],
+            activation=ACTIVATIONS[activation],
             dropout_probability=dropout,
         )
 
@@ -91,9 +121,8 @@ def realnvp(
     mask[::2] = -1
     transforms = []
     for _ in range(layers):
-        transforms.append(ScaledAffineCoupling(mask.clone(), conditioner, scale))
+        transforms.append(make_coupling(mask.clone(), conditioner))
         mask *= -1
         if batch_norm:
             transforms.append(BatchNorm(features))
-    flow = NflowsBase(CompositeTransform(transforms), StandardNormal([features]))
-    return NflowsFlow(flow, features)
+    return NflowsBase(CompositeTransform(transforms), StandardNormal([features]))

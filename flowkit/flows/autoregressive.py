@@ -1,0 +1,86 @@
+"""More nflows flows: masked autoregressive (MAF) and rational-quadratic spline couplings (NSF)."""
+
+from __future__ import annotations
+
+from nflows.flows.autoregressive import MaskedAutoregressiveFlow
+from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
+
+from flowkit.errors import ConfigError
+from flowkit.flows.base import NflowsFlow
+from flowkit.flows.realnvp import ACTIVATIONS, coupling_flow
+
+__all__ = ["maf", "nsf"]
+
+
+def maf(
+    features: int,
+    layers: int = 5,
+    hidden: int = 256,
+    blocks: int = 2,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+    activation: str = "relu",
+    random_masks: bool = False,
+) -> NflowsFlow:
+    """Masked autoregressive flow (Papamakarios et al., NeurIPS 2017), from nflows.
+
+    Args:
+        features: latent dimension (set from the encoder).
+        layers: autoregressive layers, with a reversal of the features between them.
+        hidden: width of each MADE network; blocks: its residual blocks.
+        batch_norm: BatchNorm between layers; dropout, activation: inside the MADE networks.
+        random_masks: random MADE degrees instead of sequential ones.
+    """
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    flow = MaskedAutoregressiveFlow(
+        features=features,
+        hidden_features=hidden,
+        num_layers=layers,
+        num_blocks_per_layer=blocks,
+        use_random_masks=random_masks,
+        activation=ACTIVATIONS[activation],
+        dropout_probability=dropout,
+        batch_norm_between_layers=batch_norm,
+    )
+    return NflowsFlow(flow, features)
+
+
+def nsf(
+    features: int,
+    layers: int = 6,
+    hidden: int = 128,
+    blocks: int = 2,
+    bins: int = 8,
+    tail_bound: float = 5.0,
+    batch_norm: bool = False,
+    dropout: float = 0.0,
+    activation: str = "relu",
+) -> NflowsFlow:
+    """Neural spline flow: rational-quadratic spline couplings (Durkan et al., NeurIPS 2019).
+
+    Args:
+        features: latent dimension (set from the encoder).
+        layers: coupling layers with alternating masks.
+        hidden, blocks: residual conditioner width and depth.
+        bins: spline bins; tail_bound: splines act on [-B, B], identity (linear tails) outside,
+            so standardized latents mostly fall inside with the default 5.
+        batch_norm, dropout, activation: as for realnvp.
+    """
+    if bins < 2 or tail_bound <= 0:
+        raise ConfigError("nsf needs bins >= 2 and tail_bound > 0")
+    return NflowsFlow(
+        coupling_flow(
+            features,
+            layers,
+            hidden,
+            blocks,
+            activation,
+            dropout,
+            batch_norm,
+            lambda mask, net: PiecewiseRationalQuadraticCouplingTransform(
+                mask, net, num_bins=bins, tails="linear", tail_bound=tail_bound
+            ),
+        ),
+        features,
+    )
