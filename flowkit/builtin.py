@@ -33,11 +33,15 @@ def flowkit_register_datasets(registry: Registry) -> None:
     for name in ("digits", "mnist", "cifar10", "svhn", "fake"):
         registry.register(name)(getattr(sources, name))
     registry.register("folder")(folder)
+    from flowkit.data import ood
+
+    for name in ood.__all__:
+        registry.register(name)(getattr(ood, name))
 
 
 @hookimpl
 def flowkit_register_scorers(registry: Registry) -> None:
     from flowkit import scorers
 
-    registry.register("nll")(scorers.nll)
-    registry.register("bpd")(scorers.bpd)
+    for name in ("nll", "bpd", "typicality", "recon", "knn", "complexity", "combo"):
+        registry.register(name)(getattr(scorers, name))

@@ -164,7 +164,11 @@ class Detector:
 
     @property
     def scorer_spec_(self) -> tuple[str, dict[str, Any]]:
-        return _spec(self.scorer, self.scorer_options)
+        name, options = _spec(self.scorer, self.scorer_options)
+        if "+" in name:  # "nll+knn:k=3" is shorthand for combo:parts=nll+knn:k=3
+            raw = self.scorer if isinstance(self.scorer, str) else name
+            return "combo", {"parts": raw.strip().replace(",", ";")}
+        return name, options
 
     def _fitted(self) -> None:
         if not hasattr(self, "threshold_"):

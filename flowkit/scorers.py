@@ -5,20 +5,44 @@ the normal training images) and saved inside the Detector artifact.
 
 - ``nll``: negative log-likelihood of the latent under the flow (the paper's score).
 - ``bpd``: the NLL in bits per latent dimension (same ranking, comparable across sizes).
+- ``typicality``: two-sided distance of the NLL from the normal NLL distribution, in standard
+  deviations (Nalisnick et al., "Detecting out-of-distribution inputs to deep generative models
+  using typicality", 2019).
+- ``recon``: the autoencoder's per-image L1 reconstruction error (encoders that can decode).
+- ``knn``: distance to the k-th nearest normal training latent (the non-parametric baseline).
+- ``complexity``: NLL minus the part explained by the image's compressed length, fitted on
+  normal validation data (after Serrà et al., "Input complexity and out-of-distribution
+  detection with likelihood-based generative models", ICLR 2020).
+- ``combo``: sum of scores each standardized on normal validation data, e.g. ``nll+knn``.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+
+from flowkit.errors import ConfigError
 
 if TYPE_CHECKING:
     from flowkit.detector import Detector
 
-__all__ = ["ScoreContext", "Scorer", "NLLScorer", "BPDScorer"]
+__all__ = [
+    "ScoreContext",
+    "Scorer",
+    "NLLScorer",
+    "BPDScorer",
+    "TypicalityScorer",
+    "ReconScorer",
+    "KNNScorer",
+    "ComplexityScorer",
+    "ComboScorer",
+    "image_complexity",
+]
 
 
 @dataclass
@@ -57,8 +81,13 @@ class Scorer:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            raise ValueError(f"{self.name} scorer has no state, got {sorted(state)}")
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            raise ValueError(
+                f"{self.name} scorer state has keys {sorted(state)}, expected {sorted(expected)}"
+            )
+        for key, value in state.items():
+            setattr(self, key, value)
 
 
 class NLLScorer(Scorer):
@@ -87,3 +116,227 @@ def nll() -> NLLScorer:
 def bpd() -> BPDScorer:
     """NLL in bits per latent dimension (same ranking as nll)."""
     return BPDScorer()
+
+
+class TypicalityScorer(Scorer):
+    """|NLL − mean normal NLL| / std, on validation images the flow did not train on."""
+
+    name = "typicality"
+
+    def __init__(self) -> None:
+        self.mean, self.std = 0.0, 1.0
+
+    def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
+        nll = -(val.log_prob if len(val.log_prob) >= 10 else train.log_prob)
+        self.mean = float(nll.mean())
+        self.std = float(nll.std()) if len(nll) > 1 else 1.0
+        self.std = self.std if self.std > 0 else 1.0
+        return self
+
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        return (-ctx.log_prob - self.mean).abs() / self.std
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std}
+
+
+def _require_images(ctx: ScoreContext, name: str) -> torch.Tensor:
+    if ctx.images is None:
+        raise ConfigError(f"the {name} scorer needs the images, not only their latents")
+    return ctx.images
+
+
+class ReconScorer(Scorer):
+    """The encoder's per-image reconstruction error."""
+
+    name = "recon"
+    needs_images = True
+
+    def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
+        encoder = train.detector.encoder_ if train.detector is not None else None
+        if not hasattr(encoder, "reconstruction_error"):
+            raise ConfigError(
+                f"the recon scorer needs an encoder that can decode "
+                f"(e.g. dcgan_ae); {type(encoder).__name__} cannot"
+            )
+        return self
+
+    @torch.inference_mode()
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        from flowkit.data.base import to_float
+        from flowkit.training import resolve_device
+
+        images = _require_images(ctx, self.name)
+        det = ctx.detector
+        assert det is not None
+        dev = resolve_device(det.device)
+        enc = det.encoder_.to(dev).eval()
+        parts = [
+            enc.reconstruction_error(to_float(images[i : i + 256].to(dev))).double().cpu()
+            for i in range(0, len(images), 256)
+        ]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.double)
+
+
+class KNNScorer(Scorer):
+    """Distance to the k-th nearest normal training latent (scikit-learn NearestNeighbors)."""
+
+    name = "knn"
+
+    def __init__(
+        self, k: int = 5, metric: str = "euclidean", max_reference: int = 20000, seed: int = 0
+    ) -> None:
+        if k < 1:
+            raise ConfigError(f"knn needs k >= 1, got {k}")
+        if metric not in ("euclidean", "cosine"):
+            raise ConfigError(f"knn metric must be euclidean or cosine, got {metric!r}")
+        self.k, self.metric, self.max_reference, self.seed = k, metric, max_reference, seed
+        self.reference = torch.empty(0, 0)
+        self._index: Any = None
+
+    def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
+        ref = train.latents.float()
+        if len(ref) > self.max_reference:  # bound the saved model's size
+            keep = torch.randperm(len(ref), generator=torch.Generator().manual_seed(self.seed))
+            ref = ref[keep[: self.max_reference]]
+        if len(ref) < self.k:
+            raise ConfigError(f"knn needs at least k={self.k} training latents")
+        self.reference = ref.clone()
+        self._index = None
+        return self
+
+    def _nn(self) -> Any:
+        if self._index is None:
+            from sklearn.neighbors import NearestNeighbors
+
+            self._index = NearestNeighbors(n_neighbors=self.k, metric=self.metric).fit(
+                self.reference.numpy()
+            )
+        return self._index
+
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        dist, _ = self._nn().kneighbors(ctx.latents.float().numpy())
+        return torch.from_numpy(dist[:, -1]).double()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "k": self.k}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._index = None
+
+
+def image_complexity(images: torch.Tensor) -> torch.Tensor:
+    """Bits per pixel of each uint8 image compressed losslessly (zlib, level 9)."""
+    arr = images.cpu().numpy()
+    return torch.tensor(
+        [8.0 * len(zlib.compress(np.ascontiguousarray(a).tobytes(), 9)) / a.size for a in arr],
+        dtype=torch.double,
+    )
+
+
+class ComplexityScorer(Scorer):
+    """NLL with the input-complexity trend removed: ``nll − (a·L(x) + b)``, where ``L`` is the
+    compressed length in bits per pixel and ``a, b`` a least-squares fit on normal validation
+    images (the latent NLL and pixel code lengths live on different scales)."""
+
+    name = "complexity"
+    needs_images = True
+
+    def __init__(self) -> None:
+        self.slope, self.intercept = 0.0, 0.0
+
+    def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
+        ctx = val if len(val.log_prob) >= 10 else train
+        c = image_complexity(_require_images(ctx, self.name))
+        nll = -ctx.log_prob.double()
+        if float(c.var()) > 0:
+            self.slope = float(
+                ((c - c.mean()) * (nll - nll.mean())).sum() / ((c - c.mean()) ** 2).sum()
+            )
+        self.intercept = float(nll.mean() - self.slope * c.mean())
+        return self
+
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        c = image_complexity(_require_images(ctx, self.name))
+        return -ctx.log_prob.double() - (self.slope * c + self.intercept)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"slope": self.slope, "intercept": self.intercept}
+
+
+class ComboScorer(Scorer):
+    """Sum of scores, each standardized (mean 0, std 1) on normal validation images."""
+
+    name = "combo"
+
+    def __init__(self, parts: str = "nll+knn") -> None:
+        from flowkit.registry import parse_spec, scorers
+
+        names = [p.strip() for p in str(parts).split("+") if p.strip()]
+        if len(names) < 2 or "combo" in names:
+            raise ConfigError(f"combo needs two or more scorers joined by '+', got {parts!r}")
+        self.parts = "+".join(names)
+        self.scorers = []
+        for part in names:
+            name, options = parse_spec(part.replace(";", ","))
+            self.scorers.append(scorers.create(name, **options))
+        self.needs_images = any(getattr(s, "needs_images", False) for s in self.scorers)
+        self.means = torch.zeros(len(names), dtype=torch.double)
+        self.stds = torch.ones(len(names), dtype=torch.double)
+
+    def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
+        ctx = val if len(val.log_prob) >= 10 else train
+        for i, scorer in enumerate(self.scorers):
+            scorer.fit(train, val)
+            s = scorer.score(ctx).double()
+            self.means[i] = s.mean()
+            self.stds[i] = s.std() if len(s) > 1 and float(s.std()) > 0 else 1.0
+        return self
+
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        total = torch.zeros(len(ctx.log_prob), dtype=torch.double)
+        for i, scorer in enumerate(self.scorers):
+            total += (scorer.score(ctx).double() - self.means[i]) / self.stds[i]
+        return total
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"means": self.means, "stds": self.stds}
+        for i, scorer in enumerate(self.scorers):
+            state.update({f"part{i}.{k}": v for k, v in scorer.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.means, self.stds = state["means"], state["stds"]
+        for i, scorer in enumerate(self.scorers):
+            prefix = f"part{i}."
+            scorer.load_state_dict(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
+
+
+def typicality() -> TypicalityScorer:
+    """Two-sided distance of the NLL from normal NLLs (Nalisnick et al. 2019)."""
+    return TypicalityScorer()
+
+
+def recon() -> ReconScorer:
+    """The autoencoder's reconstruction error (encoders that can decode)."""
+    return ReconScorer()
+
+
+def knn(
+    k: int = 5, metric: str = "euclidean", max_reference: int = 20000, seed: int = 0
+) -> KNNScorer:
+    """Distance to the k-th nearest normal training latent."""
+    return KNNScorer(k, metric, max_reference, seed)
+
+
+def complexity() -> ComplexityScorer:
+    """NLL corrected by the image's compressed length (after Serrà et al. 2020)."""
+    return ComplexityScorer()
+
+
+def combo(parts: str = "nll+knn") -> ComboScorer:
+    """Sum of standardized scores named by their parts, e.g. combo:parts=nll+knn."""
+    return ComboScorer(parts)

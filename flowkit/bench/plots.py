@@ -87,7 +87,7 @@ def plot_dataset(
     ax.set_ylabel("ROC AUC")
     ax.set_xlabel("held-out class" if protocol == "loo" else "OOD set")
     ax.set_title(f"{dataset}: AUC per {'held-out class' if protocol == 'loo' else 'OOD set'}")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     key = f"{dataset}-{protocol}-auc"
     paths[key] = atomic_write_bytes(store.root / f"{key}.png", _figure_bytes(fig))
 
@@ -116,7 +116,10 @@ def plot_dataset(
             if not path.exists():
                 continue
             with np.load(path) as npz:
-                lp, y = npz["log_prob"], npz["is_anomaly"].astype(bool)
+                y = npz["is_anomaly"].astype(bool)
+                # Figure 1 shows likelihoods; other scorers show their own score.
+                raw = rec["config"]["scorer"] in ("nll", "bpd")
+                lp = npz["log_prob"] if raw else npz["anomaly_score"]
             lo, hi = np.percentile(lp, [1, 99.5])
             bins = np.linspace(lo, hi, 40)
             ax.hist(np.clip(lp[~y], lo, hi), bins, alpha=0.6, density=True, label="normal")
@@ -136,7 +139,8 @@ def plot_dataset(
         for ax in list(axes.flat)[len(recs) :]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=6)
-        fig.suptitle(f"{dataset}: log-likelihood, {combo} (seed {first_seed})", fontsize=9)
+        what = "log-likelihood" if recs[0]["config"]["scorer"] in ("nll", "bpd") else "score"
+        fig.suptitle(f"{dataset}: {what}, {combo} (seed {first_seed})", fontsize=9)
         key = f"{dataset}-{protocol}-hist-{_slug(combo)}"
         paths[key] = atomic_write_bytes(store.root / f"{key}.png", _figure_bytes(fig))
     return paths

@@ -225,6 +225,7 @@ def write_report(run_dir: str | Path, plots: bool = True) -> dict[str, Path]:
                 + ", ".join(f"{c} {means[c]:.3f}" for c in sorted(combos, key=lambda c: -means[c]))
                 + "."
             ]
+        md += _scorer_verdicts(group, targets, lookup)
         md += [""] + [f"_{n}_" for n in ref_notes if n] + [""]
         if plots:
             from flowkit.bench import plots as plotting
@@ -261,6 +262,45 @@ def write_report(run_dir: str | Path, plots: bool = True) -> dict[str, Path]:
     paths["markdown"] = atomic_write_bytes(store.root / "report.md", "\n".join(md).encode())
     paths["csv"] = atomic_write_bytes(store.root / "report.csv", _csv(aggs).encode())
     return paths
+
+
+def _scorer_verdicts(
+    group: list[Aggregate], targets: list[tuple[str, str]], lookup: dict[tuple[str, str], Aggregate]
+) -> list[str]:
+    """Which scorer wins, per target, when several scorers share an encoder and flow."""
+    by_pair: dict[str, dict[str, str]] = defaultdict(dict)
+    for a in group:
+        pair = f"{a.config['encoder']} + {a.config['flow']} [{a.config['latent']}]"
+        by_pair[pair][a.config["scorer"]] = a.combination
+    lines: list[str] = []
+    for pair, combos in sorted(by_pair.items()):
+        if len(combos) < 2:
+            continue
+        lines += ["", f"Scorers compared on {pair} (AUROC; nll is the paper's raw likelihood):", ""]
+        wins: dict[str, int] = defaultdict(int)
+        for t, name in targets:
+            scores = {sc: lookup[(t, c)].mean() for sc, c in combos.items() if (t, c) in lookup}
+            if not scores:
+                continue
+            best = max(scores, key=lambda sc: scores[sc])
+            wins[best] += 1
+            line = f"- {name}: best **{best}** {scores[best]:.3f}"
+            if "nll" in scores and best != "nll":
+                nll = scores["nll"]
+                state = "below chance" if nll < 0.5 else "weak" if nll < 0.8 else "good"
+                line += f" vs nll {nll:.3f} ({state}; {scores[best] - nll:+.3f})"
+            lines.append(line)
+        means = {
+            sc: float(np.mean([lookup[(t, c)].mean() for t, _ in targets if (t, c) in lookup]))
+            for sc, c in combos.items()
+        }
+        top = max(means, key=lambda sc: means[sc])
+        ranked = ", ".join(f"{sc} {n}" for sc, n in sorted(wins.items(), key=lambda kv: -kv[1]))
+        lines += [
+            "",
+            f"Winner on average: **{top}** ({means[top]:.3f}); wins per target: {ranked}.",
+        ]
+    return lines
 
 
 def _csv(aggs: list[Aggregate]) -> str:

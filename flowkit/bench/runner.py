@@ -5,6 +5,7 @@ to ``results.jsonl``; rerunning skips what is done."""
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import time
 import traceback
 from collections.abc import Callable
@@ -85,8 +86,9 @@ def _detector(cell: Cell, device: str) -> Detector:
 
 
 def _plugin(registry: Any, spec: str) -> str:
+    name = parse_spec(spec)[0]
     try:
-        return registry.get(parse_spec(spec)[0]).plugin
+        return registry.get("combo" if "+" in name else name).plugin
     except FlowkitError:
         return "?"
 
@@ -183,6 +185,7 @@ def _run_flow_group(
                 "ok",
                 metrics=metrics,
                 threshold=det.threshold_,
+                scorer_state_sha=state_digest(det.scorer_.state_dict()),
                 timings={
                     "encoder_fit_s": enc.fit_seconds,
                     "encoder_cached": enc.cached,
@@ -206,6 +209,20 @@ def _run_flow_group(
             )
         except Exception as exc:  # a failed cell is recorded; the grid goes on
             record(cell, "failed", error=_error_text(exc))
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """A digest of a scorer's fitted state (to prove it never depends on test data)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        h.update(key.encode())
+        h.update(
+            value.detach().cpu().numpy().tobytes()
+            if torch.is_tensor(value)
+            else repr(value).encode()
+        )
+    return h.hexdigest()[:16]
 
 
 def _error_text(exc: BaseException) -> str:

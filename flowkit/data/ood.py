@@ -1,0 +1,112 @@
+"""Out-of-distribution sets that can be built on any machine, for the ``ood-digits`` suite.
+
+Each is a dataset factory like the others (``split``, ``image_size``, ``channels``), so a suite
+names them in ``out_datasets``. Their ``train``/``test``/``all`` splits are the same images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowkit.data.base import ImageSet, resize_uint8
+from flowkit.data.sources import _check_split, digits
+
+__all__ = ["digits_inverted", "digits_flipped", "uniform_noise", "constant", "sample_patches"]
+
+
+def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def _ood(images: torch.Tensor, name: str) -> ImageSet:
+    return ImageSet(images, torch.zeros(len(images), dtype=torch.long), [name], name)
+
+
+def digits_inverted(
+    split: str = "test",
+    image_size: int = 32,
+    root: Any = None,
+    download: bool = False,
+    channels: int = 1,
+) -> ImageSet:
+    """The embedded digits with inverted intensities (dark strokes on white)."""
+    d = digits(split, image_size)
+    return _ood(_match_channels(255 - d.images, channels), "digits_inverted")
+
+
+def digits_flipped(
+    split: str = "test",
+    image_size: int = 32,
+    root: Any = None,
+    download: bool = False,
+    channels: int = 1,
+) -> ImageSet:
+    """The embedded digits upside down (flipped vertically)."""
+    d = digits(split, image_size)
+    return _ood(_match_channels(d.images.flip(-2).contiguous(), channels), "digits_flipped")
+
+
+def uniform_noise(
+    split: str = "test",
+    image_size: int = 32,
+    root: Any = None,
+    download: bool = False,
+    channels: int = 1,
+    n: int = 360,
+    seed: int = 0,
+) -> ImageSet:
+    """Images of independent uniform pixel noise (maximal complexity)."""
+    _check_split(split)
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(
+        0, 256, (n, channels, image_size, image_size), generator=g, dtype=torch.uint8
+    )
+    return _ood(images, "uniform_noise")
+
+
+def constant(
+    split: str = "test",
+    image_size: int = 32,
+    root: Any = None,
+    download: bool = False,
+    channels: int = 1,
+    n: int = 360,
+    seed: int = 0,
+) -> ImageSet:
+    """Blank images of one random grey level each (minimal complexity)."""
+    _check_split(split)
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.randint(0, 256, (n, 1, 1, 1), generator=g, dtype=torch.uint8)
+    return _ood(levels.expand(n, channels, image_size, image_size).contiguous(), "constant")
+
+
+def sample_patches(
+    split: str = "test",
+    image_size: int = 32,
+    root: Any = None,
+    download: bool = False,
+    channels: int = 1,
+    patch: int = 64,
+    stride: int = 48,
+) -> ImageSet:
+    """Patches of scikit-learn's two bundled photographs (china.jpg, flower.jpg), resized."""
+    from sklearn.datasets import load_sample_images
+
+    _check_split(split)
+    tiles = []
+    for img in load_sample_images().images:
+        arr = np.asarray(img, dtype=np.uint8)
+        for y in range(0, arr.shape[0] - patch + 1, stride):
+            for x in range(0, arr.shape[1] - patch + 1, stride):
+                tiles.append(arr[y : y + patch, x : x + patch])
+    images = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
+    images = resize_uint8(images, image_size)
+    return _ood(_match_channels(images, channels), "sample_patches")

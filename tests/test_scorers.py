@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import flowkit
+from flowkit import Detector
+from flowkit.bench.runner import run_suite
+from flowkit.bench.suite import Suite
+from flowkit.scorers import ScoreContext, image_complexity
+from flowkit.testing import registered
+
+from .conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_detector, fake_split):
+    det = tiny_detector
+    train, val = det.split_validation(fake_split.train.images)
+    return det, (det.embed(train), det.embed(val), train, val)
+
+
+@pytest.mark.parametrize("scorer", registered("scorers", plugin="builtin") + ["nll+knn:k=3"])
+def test_every_scorer_round_trips_with_identical_scores(scorer, fitted, fake_split, tmp_path):
+    det, stage = fitted
+    det = Detector(**{**TINY, "scorer": scorer})
+    det.set_encoder(fitted[0].encoder_, fitted[0].input_shape_)
+    det.pipeline_, det.flow_ = fitted[0].pipeline_, fitted[0].flow_
+    det.history_["flow"] = {}
+    det.fit_scorer(*stage)
+    x = fake_split.test.images
+    before = det.anomaly_score(x)
+    assert before.shape == (len(x),) and np.isfinite(before).all()
+    again = Detector.load(det.save(tmp_path / "m.flowkit"), device="cpu")
+    np.testing.assert_array_equal(again.anomaly_score(x), before)
+    assert again.threshold_ == det.threshold_
+    np.testing.assert_array_equal(again.predict(x), det.predict(x))
+
+
+def test_scorer_semantics(fitted):
+    det, (zt, zv, xt, xv) = fitted
+    ctx = det._context(zv, xv)
+    nll = -ctx.log_prob
+    typ = flowkit.create_scorer("typicality").fit(det._context(zt, xt), ctx)
+    np.testing.assert_allclose(typ.score(ctx), (nll - nll.mean()).abs() / nll.std())
+    knn = flowkit.create_scorer("knn:k=1").fit(det._context(zt, xt), ctx)
+    train_ctx = det._context(zt, xt)
+    assert torch.allclose(knn.score(train_ctx), torch.zeros(len(zt), dtype=torch.double))
+    combo = flowkit.create_scorer("combo:parts=nll+typicality").fit(train_ctx, ctx)
+    s = combo.score(ctx)
+    assert abs(float(s.mean())) < 1e-6  # each part standardized on validation data
+    with pytest.raises(flowkit.ConfigError, match="two or more"):
+        flowkit.create_scorer("combo:parts=nll")
+    with pytest.raises(flowkit.UnknownComponentError, match="did you mean 'knn'"):
+        flowkit.create_scorer("combo:parts=nll+knm")
+
+
+def test_complexity_orders_noise_above_blank():
+    blank = torch.full((2, 1, 32, 32), 128, dtype=torch.uint8)
+    noise = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    c = image_complexity(torch.cat([blank, noise]))
+    assert c[2:].min() > 7.0 > 1.0 > c[:2].max()
+
+
+def test_recon_needs_a_decoder(fitted):
+    det, (zt, zv, xt, xv) = fitted
+    det2 = Detector(**TINY)
+    det2.encoder_ = torch.nn.Identity()
+    ctx = ScoreContext(log_prob=torch.zeros(2), latents=torch.zeros(2, 2), detector=det2)
+    with pytest.raises(flowkit.ConfigError, match="encoder that can decode"):
+        flowkit.create_scorer("recon").fit(ctx, ctx)
+
+
+def test_scorers_never_see_the_test_set(tmp_path):
+    """The fitted scorer state is identical whatever the test data is."""
+    suite = Suite(name="leak", dataset="fake:per_class=20", protocol="ood",
+                  out_datasets=["constant", "uniform_noise"],
+                  encoders=["dcgan_ae:width=8,latent_dim=8"], flows=["gaussian"],
+                  scorers=["nll", "typicality", "knn", "complexity", "nll+recon"],
+                  epochs_encoder=1, epochs_flow=2).validate()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_suite(suite, tmp_path, device="cpu")
+    recs = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(recs) == 10 and all(r["status"] == "ok" for r in recs)
+    by_scorer: dict[str, set[str]] = {}
+    for r in recs:
+        by_scorer.setdefault(r["config"]["scorer"], set()).add(r["scorer_state_sha"])
+        by_scorer.setdefault("threshold:" + r["config"]["scorer"], set()).add(str(r["threshold"]))
+    assert all(len(v) == 1 for v in by_scorer.values()), by_scorer
+    # and the test sets really differed
+    assert len({r["metrics"]["auc"] for r in recs if r["config"]["scorer"] == "knn"}) == 2
