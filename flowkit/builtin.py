@@ -9,8 +9,11 @@ from flowkit.registry import Registry
 @hookimpl
 def flowkit_register_encoders(registry: Registry) -> None:
     from flowkit.encoders.dcgan import dcgan_ae
+    from flowkit.encoders.selfsup import rotnet, simclr
 
     registry.register("dcgan_ae")(dcgan_ae)
+    registry.register("simclr")(simclr)
+    registry.register("rotnet")(rotnet)
 
 
 @hookimpl
@@ -43,5 +46,5 @@ def flowkit_register_datasets(registry: Registry) -> None:
 def flowkit_register_scorers(registry: Registry) -> None:
     from flowkit import scorers
 
-    for name in ("nll", "bpd", "typicality", "recon", "knn", "complexity", "combo"):
+    for name in ("nll", "bpd", "typicality", "recon", "knn", "complexity", "rotation", "combo"):
         registry.register(name)(getattr(scorers, name))

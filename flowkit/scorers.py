@@ -13,6 +13,8 @@ the normal training images) and saved inside the Detector artifact.
 - ``complexity``: NLL minus the part explained by the image's compressed length, fitted on
   normal validation data (after Serrà et al., "Input complexity and out-of-distribution
   detection with likelihood-based generative models", ICLR 2020).
+- ``rotation``: the rotation-prediction loss of a ``rotnet`` encoder (Golan & El-Yaniv,
+  "Deep anomaly detection using geometric transformations", NeurIPS 2018).
 - ``combo``: sum of scores each standardized on normal validation data, e.g. ``nll+knn``.
 """
 
@@ -161,21 +163,46 @@ class ReconScorer(Scorer):
             )
         return self
 
-    @torch.inference_mode()
     def score(self, ctx: ScoreContext) -> torch.Tensor:
-        from flowkit.data.base import to_float
-        from flowkit.training import resolve_device
+        return _per_image(ctx, self.name, "reconstruction_error")
 
-        images = _require_images(ctx, self.name)
-        det = ctx.detector
-        assert det is not None
-        dev = resolve_device(det.device)
-        enc = det.encoder_.to(dev).eval()
-        parts = [
-            enc.reconstruction_error(to_float(images[i : i + 256].to(dev))).double().cpu()
-            for i in range(0, len(images), 256)
-        ]
-        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.double)
+
+@torch.inference_mode()
+def _per_image(ctx: ScoreContext, name: str, method: str) -> torch.Tensor:
+    """Run ``encoder.<method>`` over the context's images in batches, in eval mode."""
+    from flowkit.data.base import to_float
+    from flowkit.training import resolve_device
+
+    images = _require_images(ctx, name)
+    det = ctx.detector
+    if det is None:
+        raise ConfigError(f"the {name} scorer needs the detector's encoder")
+    dev = resolve_device(det.device)
+    enc = det.encoder_.to(dev).eval()
+    fn = getattr(enc, method)
+    parts = [
+        fn(to_float(images[i : i + 256].to(dev))).double().cpu() for i in range(0, len(images), 256)
+    ]
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.double)
+
+
+class RotationScorer(Scorer):
+    """The rotation-prediction loss of a ``rotnet`` encoder (Golan & El-Yaniv 2018)."""
+
+    name = "rotation"
+    needs_images = True
+
+    def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
+        encoder = train.detector.encoder_ if train.detector is not None else None
+        if not hasattr(encoder, "rotation_loss"):
+            raise ConfigError(
+                f"the rotation scorer needs a rotation-prediction encoder "
+                f"(rotnet); {type(encoder).__name__} is not one"
+            )
+        return self
+
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        return _per_image(ctx, self.name, "rotation_loss")
 
 
 class KNNScorer(Scorer):
@@ -340,3 +367,8 @@ def complexity() -> ComplexityScorer:
 def combo(parts: str = "nll+knn") -> ComboScorer:
     """Sum of standardized scores named by their parts, e.g. combo:parts=nll+knn."""
     return ComboScorer(parts)
+
+
+def rotation() -> RotationScorer:
+    """Rotation-prediction loss of a rotnet encoder (Golan & El-Yaniv 2018)."""
+    return RotationScorer()

@@ -183,10 +183,30 @@ def test_paper_mnist_suite_runs_on_files_in_torchvision_layout(tmp_path):
 
     write_mnist(tmp_path / "data", n=60)
     runner = CliRunner()
-    res = runner.invoke(app, [
-        "bench", "--suite", "paper-mnist", "--data-root", str(tmp_path / "data"), "--no-download",
-        "--classes", "3", "--seeds", "0", "--encoder", "dcgan_ae:width=8,latent_dim=8",
-        "--epochs-encoder", "1", "--epochs-flow", "2", "--out", str(tmp_path / "run"), "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            "--suite",
+            "paper-mnist",
+            "--data-root",
+            str(tmp_path / "data"),
+            "--no-download",
+            "--classes",
+            "3",
+            "--seeds",
+            "0",
+            "--encoder",
+            "dcgan_ae:width=8,latent_dim=8",
+            "--epochs-encoder",
+            "1",
+            "--epochs-flow",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rec = lines(tmp_path / "run" / "results.jsonl")[0]
     assert rec["config"]["dataset"] == "mnist" and rec["status"] == "ok"

@@ -81,7 +81,7 @@ def test_plugin_raising_in_hook_leaves_nothing_behind(fake_entry_points):
     fake_entry_points(("raiser", _module("fk_test_raises", RAISES)))
     with pytest.warns(FlowkitPluginWarning, match="'raiser'.*RuntimeError: boom"):
         names = flowkit.list_encoders()
-    assert names == ["dcgan_ae"]
+    assert "half_registered" not in names and "dcgan_ae" in names
     status = {i.name: i.error for i in plugins.plugin_infos()}
     assert status["raiser"] and status["builtin"] is None
 
@@ -89,7 +89,8 @@ def test_plugin_raising_in_hook_leaves_nothing_behind(fake_entry_points):
 def test_disable_plugins_by_name(fake_entry_points, monkeypatch):
     monkeypatch.setenv("FLOWKIT_DISABLE_PLUGINS", "mine, other")
     fake_entry_points(("mine", _module("fk_test_good", GOOD)))
-    assert flowkit.list_encoders() == ["dcgan_ae"]
+    assert "my_encoder" not in flowkit.list_encoders()
+    assert "dcgan_ae" in flowkit.list_encoders()
 
 
 def test_builtins_come_through_the_hooks(fresh_plugins):

@@ -24,7 +24,13 @@ def fitted(tiny_detector, fake_split):
     return det, (det.embed(train), det.embed(val), train, val)
 
 
-@pytest.mark.parametrize("scorer", registered("scorers", plugin="builtin") + ["nll+knn:k=3"])
+NEEDS_ROTNET = {"rotation"}
+
+
+@pytest.mark.parametrize(
+    "scorer",
+    [s for s in registered("scorers", plugin="builtin") if s not in NEEDS_ROTNET] + ["nll+knn:k=3"],
+)
 def test_every_scorer_round_trips_with_identical_scores(scorer, fitted, fake_split, tmp_path):
     det, stage = fitted
     det = Detector(**{**TINY, "scorer": scorer})
@@ -77,11 +83,17 @@ def test_recon_needs_a_decoder(fitted):
 
 def test_scorers_never_see_the_test_set(tmp_path):
     """The fitted scorer state is identical whatever the test data is."""
-    suite = Suite(name="leak", dataset="fake:per_class=20", protocol="ood",
-                  out_datasets=["constant", "uniform_noise"],
-                  encoders=["dcgan_ae:width=8,latent_dim=8"], flows=["gaussian"],
-                  scorers=["nll", "typicality", "knn", "complexity", "nll+recon"],
-                  epochs_encoder=1, epochs_flow=2).validate()
+    suite = Suite(
+        name="leak",
+        dataset="fake:per_class=20",
+        protocol="ood",
+        out_datasets=["constant", "uniform_noise"],
+        encoders=["dcgan_ae:width=8,latent_dim=8"],
+        flows=["gaussian"],
+        scorers=["nll", "typicality", "knn", "complexity", "nll+recon"],
+        epochs_encoder=1,
+        epochs_flow=2,
+    ).validate()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_suite(suite, tmp_path, device="cpu")
@@ -94,3 +106,16 @@ def test_scorers_never_see_the_test_set(tmp_path):
     assert all(len(v) == 1 for v in by_scorer.values()), by_scorer
     # and the test sets really differed
     assert len({r["metrics"]["auc"] for r in recs if r["config"]["scorer"] == "knn"}) == 2
+
+
+def test_rotation_scorer_with_rotnet_round_trips(fake_split, tmp_path):
+    det = Detector(**{**TINY, "encoder": "rotnet:width=8,latent_dim=8", "scorer": "rotation+nll"})
+    det.fit(fake_split.train)
+    x = fake_split.test.images
+    score = det.anomaly_score(x)
+    again = Detector.load(det.save(tmp_path / "r.flowkit"), device="cpu")
+    np.testing.assert_array_equal(again.anomaly_score(x), score)
+    rot = det.encoder_.rotation_loss(torch.zeros(3, 1, 32, 32))
+    assert rot.shape == (3,) and (rot >= 0).all()
+    with pytest.raises(flowkit.ConfigError, match="rotation-prediction encoder"):
+        Detector(**{**TINY, "scorer": "rotation"}).fit(fake_split.train)

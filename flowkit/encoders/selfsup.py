@@ -1,0 +1,148 @@
+"""Self-supervised encoders trained on normal images alone: contrastive and rotation.
+
+Both use the DCGAN-style trunk of :mod:`flowkit.encoders.blocks` (the same blocks as
+``dcgan_ae``), and put their whole objective in ``loss(x)``, so the generic runner trains them
+unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowkit.encoders.augment import Augment, rotate90
+from flowkit.encoders.base import Encoder
+from flowkit.encoders.blocks import dcgan_trunk
+from flowkit.errors import ConfigError
+
+__all__ = ["SimCLREncoder", "RotNetEncoder", "simclr", "rotnet", "nt_xent"]
+
+
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The NT-Xent loss of SimCLR over two batches of projections of the same images."""
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    n = a.shape[0]
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+class SimCLREncoder(Encoder):
+    """SimCLR-style contrastive encoder (Chen et al., ICML 2020).
+
+    Two augmented views of each image are pulled together and pushed from the other images
+    by NT-Xent on a projection head that is used only in training; ``encode`` returns the
+    trunk's features.
+    """
+
+    trainable = True
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 32,
+        latent_dim: int = 128,
+        width: int = 64,
+        projection_dim: int = 128,
+        temperature: float = 0.2,
+        augment: Augment | None = None,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {temperature}")
+        self.embed_dim = int(latent_dim)
+        self.input_shape = (int(in_channels), int(image_size), int(image_size))
+        self.trunk = dcgan_trunk(in_channels, image_size, width, latent_dim)
+        self.head = nn.Sequential(
+            nn.Linear(latent_dim, latent_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(latent_dim, projection_dim),
+        )
+        self.temperature = float(temperature)
+        self.augment = augment or Augment()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        views = torch.cat([self.augment(x), self.augment(x)])
+        proj = self.head(self.trunk(views))
+        return nt_xent(proj[: len(x)], proj[len(x) :], self.temperature)
+
+
+class RotNetEncoder(Encoder):
+    """Predicts which of four rotations was applied (Gidaris et al., ICLR 2018; used for
+    anomaly detection by Golan & El-Yaniv, NeurIPS 2018). ``encode`` gives the trunk's
+    features of the upright image; :meth:`rotation_loss` the per-image loss."""
+
+    trainable = True
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 32,
+        latent_dim: int = 128,
+        width: int = 64,
+        affine: bool = True,
+    ) -> None:
+        super().__init__()
+        self.embed_dim = int(latent_dim)
+        self.input_shape = (int(in_channels), int(image_size), int(image_size))
+        self.trunk = dcgan_trunk(in_channels, image_size, width, latent_dim)
+        self.classifier = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(latent_dim, 4))
+        self.augment = Augment(affine=affine)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rotated = torch.cat([rotate90(x, k) for k in range(4)])
+        labels = torch.arange(4, device=x.device).repeat_interleave(len(x))
+        return self.classifier(self.trunk(rotated)), labels
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        logits, labels = self._logits(self.augment(x) if self.training else x)
+        return F.cross_entropy(logits, labels)
+
+    def rotation_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-image cross-entropy over the four rotations ``(B,)``: higher = more anomalous."""
+        logits, labels = self._logits(x)
+        per = F.cross_entropy(logits, labels, reduction="none")
+        return per.view(4, len(x)).mean(0)
+
+
+def simclr(
+    in_channels: int = 1,
+    image_size: int = 32,
+    latent_dim: int = 128,
+    width: int = 64,
+    projection_dim: int = 128,
+    temperature: float = 0.2,
+    affine: bool = True,
+    hflip: bool = False,
+    jitter: float = 0.0,
+    noise: float = 0.0,
+) -> SimCLREncoder:
+    """SimCLR contrastive encoder on the DCGAN trunk (random-affine views by default)."""
+    return SimCLREncoder(
+        in_channels,
+        image_size,
+        latent_dim,
+        width,
+        projection_dim,
+        temperature,
+        Augment(affine=affine, hflip=hflip, jitter=jitter, noise=noise),
+    )
+
+
+def rotnet(
+    in_channels: int = 1,
+    image_size: int = 32,
+    latent_dim: int = 128,
+    width: int = 64,
+    affine: bool = True,
+) -> RotNetEncoder:
+    """Rotation-prediction encoder on the DCGAN trunk (pairs with the rotation scorer)."""
+    return RotNetEncoder(in_channels, image_size, latent_dim, width, affine)

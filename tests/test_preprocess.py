@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowkit.errors import ConfigError
+from flowkit.preprocess import LatentPipeline, parse_pipeline
+
+
+def test_parse_and_errors():
+    assert parse_pipeline("l2+pca:32") == [("l2", None), ("pca", 32)]
+    assert parse_pipeline("none") == []
+    for bad in ("pca", "pca:x", "zca", "standardize:3"):
+        with pytest.raises(ConfigError):
+            parse_pipeline(bad)
+    with pytest.raises(ConfigError, match="1 <= K <= 4"):
+        LatentPipeline("pca:8", in_dim=4)
+
+
+def test_standardize_and_whitened_pca():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(500, 6, generator=g) @ torch.randn(6, 6, generator=g) + 3
+    std = LatentPipeline("standardize", 6).fit(z)(z)
+    torch.testing.assert_close(std.mean(0), torch.zeros(6), atol=1e-4, rtol=0)
+    torch.testing.assert_close(std.std(0), torch.ones(6), atol=1e-4, rtol=0)
+    pipe = LatentPipeline("pca:3", 6).fit(z)
+    w = pipe(z)
+    assert pipe.out_dim == 3 and w.shape == (500, 3)
+    torch.testing.assert_close(torch.cov(w.T), torch.eye(3), atol=1e-3, rtol=0)
+
+
+def test_l2_then_pca_and_state_round_trip():
+    z = torch.randn(100, 5) * 4
+    pipe = LatentPipeline("l2+pca:2", 5).fit(z)
+    out = pipe(z)
+    clone = LatentPipeline("l2+pca:2", 5)
+    clone.load_state_dict(pipe.state_dict())
+    torch.testing.assert_close(clone(z), out)
+    unit = LatentPipeline("l2", 5).fit(z)
+    normed = unit(z) + unit.stages[0].center
+    torch.testing.assert_close(normed.norm(dim=1), torch.ones(100))
+    with pytest.raises(ConfigError, match=r"shape \(N, 5\)"):
+        pipe(torch.zeros(3, 4))
+
+
+def test_dead_dimension_does_not_divide_by_zero():
+    z = torch.randn(50, 3)
+    z[:, 1] = 2.0
+    out = LatentPipeline("standardize", 3).fit(z)(z)
+    assert torch.isfinite(out).all()
