@@ -205,26 +205,25 @@ def write_report(run_dir: str | Path, plots: bool = True) -> dict[str, Path]:
             ["**mean**"] + [f"**{means[c]:.3f}**" for c in combos] + ["" for _ in ref_names]
         )
         md += [_markdown_table(header, rows), ""]
-        if protocol == "ood":
-            for m in metric_names[1:]:
-                md += [
-                    f"{m}: "
-                    + "; ".join(
-                        f"{c} on {name}: {lookup[(t, c)].cell(m)}"
-                        for t, name in targets
-                        for c in combos
-                        if (t, c) in lookup
-                    ),
-                    "",
-                ]
-        best = max(combos, key=lambda c: means[c])
-        md += [f"Best mean AUC on {dataset}: **{best}** ({means[best]:.3f})."]
-        if len(combos) > 1:
-            md += [
-                "Ranking: "
-                + ", ".join(f"{c} {means[c]:.3f}" for c in sorted(combos, key=lambda c: -means[c]))
-                + "."
+        titles = {
+            "aupr_in": "AUPR-in (in-distribution positive)",
+            "aupr_out": "AUPR-out (OOD positive)",
+            "fpr95": "FPR on OOD at 95% TPR on in-distribution (lower is better)",
+        }
+        for m in metric_names[1:]:
+            rows = [
+                [name] + [lookup[(t, c)].cell(m) if (t, c) in lookup else "-" for c in combos]
+                for t, name in targets
             ]
+            md += [f"{titles[m]}:", "", _markdown_table([what] + combos, rows), ""]
+        fair, note = _common_means(targets, dict(zip(combos, combos, strict=True)), lookup)
+        best = max(combos, key=lambda c: fair[c])
+        md += [f"Best mean AUC on {dataset}{note}: **{best}** ({fair[best]:.3f})."]
+        if len(combos) > 1:
+            ranking = ", ".join(
+                f"{c} {fair[c]:.3f}" for c in sorted(combos, key=lambda c: -fair[c])
+            )
+            md += [f"Ranking: {ranking}."]
         md += _scorer_verdicts(group, targets, lookup)
         md += [""] + [f"_{n}_" for n in ref_notes if n] + [""]
         if plots:
@@ -264,6 +263,21 @@ def write_report(run_dir: str | Path, plots: bool = True) -> dict[str, Path]:
     return paths
 
 
+def _common_means(
+    targets: list[tuple[str, str]], combos: dict[str, str], lookup: dict[tuple[str, str], Aggregate]
+) -> tuple[dict[str, float], str]:
+    """Mean AUC per key over the targets every combination has (a fair comparison when a run
+    directory holds cells of different grids)."""
+    common = [t for t, _ in targets if all((t, c) in lookup for c in combos.values())]
+    note = "" if len(common) == len(targets) else f" (over the {len(common)} targets all share)"
+    use = common or [t for t, _ in targets]
+    means = {
+        key: float(np.mean([lookup[(t, c)].mean() for t in use if (t, c) in lookup] or [np.nan]))
+        for key, c in combos.items()
+    }
+    return means, note
+
+
 def _scorer_verdicts(
     group: list[Aggregate], targets: list[tuple[str, str]], lookup: dict[tuple[str, str], Aggregate]
 ) -> list[str]:
@@ -290,15 +304,12 @@ def _scorer_verdicts(
                 state = "below chance" if nll < 0.5 else "weak" if nll < 0.8 else "good"
                 line += f" vs nll {nll:.3f} ({state}; {scores[best] - nll:+.3f})"
             lines.append(line)
-        means = {
-            sc: float(np.mean([lookup[(t, c)].mean() for t, _ in targets if (t, c) in lookup]))
-            for sc, c in combos.items()
-        }
+        means, note = _common_means(targets, combos, lookup)
         top = max(means, key=lambda sc: means[sc])
         ranked = ", ".join(f"{sc} {n}" for sc, n in sorted(wins.items(), key=lambda kv: -kv[1]))
         lines += [
             "",
-            f"Winner on average: **{top}** ({means[top]:.3f}); wins per target: {ranked}.",
+            f"Winner on average{note}: **{top}** ({means[top]:.3f}); wins per target: {ranked}.",
         ]
     return lines
 

@@ -10,11 +10,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from flowkit.data.base import ImageSet, resize_uint8
 from flowkit.data.sources import _check_split, digits
 
-__all__ = ["digits_inverted", "digits_flipped", "uniform_noise", "constant", "sample_patches"]
+__all__ = [
+    "digits_inverted",
+    "digits_flipped",
+    "digits_blurred",
+    "digits_dimmed",
+    "digits_superposed",
+    "uniform_noise",
+    "constant",
+    "sample_patches",
+]
 
 
 def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -52,6 +62,70 @@ def digits_flipped(
     """The embedded digits upside down (flipped vertically)."""
     d = digits(split, image_size)
     return _ood(_match_channels(d.images.flip(-2).contiguous(), channels), "digits_flipped")
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a uint8 batch (replicate padding)."""
+    radius = max(1, int(3 * sigma + 0.5))
+    k = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(k**2) / (2 * sigma**2))
+    k = (k / k.sum()).to(torch.float32)
+    c = images.shape[1]
+    x = images.float()
+    x = F.conv2d(
+        F.pad(x, (radius, radius, 0, 0), mode="replicate"),
+        k.view(1, 1, 1, -1).repeat(c, 1, 1, 1),
+        groups=c,
+    )
+    x = F.conv2d(
+        F.pad(x, (0, 0, radius, radius), mode="replicate"),
+        k.view(1, 1, -1, 1).repeat(c, 1, 1, 1),
+        groups=c,
+    )
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def digits_blurred(
+    split: str = "test",
+    image_size: int = 32,
+    root: Any = None,
+    download: bool = False,
+    channels: int = 1,
+    sigma: float = 1.5,
+) -> ImageSet:
+    """The embedded digits, Gaussian-blurred: smoother, simpler images that raw likelihood
+    tends to prefer (the failure of the paper's Figure 1)."""
+    d = digits(split, image_size)
+    return _ood(_match_channels(gaussian_blur(d.images, sigma), channels), "digits_blurred")
+
+
+def digits_dimmed(
+    split: str = "test",
+    image_size: int = 32,
+    root: Any = None,
+    download: bool = False,
+    channels: int = 1,
+    factor: float = 0.7,
+) -> ImageSet:
+    """The embedded digits at reduced contrast (intensities × ``factor``)."""
+    d = digits(split, image_size)
+    dimmed = (d.images.float() * factor).round().clamp(0, 255).to(torch.uint8)
+    return _ood(_match_channels(dimmed, channels), "digits_dimmed")
+
+
+def digits_superposed(
+    split: str = "test",
+    image_size: int = 32,
+    root: Any = None,
+    download: bool = False,
+    channels: int = 1,
+    seed: int = 0,
+) -> ImageSet:
+    """The average of two different embedded digits (a plausible-looking non-digit)."""
+    d = digits(split, image_size)
+    perm = torch.randperm(len(d), generator=torch.Generator().manual_seed(seed))
+    mixed = ((d.images.float() + d.images[perm].float()) / 2).round().to(torch.uint8)
+    return _ood(_match_channels(mixed, channels), "digits_superposed")
 
 
 def uniform_noise(
