@@ -167,3 +167,38 @@ def test_as_uint8_images_validates():
         as_uint8_images(torch.zeros(4, 4))
     with pytest.raises(DataError, match=r"\[0, 1\] or \[0, 255\]"):
         as_uint8_images(torch.full((1, 1, 2, 2), -3.0))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "digits_inverted",
+        "digits_flipped",
+        "digits_blurred",
+        "digits_dimmed",
+        "digits_superposed",
+        "uniform_noise",
+        "constant",
+        "sample_patches",
+    ],
+)
+def test_offline_ood_sets(name):
+    one = flowkit.load_dataset(name, split="test")
+    assert one.images.dtype == torch.uint8 and one.images.shape[1:] == (1, 32, 32)
+    assert len(one) > 100
+    rgb = flowkit.load_dataset(name, split="test", channels=3, image_size=16)
+    assert rgb.images.shape[1:] == (3, 16, 16)
+
+
+def test_ood_transforms_do_what_they_say():
+    digits = flowkit.load_dataset("digits", split="test")
+    inv = flowkit.load_dataset("digits_inverted", split="test")
+    assert torch.equal(inv.images, 255 - digits.images)
+    blurred = flowkit.load_dataset("digits_blurred", split="test", sigma=2.0)
+
+    def roughness(x):
+        return x.float().diff(dim=-1).abs().mean()
+
+    assert roughness(blurred.images) < 0.8 * roughness(digits.images)
+    dimmed = flowkit.load_dataset("digits_dimmed", split="test", factor=0.5)
+    assert dimmed.images.max() <= 128
