@@ -64,7 +64,7 @@ def bench(
     suite: Annotated[
         str,
         typer.Option(
-            help="Suite name (quick, paper-mnist, paper-cifar10, paper-svhn-ood, ...) or path to a TOML file."
+            help="Suite name (quick, paper-mnist, paper-cifar10, paper-svhn-ood, ood-digits, ssl) or path to a TOML file."
         ),
     ] = "quick",
     dataset: Annotated[
@@ -122,8 +122,7 @@ def bench(
 ) -> None:
     """Run a benchmark suite (GANomaly protocol), resumably, then write its report.
 
-    Each encoder is trained once per (dataset, held-out class, seed) and cached with its
-    latents; finished cells are appended to <out>/results.jsonl and skipped on rerun.
+    Each encoder is trained once per (dataset, held-out class, seed) and cached with its latents; finished cells are appended to <out>/results.jsonl and skipped on rerun.
     """
     from flowkit.bench.report import write_report
     from flowkit.bench.runner import run_suite

@@ -142,7 +142,7 @@ def score(
 ) -> None:
     """Score image files: anomaly score, threshold and label (normal / anomaly) per image.
 
-    Images are converted to the model's channels and resized to its size.
+    Images are converted to the model's channels and resized to its size; higher scores are more anomalous.
     """
     from flowkit import Detector
     from flowkit.data import find_images, load_images
