@@ -139,6 +139,7 @@ def plot_dataset(
         for ax in list(axes.flat)[len(recs) :]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=6)
+        fig.subplots_adjust(hspace=0.45)
         what = "log-likelihood" if recs[0]["config"]["scorer"] in ("nll", "bpd") else "score"
         fig.suptitle(f"{dataset}: {what}, {combo} (seed {first_seed})", fontsize=9)
         key = f"{dataset}-{protocol}-hist-{_slug(combo)}"
