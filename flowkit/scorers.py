@@ -146,23 +146,40 @@ def _require_images(ctx: ScoreContext, name: str) -> torch.Tensor:
     return ctx.images
 
 
-class ReconScorer(Scorer):
-    """The encoder's per-image reconstruction error."""
+class _EncoderMethodScorer(Scorer):
+    """Scores images with a per-image method of the detector's encoder."""
 
-    name = "recon"
     needs_images = True
+    method = ""
+    requirement = ""
 
     def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
         encoder = train.detector.encoder_ if train.detector is not None else None
-        if not hasattr(encoder, "reconstruction_error"):
+        if not hasattr(encoder, self.method):
             raise ConfigError(
-                f"the recon scorer needs an encoder that can decode "
-                f"(e.g. dcgan_ae); {type(encoder).__name__} cannot"
+                f"the {self.name} scorer needs {self.requirement}; "
+                f"{type(encoder).__name__} has no {self.method}()"
             )
         return self
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
-        return _per_image(ctx, self.name, "reconstruction_error")
+        return _per_image(ctx, self.name, self.method)
+
+
+class ReconScorer(_EncoderMethodScorer):
+    """The encoder's per-image reconstruction error."""
+
+    name = "recon"
+    method = "reconstruction_error"
+    requirement = "an encoder that can decode (e.g. dcgan_ae, timm/...:train=ae)"
+
+
+class RotationScorer(_EncoderMethodScorer):
+    """The rotation-prediction loss of a ``rotnet`` encoder (Golan & El-Yaniv 2018)."""
+
+    name = "rotation"
+    method = "rotation_loss"
+    requirement = "a rotation-prediction encoder (rotnet)"
 
 
 @torch.inference_mode()
@@ -182,25 +199,6 @@ def _per_image(ctx: ScoreContext, name: str, method: str) -> torch.Tensor:
         fn(to_float(images[i : i + 256].to(dev))).double().cpu() for i in range(0, len(images), 256)
     ]
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.double)
-
-
-class RotationScorer(Scorer):
-    """The rotation-prediction loss of a ``rotnet`` encoder (Golan & El-Yaniv 2018)."""
-
-    name = "rotation"
-    needs_images = True
-
-    def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
-        encoder = train.detector.encoder_ if train.detector is not None else None
-        if not hasattr(encoder, "rotation_loss"):
-            raise ConfigError(
-                f"the rotation scorer needs a rotation-prediction encoder "
-                f"(rotnet); {type(encoder).__name__} is not one"
-            )
-        return self
-
-    def score(self, ctx: ScoreContext) -> torch.Tensor:
-        return _per_image(ctx, self.name, "rotation_loss")
 
 
 class KNNScorer(Scorer):

@@ -128,6 +128,17 @@ def digits_superposed(
     return _ood(_match_channels(mixed, channels), "digits_superposed")
 
 
+def _random_images(
+    name: str, n: int, shape: tuple[int, int, int], seed: int, solid: bool
+) -> ImageSet:
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = shape
+    if solid:  # one grey level per image
+        levels = torch.randint(0, 256, (n, 1, 1, 1), generator=g, dtype=torch.uint8)
+        return _ood(levels.expand(n, c, h, w).contiguous(), name)
+    return _ood(torch.randint(0, 256, (n, c, h, w), generator=g, dtype=torch.uint8), name)
+
+
 def uniform_noise(
     split: str = "test",
     image_size: int = 32,
@@ -139,11 +150,7 @@ def uniform_noise(
 ) -> ImageSet:
     """Images of independent uniform pixel noise (maximal complexity)."""
     _check_split(split)
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(
-        0, 256, (n, channels, image_size, image_size), generator=g, dtype=torch.uint8
-    )
-    return _ood(images, "uniform_noise")
+    return _random_images("uniform_noise", n, (channels, image_size, image_size), seed, False)
 
 
 def constant(
@@ -157,9 +164,7 @@ def constant(
 ) -> ImageSet:
     """Blank images of one random grey level each (minimal complexity)."""
     _check_split(split)
-    g = torch.Generator().manual_seed(seed)
-    levels = torch.randint(0, 256, (n, 1, 1, 1), generator=g, dtype=torch.uint8)
-    return _ood(levels.expand(n, channels, image_size, image_size).contiguous(), "constant")
+    return _random_images("constant", n, (channels, image_size, image_size), seed, True)
 
 
 def sample_patches(
