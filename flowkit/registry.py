@@ -112,8 +112,14 @@ class Registry:
         self._namespaces[prefix] = Entry(prefix, factory, plugin, dist, True, lister)
 
     def _add(self, name: str, factory: Factory, *, override: bool) -> Factory:
-        if not name or name.split("/")[0] in self._namespaces and "/" in name:
+        if not name or ":" in name or "+" in name:
+            # ":" separates options and "+" joins scorers on the command line
             raise ConfigError(f"invalid {self.kind} name {name!r}")
+        if "/" in name and name.split("/", 1)[0] in self._namespaces:
+            raise ConfigError(
+                f"{self.kind} {name!r} falls inside the namespace "
+                f"{name.split('/', 1)[0]!r}; register it there instead"
+            )
         if name in self._entries and not override:
             raise ConfigError(
                 f"{self.kind} {name!r} is already registered by {self._entries[name].plugin!r}; "

@@ -113,3 +113,11 @@ def test_public_helpers():
     enc = flowkit.create_encoder("dcgan_ae:latent_dim=16", in_channels=3, image_size=64)
     assert enc.embed_dim == 16 and enc.input_shape == (3, 64, 64)
     assert flowkit.create_flow("realnvp:layers=2", features=4).features == 4
+
+
+def test_names_that_would_not_parse_are_refused():
+    reg = make_registry()
+    reg.register_namespace("timm", lambda name, **kw: name)
+    for bad in ("a:b", "nll+knn", "timm/resnet18"):
+        with pytest.raises(ConfigError):
+            reg.register(bad)(lambda: 1)
