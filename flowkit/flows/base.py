@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -26,7 +28,7 @@ class Flow(nn.Module):
         raise NotImplementedError
 
     def base_log_prob(self, u: torch.Tensor) -> torch.Tensor:
-        return -0.5 * (u.pow(2).sum(1) + u.shape[1] * torch.log(torch.tensor(2 * torch.pi)))
+        return -0.5 * (u.pow(2).sum(1) + u.shape[1] * math.log(2 * math.pi))
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Log-density ``(B,)`` of latents ``z``."""

@@ -43,7 +43,11 @@ class GaussianFlow(Flow):
     def initialize(self, z: torch.Tensor) -> None:
         z = z.double()
         cov = torch.cov(z.T).reshape(self.features, self.features)
-        cov += self.shrinkage * torch.eye(self.features, dtype=z.dtype) * cov.diagonal().mean()
+        cov += (
+            self.shrinkage
+            * torch.eye(self.features, dtype=z.dtype, device=z.device)
+            * cov.diagonal().mean()
+        )
         L = torch.linalg.cholesky(cov)
         diag = torch.diagonal(L).clamp_min(2e-5) - 1e-5
         self.loc.copy_(z.mean(0).float())
