@@ -25,9 +25,25 @@ def test_cli_sees_and_trains_the_installed_plugin(tmp_path):
     res = runner.invoke(app, ["plugins"])
     assert res.exit_code == 0 and "flowkit-example" in res.output and "mean_pool" in res.output
     assert "mean_pool" in runner.invoke(app, ["list", "encoders"]).output
-    res = runner.invoke(app, ["train", "--dataset", "fake:per_class=20", "--encoder", "mean_pool",
-                              "--flow", "diag_gaussian", "--epochs-flow", "3", "--device", "cpu",
-                              "--out", str(tmp_path / "m.flowkit"), "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            "fake:per_class=20",
+            "--encoder",
+            "mean_pool",
+            "--flow",
+            "diag_gaussian",
+            "--epochs-flow",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "m.flowkit"),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert flowkit.Detector.load(tmp_path / "m.flowkit").encoder_spec_[0] == "mean_pool"
 

@@ -27,7 +27,8 @@ def test_contract_frozen_and_trainable(channels):
 
 
 def test_frozen_encoder_is_not_trained_and_normalizes_inputs():
-    enc = flowkit.create_encoder(SMALL, in_channels=1, image_size=32)
+    with pytest.warns(UserWarning, match="frozen, randomly initialised"):
+        enc = flowkit.create_encoder(SMALL, in_channels=1, image_size=32)
     assert not enc.trainable and enc.embed_dim == 512
     assert not any(p.requires_grad for p in enc.backbone.parameters())
     x = enc._prepare(torch.zeros(2, 1, 32, 32))

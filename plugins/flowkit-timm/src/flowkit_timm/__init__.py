@@ -16,6 +16,7 @@ repeated to 3 channels. Options:
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import timm
@@ -128,6 +129,13 @@ def timm_encoder(
             f"'timm/{model_name}:pretrained=false' (random init; add train=ae to train it) or "
             f"'timm/{model_name}:checkpoint=PATH' with a weights file on disk."
         ) from None
+    if not kwargs["pretrained"] and train is None and freeze:
+        warnings.warn(
+            f"timm/{model_name}: a frozen, randomly initialised backbone gives weak features; "
+            "add train=ae to train it on your images, or use pretrained weights",
+            UserWarning,
+            stacklevel=2,
+        )
     if input_size is None:
         cfg_size = (getattr(model, "pretrained_cfg", {}) or {}).get("input_size", (3, 224, 224))
         input_size = int(cfg_size[-1]) if kwargs["pretrained"] else max(int(image_size), 32)
