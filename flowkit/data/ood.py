@@ -40,6 +40,11 @@ def _ood(images: torch.Tensor, name: str) -> ImageSet:
     return ImageSet(images, torch.zeros(len(images), dtype=torch.long), [name], name)
 
 
+def _from_digits(name: str, split: str, image_size: int, channels: int, transform: Any) -> ImageSet:
+    """An OOD set made by transforming the embedded digits' uint8 images."""
+    return _ood(_match_channels(transform(digits(split, image_size).images), channels), name)
+
+
 def digits_inverted(
     split: str = "test",
     image_size: int = 32,
@@ -48,8 +53,7 @@ def digits_inverted(
     channels: int = 1,
 ) -> ImageSet:
     """The embedded digits with inverted intensities (dark strokes on white)."""
-    d = digits(split, image_size)
-    return _ood(_match_channels(255 - d.images, channels), "digits_inverted")
+    return _from_digits("digits_inverted", split, image_size, channels, lambda x: 255 - x)
 
 
 def digits_flipped(
@@ -60,8 +64,9 @@ def digits_flipped(
     channels: int = 1,
 ) -> ImageSet:
     """The embedded digits upside down (flipped vertically)."""
-    d = digits(split, image_size)
-    return _ood(_match_channels(d.images.flip(-2).contiguous(), channels), "digits_flipped")
+    return _from_digits(
+        "digits_flipped", split, image_size, channels, lambda x: x.flip(-2).contiguous()
+    )
 
 
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -95,8 +100,9 @@ def digits_blurred(
 ) -> ImageSet:
     """The embedded digits, Gaussian-blurred: smoother, simpler images that raw likelihood
     tends to prefer (the failure of the paper's Figure 1)."""
-    d = digits(split, image_size)
-    return _ood(_match_channels(gaussian_blur(d.images, sigma), channels), "digits_blurred")
+    return _from_digits(
+        "digits_blurred", split, image_size, channels, lambda x: gaussian_blur(x, sigma)
+    )
 
 
 def digits_dimmed(
@@ -108,9 +114,13 @@ def digits_dimmed(
     factor: float = 0.7,
 ) -> ImageSet:
     """The embedded digits at reduced contrast (intensities × ``factor``)."""
-    d = digits(split, image_size)
-    dimmed = (d.images.float() * factor).round().clamp(0, 255).to(torch.uint8)
-    return _ood(_match_channels(dimmed, channels), "digits_dimmed")
+    return _from_digits(
+        "digits_dimmed",
+        split,
+        image_size,
+        channels,
+        lambda x: (x.float() * factor).round().clamp(0, 255).to(torch.uint8),
+    )
 
 
 def digits_superposed(
@@ -122,10 +132,12 @@ def digits_superposed(
     seed: int = 0,
 ) -> ImageSet:
     """The average of two different embedded digits (a plausible-looking non-digit)."""
-    d = digits(split, image_size)
-    perm = torch.randperm(len(d), generator=torch.Generator().manual_seed(seed))
-    mixed = ((d.images.float() + d.images[perm].float()) / 2).round().to(torch.uint8)
-    return _ood(_match_channels(mixed, channels), "digits_superposed")
+
+    def superpose(x: torch.Tensor) -> torch.Tensor:
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        return ((x.float() + x[perm].float()) / 2).round().to(torch.uint8)
+
+    return _from_digits("digits_superposed", split, image_size, channels, superpose)
 
 
 def _random_images(
