@@ -7,7 +7,7 @@ from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransfo
 
 from flowkit.errors import ConfigError
 from flowkit.flows.base import NflowsFlow
-from flowkit.flows.realnvp import ACTIVATIONS, coupling_flow
+from flowkit.flows.realnvp import activation_fn, coupling_flow
 
 __all__ = ["maf", "nsf"]
 
@@ -31,15 +31,14 @@ def maf(
         batch_norm: BatchNorm between layers; dropout, activation: inside the MADE networks.
         random_masks: random MADE degrees instead of sequential ones.
     """
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    act = activation_fn(activation)
     flow = MaskedAutoregressiveFlow(
         features=features,
         hidden_features=hidden,
         num_layers=layers,
         num_blocks_per_layer=blocks,
         use_random_masks=random_masks,
-        activation=ACTIVATIONS[activation],
+        activation=act,
         dropout_probability=dropout,
         batch_norm_between_layers=batch_norm,
     )

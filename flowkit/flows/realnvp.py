@@ -23,7 +23,14 @@ from nflows.transforms.normalization import BatchNorm
 from flowkit.errors import ConfigError
 from flowkit.flows.base import NflowsFlow
 
-__all__ = ["realnvp", "coupling_flow", "ScaledAffineCoupling", "SCALE_ACTIVATIONS", "ACTIVATIONS"]
+__all__ = [
+    "realnvp",
+    "coupling_flow",
+    "activation_fn",
+    "ScaledAffineCoupling",
+    "SCALE_ACTIVATIONS",
+    "ACTIVATIONS",
+]
 
 ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "gelu": F.gelu, "tanh": torch.tanh}
 
@@ -91,6 +98,13 @@ def realnvp(
     )
 
 
+def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The conditioner activation called ``name``, or a ConfigError listing the choices."""
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
+
+
 def coupling_flow(
     features: int,
     layers: int,
@@ -104,8 +118,7 @@ def coupling_flow(
     """Couplings with alternating masks and residual conditioners over a standard normal."""
     if features < 2:
         raise ConfigError(f"coupling flows need at least 2 features, got {features}")
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    act = activation_fn(activation)
 
     def conditioner(in_features: int, out_features: int) -> ResidualNet:
         return ResidualNet(
@@ -113,7 +126,7 @@ def coupling_flow(
             out_features,
             hidden_features=hidden,
             num_blocks=blocks,
-            activation=ACTIVATIONS[activation],
+            activation=act,
             dropout_probability=dropout,
         )
 
