@@ -60,8 +60,10 @@ def main() -> None:
     det.epochs_flow, det.patience = args.epochs_flow, 10**6
     det.fit_density(z_train, z_val)
     fh = det.history_["flow"]
-    print(f"flow training ({args.flow}, {z_train.shape[1]}-d): "
-          f"{fh['samples_per_second']:8.1f} latents/s")
+    print(
+        f"flow training ({args.flow}, {z_train.shape[1]}-d): "
+        f"{fh['samples_per_second']:8.1f} latents/s"
+    )
 
     test = split.test.images
     det.anomaly_score(test[:64])  # warm-up

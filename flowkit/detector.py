@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,15 @@ import torch
 
 from flowkit import artifact
 from flowkit.data.base import as_uint8_images
-from flowkit.errors import ConfigError, DataError, ModelFileError, UnknownComponentError
-from flowkit.preprocess import LatentPipeline
-from flowkit.registry import accepted_options, encoders, flows, parse_spec, scorers
+from flowkit.errors import (
+    ConfigError,
+    DataError,
+    ModelFileError,
+    NotFittedError,
+    UnknownComponentError,
+)
+from flowkit.preprocess import LatentPipeline, parse_pipeline
+from flowkit.registry import accepted_options, coerce_options, encoders, flows, parse_spec, scorers
 from flowkit.scorers import ScoreContext, Scorer
 from flowkit.training import History, embed, fit_encoder, fit_flow, resolve_device
 
@@ -51,17 +58,30 @@ class Detector:
         contamination: expected fraction of anomalies; overrides ``confidence`` when set.
         epochs_encoder, epochs_flow: maximum epochs of each stage (early stopping on the
             validation split can end them sooner).
-        patience: epochs without validation improvement before a stage stops.
-        batch_size, lr_encoder, lr_flow: optimisation settings.
+        patience: flow epochs without validation improvement before flow training stops.
+        patience_encoder: the same for encoder training.
+        batch_size: encoder minibatch size (at least 2: BatchNorm needs two images).
+        flow_batch_size: flow minibatch size (at least 2).
+        lr_encoder, lr_flow: Adam learning rates.
         val_fraction: share of the normal training images held out for validation
             (early stopping, threshold, scorer calibration). Never the test set.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``, ...
-        seed: makes fitting reproducible (same seed → same scores on CPU).
+        seed: makes fitting reproducible (same seed → same scores on CPU); a non-negative int.
+        value_range: the range of *float* input images, mapped onto 0..255 (default
+            ``(0, 1)``). uint8 (and other integer) images are always ``[0, 255]``. The range is
+            declared, never guessed from a batch, and float pixels outside it are refused.
         verbose: show progress bars.
 
+    The input contract: images are ``(N, C, H, W)`` (or ``(N, H, W)``), uint8 in ``[0, 255]``
+    or float in ``value_range``; each image's score depends on that image alone.
+
+    Scores follow scikit-learn's outlier detectors: ``score_samples`` is higher for more
+    normal images (``-anomaly_score``, whatever the scorer), ``offset_ = -threshold_`` and
+    ``decision_function = score_samples - offset_`` (negative for anomalies). The raw flow
+    log-likelihood is :meth:`log_likelihood`.
+
     Fitted attributes end in ``_``: ``encoder_``, ``pipeline_``, ``flow_``, ``scorer_``,
-    ``threshold_`` (on the anomaly score), ``offset_`` (``-threshold_``, so that
-    ``decision_function = -anomaly_score - offset_``), ``input_shape_``, ``history_``.
+    ``threshold_`` (on the anomaly score), ``offset_``, ``input_shape_``, ``history_``.
     """
 
     def __init__(
@@ -79,12 +99,15 @@ class Detector:
         epochs_encoder: int = 15,
         epochs_flow: int = 200,
         patience: int = 20,
+        patience_encoder: int = 5,
         batch_size: int = 64,
+        flow_batch_size: int = 128,
         lr_encoder: float = 2e-4,
         lr_flow: float = 1e-3,
         val_fraction: float = 0.1,
         device: str = "auto",
         seed: int = 0,
+        value_range: tuple[float, float] = (0.0, 1.0),
         verbose: bool = False,
     ) -> None:
         self.encoder = encoder
@@ -99,12 +122,15 @@ class Detector:
         self.epochs_encoder = epochs_encoder
         self.epochs_flow = epochs_flow
         self.patience = patience
+        self.patience_encoder = patience_encoder
         self.batch_size = batch_size
+        self.flow_batch_size = flow_batch_size
         self.lr_encoder = lr_encoder
         self.lr_flow = lr_flow
         self.val_fraction = val_fraction
         self.device = device
         self.seed = seed
+        self.value_range = value_range
         self.verbose = verbose
 
     # -- sklearn plumbing ------------------------------------------------------------------
@@ -131,12 +157,33 @@ class Detector:
         return f"Detector({', '.join(changed)})"
 
     def _check_params(self) -> None:
-        if not 0.0 < self.confidence < 1.0:
-            raise ConfigError(f"confidence must be in (0, 1), got {self.confidence}")
-        if self.contamination is not None and not 0.0 < self.contamination < 0.5:
-            raise ConfigError(f"contamination must be in (0, 0.5), got {self.contamination}")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        """Validate every parameter that can be checked without data (cheap; called first by
+        every fitting method, so nothing trains on a configuration that cannot finish)."""
+        _check_number("confidence", self.confidence, 0.0, 1.0)
+        if self.contamination is not None:
+            _check_number("contamination", self.contamination, 0.0, 0.5)
+        _check_number("val_fraction", self.val_fraction, 0.0, 0.5)
+        for name in ("epochs_encoder", "epochs_flow", "patience", "patience_encoder"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("batch_size", "flow_batch_size"):
+            _check_int(name, getattr(self, name), 2, "(BatchNorm needs two samples per batch)")
+        _check_int("seed", self.seed, 0, "(it makes fitting reproducible)", high=2**63 - 1)
+        for name in ("lr_encoder", "lr_flow"):
+            _check_number(name, getattr(self, name), 0.0, math.inf)
+        vr = self.value_range
+        if (
+            not isinstance(vr, (tuple, list))
+            or len(vr) != 2
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vr)
+            or not vr[0] < vr[1]
+        ):
+            raise ConfigError(
+                f"value_range must be two finite numbers (lo, hi), lo < hi; got {vr!r}"
+            )
+        resolve_device(self.device)
+        if not isinstance(self.latent, str):
+            raise ConfigError(f"latent must be a preprocessing spec string, got {self.latent!r}")
+        parse_pipeline(self.latent)  # the spec's syntax; its sizes are checked in check_config
         # Catch a misspelt component or option now, not after an hour of encoder training.
         fixed = {"encoder": {"in_channels", "image_size"}, "flow": {"features"}, "scorer": set()}
         for registry, (name, options), kind in (
@@ -152,7 +199,25 @@ class Detector:
                     f"{kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
                     f"accepted: {', '.join(accepted)}"
                 )
-        LatentPipeline(self.latent, in_dim=1024)  # validates the spec
+            coerce_options(f"{kind} {name!r}", entry.factory, options)
+
+    def check_config(self, input_shape: tuple[int, int, int]) -> None:
+        """Build every component once, untrained, for images of ``input_shape`` (C, H, W).
+
+        Option values and ranges that only the factories know (``layers=-2``, a PCA larger
+        than the encoder's latent, an image size the encoder cannot take) fail here, in one
+        line, before any training starts.
+        """
+        self._check_params()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            encoder = self.build_encoder(input_shape)
+        in_dim = int(encoder.embed_dim)
+        out_dim = LatentPipeline(self.latent, in_dim=in_dim).out_dim
+        name, options = self.flow_spec_
+        flows.create(name, features=out_dim, **options)
+        sname, soptions = self.scorer_spec_
+        scorers.create(sname, **soptions)
 
     @property
     def encoder_spec_(self) -> tuple[str, dict[str, Any]]:
@@ -172,7 +237,9 @@ class Detector:
 
     def _fitted(self) -> None:
         if not hasattr(self, "threshold_"):
-            raise ConfigError("this Detector is not fitted yet: call fit() or Detector.load()")
+            raise NotFittedError(
+                "this Detector is not fitted yet: call fit() or Detector.load() first"
+            )
 
     # -- fitting ---------------------------------------------------------------------------
 
@@ -200,8 +267,9 @@ class Detector:
         ``y`` is ignored (present for scikit-learn compatibility): training data is normal.
         """
         self._check_params()
-        images = as_uint8_images(X, "training images")
+        images = as_uint8_images(X, "training images", self.value_range)
         train, val = self.split_validation(images)
+        self.check_config(tuple(int(s) for s in images.shape[1:]))
         self.fit_encoder(train, val)
         z_train, z_val = self.embed(train), self.embed(val)
         return self.fit_density(z_train, z_val, train, val)
@@ -228,7 +296,7 @@ class Detector:
                 epochs=self.epochs_encoder,
                 batch_size=self.batch_size,
                 lr=self.lr_encoder,
-                patience=max(3, self.patience // 4),
+                patience=self.patience_encoder,
                 device=self.device,
                 seed=self.seed,
                 progress=progress,
@@ -271,6 +339,7 @@ class Detector:
             p_train,
             p_val,
             epochs=self.epochs_flow,
+            batch_size=self.flow_batch_size,
             lr=self.lr_flow,
             patience=self.patience,
             device=self.device,
@@ -306,7 +375,7 @@ class Detector:
     # -- scoring ---------------------------------------------------------------------------
 
     def _check_images(self, X: Any) -> torch.Tensor:
-        images = as_uint8_images(X)
+        images = as_uint8_images(X, value_range=self.value_range)
         c, h, w = self.input_shape_
         got = tuple(images.shape[1:])
         if got != (c, h, w):
@@ -320,8 +389,8 @@ class Detector:
     def embed(self, X: Any) -> torch.Tensor:
         """Raw encoder latents ``(N, embed_dim)`` of images (float32, CPU)."""
         if not hasattr(self, "encoder_"):
-            raise ConfigError("this Detector has no encoder yet: call fit() first")
-        images = X if isinstance(X, torch.Tensor) and X.dtype == torch.uint8 else as_uint8_images(X)
+            raise NotFittedError("this Detector has no encoder yet: call fit() first")
+        images = as_uint8_images(X, value_range=self.value_range)
         return embed(
             self.encoder_, images, batch_size=max(self.batch_size, 256), device=self.device
         )
@@ -351,25 +420,37 @@ class Detector:
             "anomaly_score": self.scorer_.score(ctx).double().numpy(),
         }
 
-    def score_samples(self, X: Any) -> np.ndarray:
-        """Log-likelihood of each image's latent (higher = more normal)."""
+    def score(self, X: Any) -> dict[str, np.ndarray]:
+        """``log_prob`` (the flow's log-likelihood) and ``anomaly_score`` in one pass."""
         self._fitted()
         images = self._check_images(X)
-        return self._context(self.embed(images), images).log_prob.numpy()
+        return self.score_latents(self.embed(images), images)
+
+    def log_likelihood(self, X: Any) -> np.ndarray:
+        """Log-likelihood of each image's latent under the flow (with the preprocessing's
+        Jacobian), whatever the scorer: higher = more normal."""
+        return self.score(X)["log_prob"]
 
     def anomaly_score(self, X: Any) -> np.ndarray:
-        """The scorer's output (higher = more anomalous; ``-score_samples`` for nll)."""
-        self._fitted()
-        images = self._check_images(X)
-        return self.score_latents(self.embed(images), images)["anomaly_score"]
+        """The scorer's output (higher = more anomalous; ``-log_likelihood`` for nll)."""
+        return self.score(X)["anomaly_score"]
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """``-anomaly_score``: higher = more normal, for every scorer (scikit-learn's
+        convention for outlier detectors)."""
+        return -self.anomaly_score(X)
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """``threshold_ - anomaly_score``: negative for anomalies (sklearn convention)."""
-        return self.threshold_ - self.anomaly_score(X)
+        """``score_samples - offset_``: negative for anomalies (scikit-learn's convention)."""
+        return self.score_samples(X) - self.offset_
 
     def predict(self, X: Any) -> np.ndarray:
         """1 for normal, -1 for anomaly (anomaly score above the threshold)."""
-        return np.where(self.anomaly_score(X) > self.threshold_, -1, 1)
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        """Fit on ``X`` and return its labels (1 normal, -1 anomaly), as in scikit-learn."""
+        return self.fit(X).predict(X)
 
     # -- persistence -----------------------------------------------------------------------
 
@@ -446,6 +527,23 @@ class Detector:
                 f"flowkit or its plugins ({type(exc).__name__}: {exc})"
             ) from None
         return det
+
+
+def _check_int(name: str, value: Any, low: int, why: str = "", high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} must be {bound}{' ' + why if why else ''}, got {value}")
+
+
+def _check_number(name: str, value: Any, low: float, high: float) -> None:
+    """``low < value < high`` (``inf`` means unbounded)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and low < value < high):
+        upper = f", {high:g})" if math.isfinite(high) else ", inf)"
+        raise ConfigError(f"{name} must be in ({low:g}{upper}, got {value}")
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -14,6 +14,8 @@ __all__ = [
     "DatasetNotFoundError",
     "TrainingDivergedError",
     "ModelFileError",
+    "NotFittedError",
+    "RunLockedError",
     "FlowkitPluginWarning",
 ]
 
@@ -63,6 +65,16 @@ class TrainingDivergedError(FlowkitError, RuntimeError):
 
 class ModelFileError(FlowkitError, ValueError):
     """A model file that is not flowkit's, is truncated, tampered or incompatible."""
+
+    exit_code = 2
+
+
+class NotFittedError(ConfigError, AttributeError):
+    """A Detector used before ``fit`` or ``load`` (as scikit-learn's ``NotFittedError``)."""
+
+
+class RunLockedError(FlowkitError):
+    """Another process holds the bench run directory."""
 
     exit_code = 2
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowkit.errors import ConfigError, UnknownComponentError
+from flowkit.errors import ConfigError, FlowkitError, UnknownComponentError
 
 __all__ = [
     "Entry",
@@ -32,6 +32,8 @@ __all__ = [
     "scorers",
     "parse_spec",
     "format_spec",
+    "coerce_options",
+    "check_positive",
     "REGISTRIES",
 ]
 
@@ -181,7 +183,20 @@ class Registry:
                     f"{self.kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
                     f"accepted: {', '.join(accepted) or 'none'}"
                 )
-        return entry.factory(*args, **kwargs)
+        kwargs = coerce_options(f"{self.kind} {name!r}", entry.factory, kwargs)
+        try:
+            return entry.factory(*args, **kwargs)
+        except FlowkitError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            # A plugin's factory that does not validate its own options still gets one line.
+            origin = (
+                f" (plugin {entry.plugin!r})" if entry.plugin not in ("builtin", "user") else ""
+            )
+            raise ConfigError(
+                f"cannot create {self.kind} {name!r}{origin} with options {kwargs}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
 
     def list(self, pattern: str = "*") -> list[str]:
         """Sorted registered names matching a glob ``pattern`` (namespaces expanded)."""
@@ -224,6 +239,81 @@ def accepted_options(factory: Callable[..., Any], skip: int = 0) -> list[str] | 
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+_SCALARS: dict[Any, str] = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "text",
+}
+
+
+def _coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """``(ok, value)``: ``value`` checked against a scalar annotation (int, float, bool, str,
+    their ``X | None``), converting the lossless cases the spec parser cannot decide
+    (``2`` for a float, ``7`` for a name); any other annotation accepts the value as it is."""
+    import types
+    import typing
+
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return True, None
+        for member in members:
+            ok, out = _coerce(value, member)
+            if ok and member in _SCALARS:
+                return True, out
+        return (False, value) if all(m in _SCALARS for m in members) else (True, value)
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if annotation is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, str(value)
+        return isinstance(value, str), value
+    return True, value
+
+
+def coerce_options(
+    what: str, factory: Callable[..., Any], options: dict[str, Any]
+) -> dict[str, Any]:
+    """Check option values against the factory's type annotations, before anything is built.
+
+    ``realnvp:layers=abc`` fails here, in one line naming the option and the expected type,
+    instead of deep inside training. Factories without annotations are not checked.
+    """
+    import typing
+
+    try:
+        hints = typing.get_type_hints(factory)
+    except Exception:  # unresolvable annotations (a plugin's forward refs): skip the check
+        return options
+    out = dict(options)
+    for key, value in options.items():
+        if key not in hints:
+            continue
+        ok, out[key] = _coerce(value, hints[key])
+        if not ok:
+            expected = hints[key]
+            names = [
+                _SCALARS.get(a, getattr(a, "__name__", str(a)))
+                for a in (typing.get_args(expected) or (expected,))
+                if a is not type(None)
+            ]
+            raise ConfigError(f"{what}: option {key} must be {' or '.join(names)}, got {value!r}")
+    return out
+
+
+def check_positive(what: str, **values: float) -> None:
+    """Refuse non-positive sizes in one line: ``realnvp: layers must be >= 1, got -2``."""
+    for key, value in values.items():
+        if value is None or value < 1:
+            raise ConfigError(f"{what}: {key} must be >= 1, got {value}")
 
 
 encoders = Registry("encoder")

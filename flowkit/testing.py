@@ -23,6 +23,7 @@ Each check raises ``AssertionError`` with a message saying which property failed
 
 from __future__ import annotations
 
+import copy
 import io
 from typing import Any
 
@@ -44,12 +45,25 @@ def registered(kind: str, plugin: str | None = None, pattern: str = "*") -> list
 
 
 def _roundtrip(module: torch.nn.Module, factory: Any) -> torch.nn.Module:
+    """``module``'s state saved and loaded into a *different* instance from ``factory``."""
     buf = io.BytesIO()
     torch.save(module.state_dict(), buf)
     buf.seek(0)
     clone = factory()
     clone.load_state_dict(torch.load(buf, weights_only=True))
     return clone.eval()
+
+
+def _scrambled_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of an instance whose parameters and buffers are all changed, so that a
+    save/load round trip into it proves the state dict holds everything (comparing the
+    instance with itself would prove nothing)."""
+    clone = copy.deepcopy(module)
+    with torch.no_grad():
+        for t in list(clone.parameters()) + list(clone.buffers()):
+            if t.is_floating_point():
+                t.add_(torch.randn_like(t)).mul_(1.5)
+    return clone
 
 
 def check_flow(
@@ -68,7 +82,7 @@ def check_flow(
         return flows.create(flow, features=features, **options) if isinstance(flow, str) else flow
 
     torch.manual_seed(0)
-    f = build().double()
+    f = build().double() if isinstance(flow, str) else copy.deepcopy(flow).double()
     features = int(f.features)
     z = torch.randn(batch, features, dtype=torch.double)
     f.initialize(z)
@@ -118,7 +132,9 @@ def check_flow(
             assert torch.allclose(logdet[i], expected, atol=atol), (
                 f"log|det J| {float(logdet[i]):.6f} != autograd {float(expected):.6f}"
             )
-    clone = _roundtrip(f, lambda: build().double())
+    clone = _roundtrip(
+        f, (lambda: build().double()) if isinstance(flow, str) else (lambda: _scrambled_copy(f))
+    )
     with torch.no_grad():
         assert torch.allclose(clone.log_prob(z), f.log_prob(z), atol=1e-8), (
             "log_prob changed after a state_dict save/load round trip"
@@ -165,9 +181,8 @@ def check_encoder(
     )
     assert torch.isfinite(z1).all(), "latents are not finite"
     assert torch.allclose(z1, z2), "encode is not deterministic in eval mode"
-    clone = _roundtrip(e, build) if isinstance(encoder, str) else None
-    if clone is not None:
-        with torch.no_grad():
-            assert torch.allclose(clone.encode(x), z1, atol=1e-5), (
-                "latents changed after a state_dict save/load round trip"
-            )
+    clone = _roundtrip(e, build if isinstance(encoder, str) else lambda: _scrambled_copy(e))
+    with torch.no_grad():
+        assert torch.allclose(clone.encode(x), z1, atol=1e-5), (
+            "latents changed after a state_dict save/load round trip"
+        )

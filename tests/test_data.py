@@ -165,8 +165,47 @@ def test_as_uint8_images_validates():
         as_uint8_images(bad)
     with pytest.raises(DataError, match="shape"):
         as_uint8_images(torch.zeros(4, 4))
-    with pytest.raises(DataError, match=r"\[0, 1\] or \[0, 255\]"):
+    with pytest.raises(DataError, match=r"must lie in \[0, 1\]"):
         as_uint8_images(torch.full((1, 1, 2, 2), -3.0))
+
+
+def test_float_contract_is_declared_not_guessed_from_the_batch():
+    """One pixel at 1.02 used to switch the whole batch to a [0, 255] reading."""
+    x = torch.rand(5, 1, 4, 4)
+    x[3, 0, 1, 1] = 1.02
+    with pytest.raises(DataError, match=r"1 image\(s\) do not \(indices \[3\]\)"):
+        as_uint8_images(x)
+    ok = torch.rand(4, 1, 4, 4)
+    whole = as_uint8_images(ok)
+    for i in range(4):  # the same pixels alone or in a batch
+        assert torch.equal(as_uint8_images(ok[i : i + 1]), whole[i : i + 1])
+    # a float batch that happens to be all zeros but one small value is still [0, 1]
+    assert as_uint8_images(torch.full((1, 1, 2, 2), 0.5)).max() == 128
+    # a declared [0, 255] float range maps exactly onto uint8
+    arr = torch.arange(256.0).reshape(1, 1, 16, 16)
+    assert torch.equal(
+        as_uint8_images(arr, value_range=(0, 255)).flatten(), torch.arange(256).to(torch.uint8)
+    )
+    # integers are [0, 255]; outside is refused with the index
+    ints = np.zeros((3, 1, 2, 2), np.int64)
+    ints[2, 0, 0, 0] = 300
+    with pytest.raises(DataError, match=r"\[0, 255\].*indices \[2\]"):
+        as_uint8_images(ints)
+    assert as_uint8_images(ints[:2]).dtype == torch.uint8
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.array([["a", "b"]]), "numeric image array"),
+        (np.zeros((0, 1, 4, 4), np.uint8), "empty"),
+        (torch.zeros(2, 1, 4, 4, dtype=torch.complex64), "complex"),
+        (np.zeros((2, 1, 1, 4, 4)), "shape"),
+    ],
+)
+def test_as_uint8_images_refuses_non_images(bad, match):
+    with pytest.raises(DataError, match=match):
+        as_uint8_images(bad)
 
 
 @pytest.mark.parametrize(

@@ -34,8 +34,11 @@ def test_fit_score_predict_conventions(tiny_detector, fake_split):
 def test_threshold_is_the_confidence_quantile_of_validation_scores(tiny_detector, fake_split):
     det = tiny_detector
     _, val = det.split_validation(fake_split.train.images)
-    flagged = (det.anomaly_score(val) > det.threshold_).mean()
-    assert flagged <= 0.05 + 1 / len(val)
+    scores = det.anomaly_score(val)
+    assert np.isfinite(det.threshold_)
+    assert det.threshold_ == pytest.approx(float(np.quantile(scores, 0.95)), rel=1e-6)
+    flagged = (scores > det.threshold_).mean()
+    assert 0.05 - 1 / len(val) <= flagged <= 0.05 + 1 / len(val)
 
 
 def test_same_seed_same_scores(fake_split):
@@ -158,3 +161,138 @@ def test_contamination_overrides_confidence(tiny_detector, fake_split):
         det.fit_density(det.embed(train), det.embed(val))
     flagged = (det.anomaly_score(val) > det.threshold_).mean()
     assert 0.2 <= flagged <= 0.4
+
+
+def test_scores_do_not_depend_on_the_other_images_in_the_batch(tiny_detector, fake_split):
+    """Float input in [0, 1], scored alone, in a batch, and in shuffled mixed batches."""
+    det = tiny_detector
+    x = fake_split.test.images[:12].float() / 255.0
+    whole = det.anomaly_score(x)
+    alone = np.concatenate([det.anomaly_score(x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(alone, whole, rtol=1e-5, atol=1e-5)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    mixed = det.anomaly_score(torch.cat([x[perm], fake_split.train.images[:5].float() / 255]))
+    np.testing.assert_allclose(mixed[: len(x)], whole[perm.numpy()], rtol=1e-5, atol=1e-5)
+    # uint8 and the same pixels as floats score the same
+    np.testing.assert_allclose(det.anomaly_score(fake_split.test.images[:12]), whole, rtol=1e-6)
+    # one out-of-range pixel is refused with its index, never a silent rescale of the batch
+    bad = x.clone()
+    bad[7, 0, 3, 3] = 1.02
+    with pytest.raises(DataError, match=r"indices \[7\]"):
+        det.anomaly_score(bad)
+    # a declared [0, 255] float range reads the same pixels
+    wide = det.set_params(value_range=(0, 255)).anomaly_score(x * 255.0)
+    det.set_params(value_range=(0.0, 1.0))
+    np.testing.assert_allclose(wide, whole, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scorer", ["nll", "knn", "typicality", "recon", "nll+knn"])
+def test_sklearn_score_conventions_hold_for_every_scorer(tiny_detector, fake_split, scorer):
+    det = Detector(**{**TINY, "scorer": scorer})
+    det.set_encoder(tiny_detector.encoder_, tiny_detector.input_shape_)
+    train, val = det.split_validation(fake_split.train.images)
+    det.fit_density(det.embed(train), det.embed(val), train, val)
+    x = fake_split.test.images
+    s = det.score_samples(x)
+    np.testing.assert_allclose(s, -det.anomaly_score(x))
+    np.testing.assert_allclose(det.decision_function(x), s - det.offset_)
+    assert det.offset_ == -det.threshold_
+    np.testing.assert_array_equal(det.predict(x), np.where(det.decision_function(x) < 0, -1, 1))
+    # the raw flow log-likelihood keeps its own name, whatever the scorer
+    ll = det.log_likelihood(x)
+    assert ll.shape == s.shape and np.isfinite(ll).all()
+    if scorer != "nll":
+        assert not np.allclose(ll, s)
+
+
+def test_fit_predict_and_joblib_round_trip(fake_split, tmp_path):
+    import joblib
+
+    det = Detector(**{**TINY, "scorer": "nll+knn"})
+    labels = det.fit_predict(fake_split.train)
+    assert set(np.unique(labels)) <= {-1, 1} and (labels == 1).mean() > 0.5
+    np.testing.assert_array_equal(labels, det.predict(fake_split.train))
+    path = tmp_path / "det.joblib"
+    joblib.dump(det, path)
+    again = joblib.load(path)
+    x = fake_split.test.images
+    np.testing.assert_array_equal(again.anomaly_score(x), det.anomaly_score(x))
+    assert pickle.loads(pickle.dumps(det)).threshold_ == det.threshold_
+
+
+def test_unfitted_detector_says_so():
+    from flowkit.errors import NotFittedError
+
+    x = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+    for method in ("decision_function", "score_samples", "anomaly_score", "predict", "embed"):
+        with pytest.raises(NotFittedError, match="not fitted|no encoder"):
+            getattr(Detector(), method)(x)
+    with pytest.raises(NotFittedError):
+        Detector().save(Path("never-written.flowkit"))
+    assert not Path("never-written.flowkit").exists()
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"batch_size": 1}, r"batch_size must be >= 2"),
+        ({"batch_size": 0}, r"batch_size must be >= 2"),
+        ({"flow_batch_size": 1}, r"flow_batch_size must be >= 2"),
+        ({"epochs_encoder": 0}, r"epochs_encoder must be >= 1"),
+        ({"epochs_flow": -3}, r"epochs_flow must be >= 1"),
+        ({"epochs_flow": 2.5}, r"epochs_flow must be an integer"),
+        ({"patience": 0}, r"patience must be >= 1"),
+        ({"seed": None}, r"seed must be an integer"),
+        ({"seed": -1}, r"seed must be in \[0"),
+        ({"seed": "zero"}, r"seed must be an integer"),
+        ({"lr_flow": 0.0}, r"lr_flow must be in"),
+        ({"lr_encoder": float("nan")}, r"lr_encoder must be in"),
+        ({"confidence": 1.0}, r"confidence must be in"),
+        ({"contamination": 0.7}, r"contamination must be in"),
+        ({"val_fraction": 0.0}, r"val_fraction must be in"),
+        ({"value_range": (1, 0)}, r"value_range"),
+        ({"device": "tpu:9"}, r"device"),
+        ({"latent": "pca:abc"}, r"pca"),
+        ({"flow": "realnvp:layers=abc"}, r"option layers must be an integer, got 'abc'"),
+        ({"flow": "realnvp:layers=-2"}, r"layers must be >= 1, got -2"),
+        ({"flow": "realnvp:hidden=0"}, r"hidden must be >= 1"),
+        ({"flow": "realnvp:dropout=2"}, r"dropout must be in \[0, 1\)"),
+        ({"flow": "realnvp:scale=cubic"}, r"scale must be one of"),
+        ({"flow": "realnvp:batch_norm=maybe"}, r"batch_norm must be true or false"),
+        ({"flow": "maf:layers=0"}, r"layers must be >= 1"),
+        ({"flow": "nsf:bins=1"}, r"bins >= 2"),
+        ({"encoder": "dcgan_ae:latent_dim=abc"}, r"latent_dim must be an integer"),
+        ({"encoder": "dcgan_ae:latent_dim=0"}, r"latent_dim must be >= 1"),
+        ({"encoder": "dcgan_ae:width=-1"}, r"width must be >= 1"),
+        ({"encoder": "simclr:temperature=0"}, r"temperature must be positive"),
+        ({"scorer": "knn:k=0"}, r"k >= 1"),
+        ({"scorer": "knn:metric=manhattan"}, r"metric"),
+        ({"scorer": "knn:k=two"}, r"option k must be an integer"),
+        ({"latent": "pca:64", "encoder": "dcgan_ae:latent_dim=8"}, r"pca:64 needs 1 <= K <= 8"),
+    ],
+)
+def test_bad_configuration_is_refused_before_any_training(params, match, monkeypatch):
+    import flowkit.detector as detector_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started on a configuration that cannot finish")
+
+    monkeypatch.setattr(detector_module, "fit_encoder", no_training)
+    monkeypatch.setattr(detector_module, "fit_flow", no_training)
+    images = torch.randint(0, 255, (40, 1, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ConfigError, match=match):
+        Detector(**{**TINY, **params}).fit(images)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.array([["a"]]), "numeric image array"),
+        (np.zeros((0, 1, 32, 32), np.uint8), "empty"),
+        (np.zeros((3, 32, 32, 1, 1), np.uint8), "shape"),
+        (np.zeros((3, 3, 32, 32), np.uint8), "expects 1-channel"),
+    ],
+)
+def test_bad_batches_are_clear_errors(tiny_detector, bad, match):
+    with pytest.raises(DataError, match=match):
+        tiny_detector.decision_function(bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,30 +94,75 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Te
     return out
 
 
-def as_uint8_images(x: object, name: str = "images") -> torch.Tensor:
-    """Accept an :class:`ImageSet`, uint8 tensor/array ``(N, C, H, W)`` or ``(N, H, W)``.
+def _bad_images(mask: torch.Tensor, what: str) -> str:
+    """``"2 image(s) <what> (indices [1, 7])"``: which images of a batch are refused."""
+    bad = mask.nonzero().flatten().tolist()
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return f"{len(bad)} image(s) {what} (indices {bad[:10]}{more})"
 
-    Float input must already be in ``[0, 1]`` or ``[0, 255]``; NaNs are rejected.
+
+def as_uint8_images(
+    x: object, name: str = "images", value_range: tuple[float, float] = (0.0, 1.0)
+) -> torch.Tensor:
+    """Images as a uint8 tensor ``(N, C, H, W)``, by a fixed input contract.
+
+    The contract is declared, never guessed from the batch, so an image's pixels (and its
+    score) never depend on the other images beside it:
+
+    - uint8 (and other integer types): ``[0, 255]``;
+    - float: ``value_range`` (default ``[0, 1]``), mapped linearly onto ``[0, 255]``;
+    - an :class:`ImageSet` gives its images; ``(N, H, W)`` is read as one channel.
+
+    Values outside the contract, NaN or inf, empty batches and non-numeric arrays raise a
+    :class:`DataError` naming the offending images.
     """
     if isinstance(x, ImageSet):
         return x.images
-    t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+    else:
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "biuf":
+            raise DataError(
+                f"{name}: expected a numeric image array, got dtype {arr.dtype} "
+                "(decode image files first, e.g. with flowkit.data.load_images)"
+            )
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.is_complex():
+        raise DataError(f"{name}: complex values are not images")
     if t.ndim == 3:
         t = t.unsqueeze(1)
     if t.ndim != 4:
         raise DataError(f"{name}: expected images of shape (N, C, H, W), got {tuple(t.shape)}")
+    if len(t) == 0:
+        raise DataError(f"{name}: the batch is empty (0 images)")
     if t.dtype == torch.uint8:
         return t
+    if t.dtype == torch.bool:
+        return t.to(torch.uint8) * 255
+    flat = t.flatten(1)
     if not t.is_floating_point():
-        t = t.float()
-    finite = torch.isfinite(t).flatten(1).all(1)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero().flatten().tolist()
+        out = (flat < 0).any(1) | (flat > 255).any(1)
+        if bool(out.any()):
+            raise DataError(
+                f"{name}: integer images must lie in [0, 255]; "
+                f"{_bad_images(out, 'do not')}; rescale 16-bit images to 8 bit first"
+            )
+        return t.to(torch.uint8)
+    lo, hi = (float(v) for v in value_range)
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
         raise DataError(
-            f"{name}: {len(bad)} image(s) contain NaN or inf values (indices {bad[:10]})"
+            f"{name}: value_range must be two finite numbers lo < hi, got {value_range}"
         )
-    hi = float(t.max()) if t.numel() else 0.0
-    if t.min() < 0 or hi > 255:
-        raise DataError(f"{name}: float images must lie in [0, 1] or [0, 255]")
-    scale = 255.0 if hi <= 1.0 else 1.0
-    return (t * scale).round().clamp(0, 255).to(torch.uint8)
+    nonfinite = ~torch.isfinite(flat).all(1)
+    if bool(nonfinite.any()):
+        raise DataError(f"{name}: {_bad_images(nonfinite, 'contain NaN or inf values')}")
+    out = (flat < lo).any(1) | (flat > hi).any(1)
+    if bool(out.any()):
+        raise DataError(
+            f"{name}: float images must lie in [{lo:g}, {hi:g}] (the declared value_range); "
+            f"{_bad_images(out, 'do not')}. Pass uint8 images for [0, 255] data, or set "
+            "value_range"
+        )
+    scaled = (t.double() - lo) * (255.0 / (hi - lo))
+    return scaled.round_().clamp_(0, 255).to(torch.uint8)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from flowkit.encoders.base import Encoder
 from flowkit.encoders.blocks import dcgan_decoder, dcgan_trunk
+from flowkit.registry import check_positive
 
 __all__ = ["DCGANAutoencoder", "dcgan_ae"]
 
@@ -50,4 +51,5 @@ def dcgan_ae(
     in_channels: int = 1, image_size: int = 32, latent_dim: int = 100, width: int = 64
 ) -> DCGANAutoencoder:
     """DCGAN convolutional autoencoder, L1 reconstruction (the paper's encoder)."""
+    check_positive("dcgan_ae", in_channels=in_channels, latent_dim=latent_dim, width=width)
     return DCGANAutoencoder(in_channels, image_size, latent_dim, width)

@@ -15,6 +15,7 @@ from flowkit.encoders.augment import Augment, rotate90
 from flowkit.encoders.base import Encoder
 from flowkit.encoders.blocks import dcgan_trunk
 from flowkit.errors import ConfigError
+from flowkit.registry import check_positive
 
 __all__ = ["SimCLREncoder", "RotNetEncoder", "simclr", "rotnet", "nt_xent"]
 
@@ -126,6 +127,13 @@ def simclr(
     noise: float = 0.0,
 ) -> SimCLREncoder:
     """SimCLR contrastive encoder on the DCGAN trunk (random-affine views by default)."""
+    check_positive(
+        "simclr",
+        in_channels=in_channels,
+        latent_dim=latent_dim,
+        width=width,
+        projection_dim=projection_dim,
+    )
     return SimCLREncoder(
         in_channels,
         image_size,
@@ -145,4 +153,5 @@ def rotnet(
     affine: bool = True,
 ) -> RotNetEncoder:
     """Rotation-prediction encoder on the DCGAN trunk (pairs with the rotation scorer)."""
+    check_positive("rotnet", in_channels=in_channels, latent_dim=latent_dim, width=width)
     return RotNetEncoder(in_channels, image_size, latent_dim, width, affine)

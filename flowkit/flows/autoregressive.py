@@ -7,7 +7,8 @@ from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransfo
 
 from flowkit.errors import ConfigError
 from flowkit.flows.base import NflowsFlow
-from flowkit.flows.realnvp import activation_fn, coupling_flow
+from flowkit.flows.realnvp import activation_fn, check_dropout, coupling_flow
+from flowkit.registry import check_positive
 
 __all__ = ["maf", "nsf"]
 
@@ -31,6 +32,8 @@ def maf(
         batch_norm: BatchNorm between layers; dropout, activation: inside the MADE networks.
         random_masks: random MADE degrees instead of sequential ones.
     """
+    check_positive("maf", features=features, layers=layers, hidden=hidden, blocks=blocks)
+    check_dropout(dropout)
     act = activation_fn(activation)
     flow = MaskedAutoregressiveFlow(
         features=features,

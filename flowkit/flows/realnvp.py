@@ -22,6 +22,7 @@ from nflows.transforms.normalization import BatchNorm
 
 from flowkit.errors import ConfigError
 from flowkit.flows.base import NflowsFlow
+from flowkit.registry import check_positive
 
 __all__ = [
     "realnvp",
@@ -34,14 +35,24 @@ __all__ = [
 
 ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "gelu": F.gelu, "tanh": torch.tanh}
 
-SCALE_ACTIVATIONS = {
+
+def _tanh_scale(x: torch.Tensor) -> torch.Tensor:
     # log-scale bounded by tanh, as in the Real NVP paper: scales in (e^-2, e^2), 1 at zero.
-    "tanh": lambda x: torch.exp(2.0 * torch.tanh(x / 2.0)),
+    return torch.exp(2.0 * torch.tanh(x / 2.0))
+
+
+def _softplus_scale(x: torch.Tensor) -> torch.Tensor:
     # nflows' GENERAL_SCALE_ACTIVATION from its fix for issue #49: scales in (0.001, 3].
-    "softplus": lambda x: (F.softplus(x) + 1e-3).clamp(0, 3),
+    return (F.softplus(x) + 1e-3).clamp(0, 3)
+
+
+def _sigmoid_scale(x: torch.Tensor) -> torch.Tensor:
     # nflows 0.14's default (contract only), kept for comparison with older results.
-    "sigmoid": lambda x: torch.sigmoid(x + 2) + 1e-3,
-}
+    return torch.sigmoid(x + 2) + 1e-3
+
+
+# Module-level functions, not lambdas: a fitted Detector must pickle (joblib, multiprocessing).
+SCALE_ACTIVATIONS = {"tanh": _tanh_scale, "softplus": _softplus_scale, "sigmoid": _sigmoid_scale}
 
 
 class ScaledAffineCoupling(AffineCouplingTransform):
@@ -105,6 +116,11 @@ def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return ACTIVATIONS[name]
 
 
+def check_dropout(dropout: float) -> None:
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+
+
 def coupling_flow(
     features: int,
     layers: int,
@@ -118,6 +134,8 @@ def coupling_flow(
     """Couplings with alternating masks and residual conditioners over a standard normal."""
     if features < 2:
         raise ConfigError(f"coupling flows need at least 2 features, got {features}")
+    check_positive("coupling flow", layers=layers, hidden=hidden, blocks=blocks)
+    check_dropout(dropout)
     act = activation_fn(activation)
 
     def conditioner(in_features: int, out_features: int) -> ResidualNet:
