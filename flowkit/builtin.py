@@ -31,11 +31,12 @@ def flowkit_register_flows(registry: Registry) -> None:
 @hookimpl
 def flowkit_register_datasets(registry: Registry) -> None:
     from flowkit.data import sources
-    from flowkit.data.files import folder
+    from flowkit.data.files import folder, mvtec
 
     for name in ("digits", "mnist", "cifar10", "svhn", "fake"):
         registry.register(name)(getattr(sources, name))
     registry.register("folder")(folder)
+    registry.register("mvtec")(mvtec)
     from flowkit.data import ood
 
     for name in ood.__all__:

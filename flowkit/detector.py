@@ -201,14 +201,17 @@ class Detector:
                 )
             coerce_options(f"{kind} {name!r}", entry.factory, options)
 
-    def check_config(self, input_shape: tuple[int, int, int]) -> None:
-        """Build every component once, untrained, for images of ``input_shape`` (C, H, W).
+    def check_config(self, input_shape: tuple[int, int, int] | None = None) -> Detector:
+        """Validate the parameters and, given the image shape ``(C, H, W)``, build every
+        component once, untrained.
 
         Option values and ranges that only the factories know (``layers=-2``, a PCA larger
         than the encoder's latent, an image size the encoder cannot take) fail here, in one
-        line, before any training starts.
+        line, before any training starts. :meth:`fit` calls it first.
         """
         self._check_params()
+        if input_shape is None:
+            return self
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             encoder = self.build_encoder(input_shape)
@@ -218,6 +221,7 @@ class Detector:
         flows.create(name, features=out_dim, **options)
         sname, soptions = self.scorer_spec_
         scorers.create(sname, **soptions)
+        return self
 
     @property
     def encoder_spec_(self) -> tuple[str, dict[str, Any]]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
 
+from flowkit.errors import DataError
+
 __all__ = ["detection_metrics", "ood_metrics"]
 
 
@@ -15,6 +17,11 @@ def detection_metrics(
     """ROC AUC, average precision, and F1 of the rule ``score > threshold``."""
     y = np.asarray(is_anomaly, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
+    if y.all() or not y.any():
+        raise DataError(
+            f"metrics need both normal and anomalous test images; got {int(y.sum())} "
+            f"anomalous of {len(y)}"
+        )
     if not np.isfinite(s).all():
         s = np.nan_to_num(s, nan=np.inf, posinf=np.finfo(np.float64).max)
     return {

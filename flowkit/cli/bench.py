@@ -110,7 +110,7 @@ def bench(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads.")] = None,
     download: Annotated[bool, typer.Option(help="Try to download missing datasets.")] = True,
     retry_failed: Annotated[
         bool, typer.Option(help="Rerun cells that failed in an earlier run.")

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flowkit.cli._common import err, handle_errors, out, set_threads
+from flowkit.cli._common import check_output_file, err, handle_errors, out, set_threads
 from flowkit.errors import ConfigError
 
 EncoderOpt = Annotated[
@@ -55,45 +55,36 @@ def train(
     epochs_flow: Annotated[
         int, typer.Option(help="Maximum flow epochs (early stopping on validation).")
     ] = 200,
-    batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Encoder minibatch size (at least 2).")] = 64,
+    flow_batch_size: Annotated[int, typer.Option(help="Flow minibatch size (at least 2).")] = 128,
     confidence: Annotated[
         float, typer.Option(help="Threshold = this quantile of normal validation scores.")
     ] = 0.95,
     contamination: Annotated[
         Optional[float], typer.Option(help="Expected anomaly fraction; overrides --confidence.")
     ] = None,
-    image_size: Annotated[int, typer.Option(help="Images are resized to this square size.")] = 32,
+    image_size: Annotated[
+        int, typer.Option(min=1, help="Images are resized to this square size.")
+    ] = 32,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same model on CPU).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="torch CPU threads.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads.")] = None,
     download: Annotated[bool, typer.Option(help="Try to download missing datasets.")] = True,
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write.")] = Path(
         "model.flowkit"
     ),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Train an encoder + flow detector on normal images and save it as one file."""
+    """Train an encoder + flow detector on normal images and save it as one file.
+
+    Folders in the MVTec AD or normal/ + anomalous/ layout train on their normal training
+    part and report test metrics on their labelled test part.
+    """
     from flowkit import Detector, load_dataset
-    from flowkit.data import leave_one_class_out
+    from flowkit.data import labelled_split, leave_one_class_out
     from flowkit.metrics import detection_metrics
 
     set_threads(threads)
-    data = load_dataset(
-        dataset, root=data_root, split="all", image_size=image_size, download=download
-    )
-    split = None
-    if anomaly_class is not None:
-        split = leave_one_class_out(data, anomaly_class, seed=seed)
-        train_set = split.train
-        err.print(
-            f"{data.name}: class {data.classes[anomaly_class]!r} held out; {split.describe()}"
-        )
-    elif data.classes[:2] == ["normal", "anomalous"]:
-        train_set = data.subset((data.labels == 0).nonzero().flatten())
-        err.print(f"{data.name}: training on the {len(train_set)} images in normal/")
-    else:
-        train_set = data
-        err.print(f"{data.name}: training on all {len(data)} images as normal")
     det = Detector(
         encoder=encoder,
         flow=flow,
@@ -104,11 +95,30 @@ def train(
         epochs_encoder=epochs_encoder,
         epochs_flow=epochs_flow,
         batch_size=batch_size,
+        flow_batch_size=flow_batch_size,
         device=device,
         seed=seed,
         verbose=not quiet,
+    ).check_config()
+    check_output_file(out_path)
+    data = load_dataset(
+        dataset, root=data_root, split="all", image_size=image_size, download=download
     )
-    det.fit(train_set)
+    if data.layout:
+        err.print(f"{data.name}: {data.layout}")
+    split = None
+    if anomaly_class is not None:
+        split = leave_one_class_out(data, anomaly_class, seed=seed)
+        err.print(
+            f"{data.name}: class {data.classes[anomaly_class]!r} held out; {split.describe()}"
+        )
+    elif data.labelled_anomalies:
+        split = labelled_split(data)
+        err.print(f"{data.name}: {split.describe()}")
+    else:
+        hint = " (pass --anomaly-class K to hold class K out)" if len(data.classes) > 1 else ""
+        err.print(f"{data.name}: training on all {len(data)} images as normal{hint}")
+    det.fit(split.train if split is not None else data)
     path = det.save(out_path)
     h = det.history_
     err.print(
@@ -117,7 +127,7 @@ def train(
         f"{h['flow']['epochs_run']} ({h['flow']['seconds']:.1f}s); "
         f"threshold {det.threshold_:.4g}"
     )
-    if split is not None:
+    if split is not None and 0 < int(split.is_anomaly.sum()) < len(split.is_anomaly):
         scores = det.anomaly_score(split.test)
         m = detection_metrics(split.is_anomaly.numpy(), scores, det.threshold_)
         out.print(f"test ROC AUC {m['auc']:.4f}  AP {m['ap']:.4f}  F1 {m['f1']:.4f}")
@@ -153,8 +163,8 @@ def score(
         raise ConfigError(f"no image files in {', '.join(map(str, paths))}")
     c, h, _ = det.input_shape_
     images, kept = load_images(files, image_size=h, channels=c, skip_unreadable=skip_unreadable)
-    loglik = det.score_samples(images)
-    scores = det.score_latents(det.embed(images), images)["anomaly_score"]
+    result = det.score(images)
+    loglik, scores = result["log_prob"], result["anomaly_score"]
     labels = ["anomaly" if s > det.threshold_ else "normal" for s in scores]
     if csv_out:
         writer = csv.writer(sys.stdout)

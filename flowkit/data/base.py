@@ -31,6 +31,10 @@ class ImageSet:
         classes: class names, indexed by label.
         name: where the images came from (a dataset name or folder).
         paths: source file per image, for images read from files.
+        anomaly: bool per image, for data that says which images are anomalies (MVTec AD,
+            ``normal/`` + ``anomalous/``); ``None`` otherwise.
+        is_test: bool per image, the data's own evaluation part (with ``anomaly``).
+        layout: how the data was found, in words (folder datasets).
     """
 
     images: torch.Tensor
@@ -38,6 +42,9 @@ class ImageSet:
     classes: list[str] = field(default_factory=lambda: ["0"])
     name: str = "images"
     paths: list[str] | None = None
+    anomaly: torch.Tensor | None = None
+    is_test: torch.Tensor | None = None
+    layout: str | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -48,6 +55,18 @@ class ImageSet:
         self.labels = torch.as_tensor(self.labels, dtype=torch.long).reshape(-1)
         if len(self.labels) != len(self.images):
             raise DataError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
+        for attr in ("anomaly", "is_test"):
+            mask = getattr(self, attr)
+            if mask is not None:
+                mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
+                if len(mask) != len(self.images):
+                    raise DataError(f"{self.name}: {attr} has {len(mask)} entries")
+                setattr(self, attr, mask)
+
+    @property
+    def labelled_anomalies(self) -> bool:
+        """Whether the data says which images are anomalies and which form its test part."""
+        return self.anomaly is not None and self.is_test is not None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -59,19 +78,36 @@ class ImageSet:
     def subset(self, index: torch.Tensor | np.ndarray | list[int]) -> ImageSet:
         idx = torch.as_tensor(index, dtype=torch.long)
         paths = [self.paths[i] for i in idx.tolist()] if self.paths is not None else None
-        return ImageSet(self.images[idx], self.labels[idx], self.classes, self.name, paths)
+        return ImageSet(
+            self.images[idx],
+            self.labels[idx],
+            self.classes,
+            self.name,
+            paths,
+            self.anomaly[idx] if self.anomaly is not None else None,
+            self.is_test[idx] if self.is_test is not None else None,
+            self.layout,
+        )
 
     @staticmethod
     def concat(sets: list[ImageSet], name: str | None = None) -> ImageSet:
         paths = None
         if all(s.paths is not None for s in sets):
             paths = [p for s in sets for p in s.paths]  # type: ignore[union-attr]
+
+        def masks(attr: str) -> torch.Tensor | None:
+            parts = [getattr(s, attr) for s in sets]
+            return torch.cat(parts) if all(p is not None for p in parts) else None
+
         return ImageSet(
             torch.cat([s.images for s in sets]),
             torch.cat([s.labels for s in sets]),
             sets[0].classes,
             name or sets[0].name,
             paths,
+            masks("anomaly"),
+            masks("is_test"),
+            sets[0].layout,
         )
 
 

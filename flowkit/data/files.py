@@ -1,9 +1,34 @@
-"""Images read from files: a folder dataset and a loader for ``flowkit score``."""
+"""Images read from files: decoding every Pillow mode, folder layouts, MVTec AD.
+
+Decoding (:func:`decode_image`) maps each mode Pillow reads onto 8-bit L or RGB:
+
+- ``I;16`` (and ``I;16B``/``I;16L``/``I``): 16-bit values ``0..65535`` are rescaled to
+  ``0..255`` (``v / 257``), never clipped;
+- ``F`` (float): read as ``[0, 1]``, the float input contract of :class:`~flowkit.Detector`;
+- ``1``, ``P`` (palette), ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: Pillow's own conversions;
+- ``LA``, ``RGBA``, ``PA`` and palettes with transparency: alpha-composited onto **black**
+  (``pixel * alpha / 255``), so a transparent background reads as dark, as in MNIST-style
+  data;
+- RGB → one channel uses Pillow's ITU-R 601-2 luma; one channel → RGB repeats it.
+
+Folder layouts (:func:`detect_layout`), said out loud and never guessed silently:
+
+- **MVTec AD**: ``train/good/`` (normal, for training), ``test/good/`` + ``test/<defect>/``
+  (evaluation), ``ground_truth/`` (masks, never read as images);
+- **normal/anomalous**: ``normal/`` and optionally ``anomalous/``; a fixed, seeded 20% of the
+  normal images joins the anomalies as the test part;
+- **classes**: one sub-folder per class (for leave-one-class-out);
+- **flat**: image files directly in the folder, all normal.
+
+Anything else (images beside class folders, ``train/`` without ``good/``, unknown names next
+to ``normal/``) is refused with a message showing these layouts.
+"""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +36,28 @@ import numpy as np
 import torch
 
 from flowkit.data.base import ImageSet
-from flowkit.errors import DataError
+from flowkit.errors import ConfigError, DataError, DatasetNotFoundError
 
-__all__ = ["IMAGE_SUFFIXES", "find_images", "load_images", "folder"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "find_images",
+    "decode_image",
+    "load_images",
+    "Layout",
+    "detect_layout",
+    "folder",
+    "mvtec",
+    "mvtec_categories",
+]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+TEST_FRACTION = 0.2  # of normal images, for layouts that ship no test split
+
+LAYOUTS_HELP = (
+    "expected one of these layouts: MVTec AD (train/good/, test/good/, test/<defect>/, "
+    "optional ground_truth/); normal/ + anomalous/; one sub-folder per class; or image files "
+    "directly in the folder"
+)
 
 
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -31,46 +73,208 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+def _composite_on_black(im: Any) -> np.ndarray:
+    """An image with alpha as 8-bit L or RGB, composited onto black."""
+    has_color = im.mode not in ("LA", "La")
+    rgba = np.asarray(im.convert("RGBA" if has_color else "LA"), dtype=np.float64)
+    alpha = rgba[..., -1:] / 255.0
+    out = np.rint(rgba[..., :-1] * alpha).astype(np.uint8)
+    return out if has_color else out[..., 0]
+
+
+def _to_8bit(im: Any) -> np.ndarray:
+    """``(H, W)`` for grayscale modes or ``(H, W, 3)``, uint8, per the module's rules."""
+    mode = im.mode
+    if mode.startswith("I"):  # I;16 variants and I: 16-bit data
+        arr = np.asarray(im).astype(np.float64)
+        return np.rint(np.clip(arr, 0, 65535) / 257.0).astype(np.uint8)
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        return np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if mode in ("LA", "La", "RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info):
+        return _composite_on_black(im)
+    if mode == "L":
+        return np.asarray(im)
+    if mode == "1":
+        return np.asarray(im.convert("L"))
+    return np.asarray(im.convert("RGB"))  # RGB, P, CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def _to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 ``(H, W, 1 or 3)`` → ``(H, W, channels)``: luma (ITU-R 601-2) or repetition."""
+    from PIL import Image
+
+    if channels == 1 and arr.shape[-1] == 3:
+        return np.asarray(Image.fromarray(arr, "RGB").convert("L"))[..., None]
+    if channels == 3 and arr.shape[-1] == 1:
+        return np.repeat(arr, 3, axis=-1)
+    return arr
+
+
+def decode_image(im: Any, channels: int) -> np.ndarray:
+    """A Pillow image as uint8 ``(H, W, channels)`` (1 or 3), by the module's rules."""
+    arr = _to_8bit(im)
+    return _to_channels(arr if arr.ndim == 3 else arr[..., None], channels)
+
+
+def _resize(arr: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    if arr.shape[:2] == (size, size):
+        return arr
+    planes = [
+        np.asarray(Image.fromarray(arr[..., c]).resize((size, size), Image.BILINEAR))
+        for c in range(arr.shape[-1])
+    ]
+    return np.stack(planes, axis=-1)
+
+
+def _open(f: Path) -> Any:
+    from PIL import Image
+
+    im = Image.open(f)
+    im.load()
+    return im
+
+
 def load_images(
     files: list[Path], image_size: int, channels: int | None = None, skip_unreadable: bool = False
 ) -> tuple[torch.Tensor, list[Path]]:
-    """Decode, convert (L or RGB) and resize files to a uint8 tensor ``(N, C, S, S)``.
+    """Decode (every Pillow mode, see the module doc) and resize files to uint8
+    ``(N, C, S, S)``.
 
-    ``channels=None`` chooses 1 when every image is grayscale, else 3. Unreadable files are
-    named in one :class:`DataError` (or skipped with a warning if ``skip_unreadable``).
+    ``channels=None`` chooses 1 when every image is grayscale, else 3. Unreadable files —
+    corrupt, truncated, not images, or over Pillow's decompression-bomb limit — are named in
+    one :class:`DataError` (or skipped with a warning if ``skip_unreadable``).
     """
     from PIL import Image, UnidentifiedImageError
 
     if not files:
         raise DataError("no image files found")
-    decoded: list[Any] = []
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
+    if channels not in (None, 1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
+    arrays: list[np.ndarray] = []  # native 8-bit L or RGB, already resized (bounded memory)
     kept: list[Path] = []
     bad: list[str] = []
     for f in files:
         try:
-            with Image.open(f) as im:
-                im.load()
-                decoded.append(im.copy())
-                kept.append(f)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                im = _open(f)
+            with im:
+                arr = _to_8bit(im)
+            arrays.append(_resize(arr if arr.ndim == 3 else arr[..., None], image_size))
+            kept.append(f)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             bad.append(f"{f} ({type(exc).__name__}: {str(exc)[:80]})")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            bad.append(
+                f"{f} (over Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} "
+                f"pixels: {str(exc)[:80]}; raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)"
+            )
     if bad:
         msg = f"{len(bad)} of {len(files)} image file(s) could not be read: " + "; ".join(bad[:10])
         if len(bad) > 10:
             msg += f"; and {len(bad) - 10} more"
-        if not skip_unreadable or not decoded:
+        if not skip_unreadable or not arrays:
+            if arrays:
+                msg += " (--skip-unreadable skips them)"
             raise DataError(msg)
         warnings.warn(msg + " (skipped)", stacklevel=2)
     if channels is None:
-        channels = 1 if all(im.mode in ("1", "L", "I", "I;16", "F") for im in decoded) else 3
-    if channels not in (1, 3):
-        raise DataError(f"channels must be 1 or 3, got {channels}")
-    mode = "L" if channels == 1 else "RGB"
-    out = np.empty((len(decoded), image_size, image_size, channels), dtype=np.uint8)
-    for i, im in enumerate(decoded):
-        im = im.convert(mode).resize((image_size, image_size), Image.BILINEAR)
-        out[i] = np.asarray(im).reshape(image_size, image_size, channels)
+        channels = 1 if all(a.shape[-1] == 1 for a in arrays) else 3
+    out = np.stack([_to_channels(a, channels) for a in arrays])
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), kept
+
+
+@dataclass
+class Layout:
+    """What :func:`detect_layout` found: image groups with class labels and a test part.
+
+    Attributes:
+        kind: ``"mvtec"``, ``"normal-anomalous"``, ``"classes"`` or ``"flat"``.
+        classes: class names by label (label 0 is normal for labelled layouts).
+        groups: ``(folder, label, part)``; ``part`` is ``"train"``, ``"test"`` or ``"any"``
+            (to be split with a fixed seed).
+        labelled: whether the layout says which images are anomalies.
+    """
+
+    kind: str
+    classes: list[str]
+    groups: list[tuple[Path, int, str]]
+    labelled: bool
+
+    def describe(self, root: Path) -> str:
+        if self.kind == "mvtec":
+            return (
+                f"MVTec AD layout in {root}: training on train/good; evaluating on test/ "
+                f"({', '.join(self.classes)}); ground_truth/ ignored"
+            )
+        if self.kind == "normal-anomalous":
+            return (
+                f"normal/ + anomalous/ layout in {root}: training on {1 - TEST_FRACTION:.0%} of "
+                f"normal/; evaluating on the other {TEST_FRACTION:.0%} and anomalous/"
+            )
+        if self.kind == "classes":
+            return f"one folder per class in {root}: {', '.join(self.classes)}"
+        return f"a flat folder of images in {root}, all normal"
+
+
+def _has_images(d: Path, recursive: bool = True) -> bool:
+    it = d.rglob("*") if recursive else d.iterdir()
+    return any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in it)
+
+
+def _ambiguous(root: Path, why: str) -> DataError:
+    return DataError(f"{root}: ambiguous folder layout ({why}); {LAYOUTS_HELP}")
+
+
+def detect_layout(root: Path) -> Layout:
+    """The layout of ``root`` (see the module doc); ambiguous trees raise :class:`DataError`."""
+    subdirs = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and d.name[0] != "."}
+    loose = _has_images(root, recursive=False)
+    names = set(subdirs)
+    if "train" in names or "test" in names:
+        train, test = subdirs.get("train"), subdirs.get("test")
+        if train is None or not (train / "good").is_dir():
+            raise _ambiguous(root, "train/ must hold good/ (MVTec AD)")
+        extra = names - {"train", "test", "ground_truth", "license", "readme"}
+        if extra or loose:
+            what = ", ".join(sorted(extra)) or "loose image files"
+            raise _ambiguous(root, f"{what} beside train/ and test/")
+        groups: list[tuple[Path, int, str]] = [(train / "good", 0, "train")]
+        classes = ["good"]
+        if test is not None:
+            defects = sorted(d.name for d in test.iterdir() if d.is_dir() and d.name != "good")
+            classes += defects
+            if (test / "good").is_dir():
+                groups.append((test / "good", 0, "test"))
+            groups += [(test / d, i, "test") for i, d in enumerate(defects, 1)]
+        return Layout("mvtec", classes, groups, labelled=True)
+    if "ground_truth" in names:
+        raise _ambiguous(root, "ground_truth/ without train/ and test/")
+    if "normal" in names:
+        anomal = [n for n in ("anomalous", "anomaly", "abnormal") if n in names]
+        extra = names - {"normal", *anomal}
+        if extra or loose or len(anomal) > 1:
+            what = ", ".join(sorted(extra)) or (
+                "loose image files" if loose else "both " + ", ".join(anomal)
+            )
+            raise _ambiguous(root, f"{what} beside normal/")
+        groups = [(subdirs["normal"], 0, "any")]
+        groups += [(subdirs[a], 1, "test") for a in anomal]
+        return Layout("normal-anomalous", ["normal", "anomalous"], groups, labelled=True)
+    with_images = [n for n, d in subdirs.items() if _has_images(d)]
+    if with_images and loose:
+        raise _ambiguous(root, "image files both directly in it and in sub-folders")
+    if with_images:
+        classes = sorted(with_images)
+        return Layout(
+            "classes", classes, [(subdirs[c], i, "any") for i, c in enumerate(classes)], False
+        )
+    return Layout("flat", ["normal"], [(root, 0, "any")], labelled=False)
 
 
 def folder(
@@ -81,36 +285,110 @@ def folder(
     channels: int | None = None,
     skip_unreadable: bool = False,
 ) -> ImageSet:
-    """A folder of image files. Sub-folders are classes; ``normal/`` + ``anomalous/`` are
-    labelled 0 and 1. Unreadable files are named in the error."""
-    if root is None:
-        from flowkit.errors import ConfigError
+    """A folder of image files in a layout people use (MVTec AD, normal/ + anomalous/, one
+    folder per class, or flat); ``ImageSet.layout`` says which was found.
 
+    ``split``: ``train`` (the normal training part), ``test`` (the evaluation part) or
+    ``all``. Layouts with labelled anomalies set ``anomaly`` and ``is_test`` per image;
+    layouts without a test part of their own get a fixed, seeded 80/20 split.
+    """
+    from flowkit.data.sources import SPLITS
+
+    if root is None:
         raise ConfigError("the folder dataset needs a root: --data-root DIR")
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"no such folder: {root}")
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir())
-    if {d.name for d in subdirs} >= {"normal"}:
-        classes = ["normal", "anomalous"]
-        groups = [(0, root / "normal"), (1, root / "anomalous")]
-    elif subdirs:
-        classes = [d.name for d in subdirs]
-        groups = list(enumerate(subdirs))
-    else:
-        classes, groups = ["normal"], [(0, root)]
+    layout = detect_layout(root)
     files: list[Path] = []
     labels: list[int] = []
-    for label, d in groups:
-        found = find_images([d]) if d.exists() else []
+    parts: list[str] = []
+    for d, label, part in layout.groups:
+        found = find_images([d])
+        if part == "any":  # a fixed split of this group's files, the same for every split=
+            order = np.random.default_rng(0).permutation(len(found))
+            n_test = int(round(len(found) * TEST_FRACTION))
+            test_idx = set(order[:n_test].tolist())
+            part_of = ["test" if i in test_idx else "train" for i in range(len(found))]
+        else:
+            part_of = [part] * len(found)
         files += found
         labels += [label] * len(found)
+        parts += part_of
+    if split != "all":
+        keep = [i for i, p in enumerate(parts) if p == split]
+        files, labels, parts = ([x[i] for i in keep] for x in (files, labels, parts))
+    if not files:
+        raise DataError(f"{root}: no image files in the {split} part ({layout.describe(root)})")
     images, kept = load_images(files, image_size, channels, skip_unreadable)
-    label_of = dict(zip(files, labels, strict=True))
+    index = {f: i for i, f in enumerate(files)}
+    rows = [index[f] for f in kept]
+    label_t = torch.tensor([labels[i] for i in rows], dtype=torch.long)
     return ImageSet(
         images,
-        torch.tensor([label_of[f] for f in kept]),
-        classes,
+        label_t,
+        layout.classes,
         root.name,
         [str(f) for f in kept],
+        anomaly=(label_t != 0) if layout.labelled else None,
+        is_test=torch.tensor([parts[i] == "test" for i in rows]) if layout.labelled else None,
+        layout=layout.describe(root),
     )
+
+
+def mvtec_categories(root: Any = None) -> list[str]:
+    """The MVTec AD categories under ``root``: sub-folders holding ``train/good``."""
+    from flowkit.data.base import default_data_root
+
+    base = Path(root).expanduser() if root else default_data_root() / "mvtec"
+    if not base.is_dir():
+        return []
+    return sorted(d.name for d in base.iterdir() if (d / "train" / "good").is_dir())
+
+
+def mvtec(
+    root: Any = None,
+    split: str = "all",
+    image_size: int = 32,
+    download: bool = False,
+    category: str | None = None,
+    channels: int | None = None,
+    skip_unreadable: bool = False,
+) -> ImageSet:
+    """One MVTec AD category (``mvtec:category=bottle``) from the unpacked archive under
+    ``--data-root``; trains on ``train/good``, evaluates on ``test/``.
+
+    MVTec AD has no download URL that works without accepting its licence, so the files are
+    never downloaded: put the unpacked categories in the root (``ROOT/bottle/train/good``).
+    """
+    from flowkit.data.base import default_data_root
+
+    base = Path(root).expanduser() if root else default_data_root() / "mvtec"
+    found = mvtec_categories(base)
+    where = (
+        f"download MVTec AD from its site (the licence must be accepted by hand), unpack it "
+        f"and pass the folder holding the categories as --data-root (e.g. {base}/bottle/train/"
+        "good/*.png)"
+    )
+    if category is None:
+        raise ConfigError(
+            "mvtec needs a category: --dataset mvtec:category=NAME; "
+            + (f"found under {base}: {', '.join(found)}" if found else f"none found: {where}")
+        )
+    if category not in found:
+        import difflib
+
+        close = difflib.get_close_matches(category, found, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise DatasetNotFoundError(
+            f"MVTec AD category {category!r} is not in {base}{hint} "
+            + (f"(found: {', '.join(found)})" if found else f"({where})")
+        )
+    data = folder(base / category, split, image_size, download, channels, skip_unreadable)
+    data.name = f"mvtec/{category}"
+    return data
+
+
+mvtec.categories = mvtec_categories  # type: ignore[attr-defined]  # targets of "all"

@@ -17,7 +17,7 @@ import torch
 from flowkit.data.base import ImageSet
 from flowkit.errors import ConfigError
 
-__all__ = ["Split", "leave_one_class_out", "out_of_distribution"]
+__all__ = ["Split", "leave_one_class_out", "out_of_distribution", "labelled_split"]
 
 
 @dataclass
@@ -40,6 +40,11 @@ def leave_one_class_out(
     data: ImageSet, anomaly_class: int, seed: int = 0, test_fraction: float = 0.2
 ) -> Split:
     """Hold class ``anomaly_class`` out as the anomaly; the other classes are normal."""
+    if data.labelled_anomalies:
+        raise ConfigError(
+            f"{data.name} has its own test part with labelled anomalies ({data.layout}); "
+            "holding a class out does not apply: leave --anomaly-class out"
+        )
     if not 0 <= anomaly_class < len(data.classes):
         raise ConfigError(
             f"anomaly class must be in 0..{len(data.classes) - 1} for "
@@ -63,6 +68,24 @@ def leave_one_class_out(
             [torch.zeros(n_test, dtype=torch.bool), torch.ones(len(anomal_idx), dtype=torch.bool)]
         ),
     )
+
+
+def labelled_split(data: ImageSet) -> Split:
+    """The data's own split (MVTec AD's ``train/good`` vs ``test/``): train on the normal
+    images of the training part, evaluate on the test part with its anomaly labels."""
+    if not data.labelled_anomalies:
+        raise ConfigError(
+            f"{data.name} does not say which images are anomalies; use --anomaly-class "
+            "(leave-one-class-out) or a folder in the MVTec AD or normal/ + anomalous/ layout"
+        )
+    assert data.anomaly is not None and data.is_test is not None
+    train_idx = (~data.is_test & ~data.anomaly).nonzero().flatten()
+    test_idx = data.is_test.nonzero().flatten()
+    if len(train_idx) == 0:
+        raise ConfigError(f"{data.name}: no normal training images")
+    if len(test_idx) == 0:
+        raise ConfigError(f"{data.name}: no test images to evaluate on")
+    return Split(data.subset(train_idx), data.subset(test_idx), data.anomaly[test_idx])
 
 
 def out_of_distribution(train: ImageSet, test_in: ImageSet, test_out: ImageSet) -> Split:
