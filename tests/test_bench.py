@@ -89,21 +89,38 @@ def test_killed_run_resumes_and_torn_line_is_repaired(tmp_path):
 
 
 def test_failed_cell_is_recorded_and_others_continue(tmp_path):
-    suite = Suite(
-        **{
-            **TINY_SUITE,
-            "flows": ["realnvp:hidden=16,layers=2,blocks=1", "realnvp:hidden=16,bogus=1"],
-        }
-    ).validate()
+    # the rotation scorer needs a rotnet encoder: that fails in the cell, not up front
+    suite = Suite(**{**TINY_SUITE, "scorers": ["nll", "rotation"]}).validate()
     run_suite(suite, tmp_path, device="cpu")
     recs = lines(tmp_path / "results.jsonl")
     ok = [r for r in recs if r["status"] == "ok"]
     failed = [r for r in recs if r["status"] == "failed"]
     assert len(ok) == 2 and len(failed) == 2
-    assert "no option 'bogus'" in failed[0]["error"]
+    assert "rotation-prediction encoder" in failed[0]["error"]
     paths = write_report(tmp_path)
     text = paths["markdown"].read_text()
-    assert "## Failed cells" in text and "bogus" in text
+    assert "## Failed cells" in text and "rotation" in text
+
+
+@pytest.mark.parametrize(
+    "flow, match",
+    [
+        ("realnvp:hidden=16,bogus=1", "no option 'bogus'"),
+        ("realnvp:layers=abc", "option layers must be an integer"),
+        ("realnvp:layers=-2", "layers must be >= 1"),
+    ],
+)
+def test_bad_component_specs_stop_the_bench_before_training(tmp_path, flow, match):
+    suite = Suite(**{**TINY_SUITE, "flows": ["realnvp:hidden=16,layers=2,blocks=1", flow]})
+    with pytest.raises(ConfigError, match=match):
+        run_suite(suite.validate(), tmp_path, device="cpu")
+    assert not (tmp_path / "results.jsonl").exists()
+    assert not any((tmp_path / "cache" / "encoders").iterdir())
+    res = CliRunner().invoke(
+        app, ["bench", "--suite", "quick", "--flow", flow, "--out", str(tmp_path / "b"), "-q"]
+    )
+    assert res.exit_code == 2 and match.split("'")[0] in res.output
+    assert "Traceback" not in res.output
 
 
 def test_report_tables_plots_and_reference(tmp_path):

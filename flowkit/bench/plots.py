@@ -58,7 +58,8 @@ def plot_dataset(
         (
             c,
             [lookup[(t, c)].mean() if (t, c) in lookup else np.nan for t, _ in targets],
-            [lookup[(t, c)].std() if (t, c) in lookup else 0.0 for t, _ in targets],
+            # no error bar where one seed gives no spread estimate
+            [np.nan_to_num(lookup[(t, c)].std()) if (t, c) in lookup else 0.0 for t, _ in targets],
         )
         for c in combos
     ]

@@ -15,6 +15,7 @@ import numpy as np
 
 from flowkit.artifact import atomic_write_bytes
 from flowkit.bench.store import RunStore
+from flowkit.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,8 +58,9 @@ class Aggregate:
         return float(np.mean(v)) if v else math.nan
 
     def std(self, metric: str = "auc") -> float:
+        """Sample std over seeds; NaN (no estimate, left empty in the CSV) for one seed."""
         v = self.values.get(metric, [])
-        return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+        return float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
 
     def cell(self, metric: str = "auc") -> str:
         if not self.values.get(metric):
@@ -153,8 +155,21 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_report(run_dir: str | Path, plots: bool = True) -> dict[str, Path]:
-    """Write ``report.md``, ``report.csv`` and PNG plots into ``run_dir``; return their paths."""
+    """Write ``report.md``, ``report.csv`` and PNG plots into ``run_dir``; return their paths.
+
+    Raises :class:`ConfigError` (and creates nothing) for a folder that is not a bench run
+    directory or cannot be written.
+    """
     store = RunStore(run_dir)
+    if not store.results_path.is_file():
+        raise ConfigError(f"{run_dir} holds no results.jsonl (not a bench run directory)")
+    try:
+        return _write_report(store, plots)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report in {run_dir}: {exc}") from None
+
+
+def _write_report(store: RunStore, plots: bool) -> dict[str, Path]:
     records = store.records()
     aggs = aggregate(records)
     ref = load_reference()

@@ -21,9 +21,14 @@ from flowkit.artifact import package_versions
 from flowkit.bench.store import RunStore, git_sha
 from flowkit.bench.suite import Cell, Suite
 from flowkit.data.base import ImageSet
-from flowkit.data.protocols import Split, leave_one_class_out, out_of_distribution
+from flowkit.data.protocols import (
+    Split,
+    labelled_split,
+    leave_one_class_out,
+    out_of_distribution,
+)
 from flowkit.detector import Detector
-from flowkit.errors import FlowkitError
+from flowkit.errors import ConfigError, FlowkitError
 from flowkit.metrics import detection_metrics, ood_metrics
 from flowkit.registry import datasets, encoders, flows, parse_spec, scorers
 from flowkit.training import resolve_device
@@ -38,11 +43,56 @@ class BenchData:
     data: ImageSet | None = None  # loo: all images; ood: the in-distribution train split
     test_in: ImageSet | None = None  # ood only
     out: dict[str, ImageSet] | None = None  # ood only
+    given: dict[str, ImageSet] | None = None  # given: each target's images (train + test)
 
     @property
     def n_classes(self) -> int:
         assert self.data is not None
         return len(self.data.classes)
+
+    def targets(self, suite: Suite) -> list[int | str]:
+        if suite.protocol == "given":
+            assert self.given is not None
+            return list(self.given)
+        return suite.targets(n_classes=self.n_classes)
+
+    def input_shape(self) -> tuple[int, int, int]:
+        some = self.data if self.data is not None else next(iter((self.given or {}).values()))
+        return some.shape
+
+    def split(self, cell: Cell) -> Split:
+        if cell.protocol == "loo":
+            assert self.data is not None
+            return leave_one_class_out(self.data, int(cell.target), seed=cell.seed)
+        if cell.protocol == "given":
+            assert self.given is not None
+            return labelled_split(self.given[str(cell.target)])
+        assert self.data is not None and self.test_in is not None and self.out is not None
+        return out_of_distribution(self.data, self.test_in, self.out[str(cell.target)])
+
+    def target_name(self, cell: Cell) -> str:
+        if cell.protocol == "loo" and self.data is not None:
+            return self.data.classes[int(cell.target)]
+        return str(cell.target)
+
+
+def _given_categories(suite: Suite, root: Any) -> list[str]:
+    """The categories of a ``given`` suite, discovering them for ``categories = ["all"]``
+    through the dataset factory's ``categories(root)`` attribute."""
+    if suite.categories != ["all"]:
+        return suite.targets()
+    name, opts = parse_spec(suite.dataset)
+    lister = getattr(datasets.get(name).factory, "categories", None)
+    if lister is None:
+        raise ConfigError(
+            f"suite {suite.name}: dataset {name!r} has no categories to discover; "
+            "list them in the suite's categories field"
+        )
+    found = list(lister(root))
+    if not found:  # let the dataset say where its files belong
+        datasets.create(name, root=root, split="all", image_size=suite.image_size, **opts)
+        raise ConfigError(f"no {name} categories found under {root}")
+    return found
 
 
 def load_bench_data(suite: Suite, root: Any = None, download: bool = True) -> BenchData:
@@ -54,6 +104,10 @@ def load_bench_data(suite: Suite, root: Any = None, download: bool = True) -> Be
 
     if suite.protocol == "loo":
         return BenchData(data=load(suite.dataset, "all"))
+    if suite.protocol == "given":
+        probe = suite.cells(_given_categories(suite, root))
+        specs = {str(c.target): c.dataset_spec() for c in probe}
+        return BenchData(given={t: load(spec, "all") for t, spec in specs.items()})
     return BenchData(
         data=load(suite.dataset, "train"),
         test_in=load(suite.dataset, "test"),
@@ -61,28 +115,15 @@ def load_bench_data(suite: Suite, root: Any = None, download: bool = True) -> Be
     )
 
 
-def _split(cell: Cell, bd: BenchData) -> Split:
-    assert bd.data is not None
-    if cell.protocol == "loo":
-        return leave_one_class_out(bd.data, int(cell.target), seed=cell.seed)
-    assert bd.test_in is not None and bd.out is not None
-    return out_of_distribution(bd.data, bd.test_in, bd.out[str(cell.target)])
-
-
-def _detector(cell: Cell, device: str) -> Detector:
-    return Detector(
-        encoder=cell.encoder,
-        flow=cell.flow,
-        scorer=cell.scorer,
-        latent=cell.latent,
-        confidence=cell.confidence,
-        epochs_encoder=cell.epochs_encoder,
-        epochs_flow=cell.epochs_flow,
-        patience=cell.patience,
-        batch_size=cell.batch_size,
-        device=device,
-        seed=cell.seed,
-    )
+def check_cells(cells: list[Cell], input_shape: tuple[int, int, int], device: str) -> None:
+    """Build every distinct component of the grid once, untrained, exactly as ``flowkit
+    train`` does: a bad spec or option stops the run before anything trains."""
+    seen: set[tuple[str, ...]] = set()
+    for cell in cells:
+        combo = (cell.encoder, cell.latent, cell.flow, cell.scorer)
+        if combo not in seen:
+            seen.add(combo)
+            Detector(**cell.detector_params(device)).check_config(input_shape)
 
 
 def _plugin(registry: Any, spec: str) -> str:
@@ -99,7 +140,7 @@ class _EncoderStage:
     def __init__(
         self, cell: Cell, split: Split, store: RunStore, device: str, progress: Any
     ) -> None:
-        det = _detector(cell, device)
+        det = Detector(**cell.detector_params(device))
         train, val = det.split_validation(split.train.images)
         self.train_images, self.val_images = train, val
         self.test_images = split.test.images
@@ -143,7 +184,7 @@ def _run_flow_group(
     record: Callable[..., None],
 ) -> None:
     first = cells[0]
-    det = _detector(first, device)
+    det = Detector(**first.detector_params(device))
     det.set_encoder(enc.encoder, tuple(enc.train_images.shape[1:]), enc.history)
     flow_path = store.flow_path(first.flow_key)
     flow_cached = False
@@ -231,6 +272,79 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+class _Recorder:
+    """Writes one record per finished (or failed) cell and tells the progress display."""
+
+    def __init__(
+        self,
+        suite: Suite,
+        store: RunStore,
+        bench_data: BenchData,
+        device: str,
+        progress: Any,
+        task: Any,
+        on_cell: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        self.suite, self.store, self.bench_data = suite, store, bench_data
+        self.progress, self.task, self.on_cell = progress, task, on_cell
+        self.provenance = {
+            "versions": package_versions(),
+            "git_sha": git_sha(),
+            "device": device,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def __call__(self, cell: Cell, status: str, **fields: Any) -> None:
+        rec = {
+            "cell_id": cell.cell_id,
+            "status": status,
+            "suite": self.suite.name,
+            "config": cell.config(),
+            "combination": cell.combination,
+            "target_name": self.bench_data.target_name(cell),
+            "encoder_key": cell.encoder_key,
+            "flow_key": cell.flow_key,
+            "plugins": {
+                "encoder": _plugin(encoders, cell.encoder),
+                "flow": _plugin(flows, cell.flow),
+                "scorer": _plugin(scorers, cell.scorer),
+            },
+            "provenance": {**self.provenance, "seed": cell.seed},
+            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **fields,
+        }
+        self.store.append(rec)
+        if self.progress is not None:
+            self.progress.advance(self.task)
+        if self.on_cell is not None:
+            self.on_cell(rec)
+
+
+def _run_encoder_group(
+    group: list[Cell],
+    bench_data: BenchData,
+    store: RunStore,
+    device: str,
+    progress: Any,
+    record: _Recorder,
+) -> None:
+    """One encoder (trained or cached) with every flow and scorer that shares it."""
+    try:
+        split = bench_data.split(group[0])
+        enc = _EncoderStage(group[0], split, store, device, progress)
+    except Exception as exc:  # a failed cell is recorded; the grid goes on
+        for cell in group:
+            record(cell, "failed", error=_error_text(exc))
+        return
+    for _, flow_iter in groupby(group, key=lambda c: c.flow_key):
+        flow_cells = list(flow_iter)
+        try:
+            _run_flow_group(flow_cells, enc, split, store, device, progress, record)
+        except Exception as exc:  # a failed cell is recorded; the grid goes on
+            for cell in flow_cells:
+                record(cell, "failed", error=_error_text(exc))
+
+
 def run_suite(
     suite: Suite,
     out_dir: str | Path,
@@ -246,80 +360,30 @@ def run_suite(
 ) -> RunStore:
     """Run (or resume) ``suite`` into ``out_dir``; returns the store holding its results.
 
-    ``on_cell`` is called with each record as it is written (the CLI's live table).
+    One process at a time holds ``out_dir`` (a second raises :class:`RunLockedError` naming
+    the holder's pid). Every component of the grid is built once, untrained, before anything
+    trains. ``on_cell`` is called with each record as it is written (the CLI's live table).
     """
-    store = RunStore(out_dir, cache)
-    bench_data = data or load_bench_data(suite, data_root, download)
-    cells = suite.cells(bench_data.n_classes)
-    previous = {r["cell_id"]: r for r in store.records()}
-    todo = [
-        c
-        for c in cells
-        if c.cell_id not in previous or (retry_failed and previous[c.cell_id]["status"] != "ok")
-    ]
     dev = str(resolve_device(device))
-    provenance = {
-        "versions": package_versions(),
-        "git_sha": git_sha(),
-        "device": dev,
-        "torch_threads": torch.get_num_threads(),
-    }
-    task = (
-        progress.add_task("cells", total=len(cells), completed=len(cells) - len(todo))
-        if progress is not None
-        else None
-    )
-
-    def record(cell: Cell, status: str, **fields: Any) -> None:
-        rec = {
-            "cell_id": cell.cell_id,
-            "status": status,
-            "suite": suite.name,
-            "config": cell.config(),
-            "combination": cell.combination,
-            "target_name": target_name(cell),
-            "encoder_key": cell.encoder_key,
-            "flow_key": cell.flow_key,
-            "plugins": {
-                "encoder": _plugin(encoders, cell.encoder),
-                "flow": _plugin(flows, cell.flow),
-                "scorer": _plugin(scorers, cell.scorer),
-            },
-            "provenance": {**provenance, "seed": cell.seed},
-            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            **fields,
-        }
-        store.append(rec)
-        if progress is not None:
-            progress.advance(task)
-        if on_cell is not None:
-            on_cell(rec)
-
-    def target_name(cell: Cell) -> str:
-        if cell.protocol == "loo" and bench_data.data is not None:
-            return bench_data.data.classes[int(cell.target)]
-        return str(cell.target)
-
-    def by_encoder(c: Cell) -> tuple[str, str]:
-        return (c.encoder_key, str(c.target))
-
-    todo.sort(key=lambda c: cells.index(c))
-    for _, group_iter in groupby(todo, key=by_encoder):
-        group = list(group_iter)
-        try:
-            split = _split(group[0], bench_data)
-            enc = _EncoderStage(group[0], split, store, dev, progress)
-        except Exception as exc:  # a failed cell is recorded; the grid goes on
-            for cell in group:
-                record(cell, "failed", error=_error_text(exc))
-            continue
-        for _, flow_iter in groupby(group, key=lambda c: c.flow_key):
-            flow_cells = list(flow_iter)
-            try:
-                _run_flow_group(flow_cells, enc, split, store, dev, progress, record)
-            except Exception as exc:  # a failed cell is recorded; the grid goes on
-                for cell in flow_cells:
-                    record(cell, "failed", error=_error_text(exc))
+    store = RunStore(out_dir, cache, create=True)
+    with store.lock():
+        bench_data = data or load_bench_data(suite, data_root, download)
+        cells = suite.cells(bench_data.targets(suite))
+        check_cells(cells, bench_data.input_shape(), dev)
+        previous = {r["cell_id"]: r for r in store.records()}
+        todo = [
+            c
+            for c in cells
+            if c.cell_id not in previous or (retry_failed and previous[c.cell_id]["status"] != "ok")
+        ]
+        task = (
+            progress.add_task("cells", total=len(cells), completed=len(cells) - len(todo))
+            if progress is not None
+            else None
+        )
+        record = _Recorder(suite, store, bench_data, dev, progress, task, on_cell)
+        for _, group in groupby(todo, key=lambda c: (c.encoder_key, str(c.target))):
+            _run_encoder_group(list(group), bench_data, store, dev, progress, record)
     return store
 
 

@@ -7,11 +7,14 @@ flight. A torn last line (a kill in the middle of a write) is repaired on the ne
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import subprocess
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,14 @@ import numpy as np
 import torch
 
 from flowkit.artifact import atomic_write_bytes
+from flowkit.errors import ConfigError, RunLockedError
 
-__all__ = ["RunStore", "git_sha"]
+__all__ = ["RunStore", "git_sha", "read_results", "REQUIRED_FIELDS"]
+
+LOCK_NAME = ".lock"
+# What the report needs of every record; records without them are skipped with a warning.
+REQUIRED_FIELDS = ("cell_id", "status", "combination", "config")
+REQUIRED_CONFIG = ("dataset", "protocol", "target", "seed", "encoder", "latent", "flow", "scorer")
 
 
 def git_sha() -> str | None:
@@ -40,15 +49,65 @@ def git_sha() -> str | None:
 
 
 class RunStore:
-    """Files of one bench run under ``root`` (and a cache, by default ``root/cache``)."""
+    """Files of one bench run under ``root`` (and a cache, by default ``root/cache``).
 
-    def __init__(self, root: str | Path, cache: str | Path | None = None) -> None:
+    ``create=False`` (for reading, e.g. ``flowkit report``) creates nothing and repairs
+    nothing; a run opens its store with ``create=True`` and holds :meth:`lock` while it writes.
+    """
+
+    def __init__(
+        self, root: str | Path, cache: str | Path | None = None, create: bool = False
+    ) -> None:
         self.root = Path(root)
         self.cache = Path(cache) if cache else self.root / "cache"
         self.results_path = self.root / "results.jsonl"
-        for d in (self.root, self.root / "scores", self.cache / "encoders", self.cache / "flows"):
-            d.mkdir(parents=True, exist_ok=True)
-        self._repair()
+        self.lock_path = self.root / LOCK_NAME
+        if create:
+            if self.root.exists() and not self.root.is_dir():
+                raise ConfigError(f"--out {self.root} is a file, not a run directory")
+            try:
+                for d in (
+                    self.root,
+                    self.root / "scores",
+                    self.cache / "encoders",
+                    self.cache / "flows",
+                ):
+                    d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the run directory {self.root}: {exc}") from None
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run directory: one writer at a time. A second process gets a
+        :class:`RunLockedError` naming the holder's pid; a lock left by a killed run is
+        released by the kernel with its process, so the next run takes it over."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                raise RunLockedError(
+                    f"{self.root} is in use by another flowkit bench (pid {holder}); wait for "
+                    "it to finish or choose another --out"
+                ) from None
+            previous = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            if previous and previous != str(os.getpid()):
+                warnings.warn(
+                    f"{self.root}: took over the lock of pid {previous}, which ended without "
+                    "releasing it (killed?); its finished cells are kept",
+                    stacklevel=3,
+                )
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            self._repair()
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)  # an empty lock file: released cleanly
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     # -- results ---------------------------------------------------------------------------
 
@@ -128,10 +187,32 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
                 continue
             try:
                 rec = json.loads(line)
-                out[rec["cell_id"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except json.JSONDecodeError:
                 warnings.warn(f"{path}:{n}: skipping an unreadable record", stacklevel=2)
+                continue
+            missing = _missing_fields(rec)
+            if missing:
+                warnings.warn(
+                    f"{path}:{n}: skipping a record without {', '.join(missing)}", stacklevel=2
+                )
+                continue
+            out[rec["cell_id"]] = rec
     return out
+
+
+def _missing_fields(rec: Any) -> list[str]:
+    if not isinstance(rec, dict):
+        return ["a JSON object"]
+    missing = [k for k in REQUIRED_FIELDS if k not in rec]
+    cfg = rec.get("config")
+    if isinstance(cfg, dict):
+        missing += [f"config.{k}" for k in REQUIRED_CONFIG if k not in cfg]
+    elif "config" in rec:
+        missing.append("config (an object)")
+    metrics = rec.get("metrics")
+    if rec.get("status") == "ok" and not (isinstance(metrics, dict) and "auc" in metrics):
+        missing.append("metrics.auc")
+    return missing
 
 
 def _json_default(obj: Any) -> Any:

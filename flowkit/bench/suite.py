@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sys
+import types
+import typing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,22 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Suite", "Cell", "load_suite", "suite_dirs", "list_suites"]
+__all__ = [
+    "Suite",
+    "Cell",
+    "load_suite",
+    "suite_dirs",
+    "list_suites",
+    "ENCODER_FIELDS",
+    "FLOW_FIELDS",
+    "SCORER_FIELDS",
+]
 
-PROTOCOLS = ("loo", "ood")
+PROTOCOLS = ("loo", "ood", "given")
+PROTOCOL_HELP = (
+    "loo (leave one class out), ood (train on dataset, test against out_datasets) or given "
+    "(the dataset's own train/test parts with labelled anomalies, e.g. MVTec AD)"
+)
 
 
 def suite_dirs() -> list[Path]:
@@ -38,10 +54,12 @@ def list_suites() -> list[str]:
 
 @dataclass
 class Suite:
-    """A benchmark grid: dataset × held-out class × seed × encoder × latent × flow × scorer.
+    """A benchmark grid: dataset × target × seed × encoder × latent × flow × scorer.
 
-    For ``protocol = "ood"`` the held-out classes are replaced by ``out_datasets``: the model
-    trains on every class of ``dataset`` and is tested on its test split against each.
+    Targets depend on the protocol: held-out classes (``loo``), out-of-distribution datasets
+    (``ood``: the model trains on every class of ``dataset``), or the dataset's categories
+    (``given``: each category's own train/test parts, e.g. MVTec AD; ``categories = "all"``
+    takes every category found under the data root).
     """
 
     name: str
@@ -49,6 +67,7 @@ class Suite:
     protocol: str = "loo"
     classes: list[int] | None = None  # None: every class
     out_datasets: list[str] = field(default_factory=list)
+    categories: list[str] | None = None  # given: None = the dataset as it is; ["all"] = every one
     encoders: list[str] = field(default_factory=lambda: ["dcgan_ae"])
     flows: list[str] = field(default_factory=lambda: ["realnvp"])
     scorers: list[str] = field(default_factory=lambda: ["nll"])
@@ -57,16 +76,26 @@ class Suite:
     epochs_encoder: int = 15
     epochs_flow: int = 200
     patience: int = 20
+    patience_encoder: int = 5
     batch_size: int = 64
+    flow_batch_size: int = 128
+    lr_encoder: float = 2e-4
+    lr_flow: float = 1e-3
+    val_fraction: float = 0.1
     image_size: int = 32
     confidence: float = 0.95
     description: str = ""
 
     def validate(self) -> Suite:
+        check_field_types(self.name, asdict(self))
         if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"suite {self.name}: protocol must be one of {PROTOCOLS}")
+            raise ConfigError(
+                f"suite {self.name}: protocol must be {PROTOCOL_HELP}; got {self.protocol!r}"
+            )
         if self.protocol == "ood" and not self.out_datasets:
             raise ConfigError(f"suite {self.name}: the ood protocol needs out_datasets")
+        if self.categories is not None and self.protocol != "given":
+            raise ConfigError(f"suite {self.name}: categories only apply to protocol 'given'")
         for label, items in (
             ("encoders", self.encoders),
             ("flows", self.flows),
@@ -76,7 +105,7 @@ class Suite:
         ):
             if not items:
                 raise ConfigError(f"suite {self.name}: {label} is empty")
-        for spec in self.encoders + self.flows + self.scorers:
+        for spec in self.encoders + self.flows + self.scorers + [self.dataset]:
             parse_spec(spec)
         return self
 
@@ -88,57 +117,90 @@ class Suite:
             raise ConfigError(f"unknown suite field(s): {', '.join(sorted(bad))}")
         return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validate()
 
-    def cells(self, n_classes: int) -> list[Cell]:
-        """Every cell of the grid, in run order (cells sharing an encoder are adjacent)."""
-        targets: list[int | str]
+    def targets(self, n_classes: int | None = None, categories: list[str] | None = None) -> list:
+        """What each cell holds out or tests against, for the protocol (see the class doc).
+
+        ``n_classes`` (loo) and ``categories`` (given, when ``categories = ["all"]``) come
+        from the loaded data.
+        """
         if self.protocol == "ood":
-            targets = list(self.out_datasets)
-        else:
-            targets = list(self.classes) if self.classes is not None else list(range(n_classes))
-            bad = [c for c in targets if not 0 <= int(c) < n_classes]
-            if bad:
-                raise ConfigError(
-                    f"classes {bad} do not exist in {self.dataset} (0..{n_classes - 1})"
-                )
-        out = []
-        for target in targets:
-            for seed in self.seeds:
-                for enc in self.encoders:
-                    for latent in self.latents:
-                        for flow in self.flows:
-                            for scorer in self.scorers:
-                                out.append(
-                                    Cell(
-                                        dataset=self.dataset,
-                                        protocol=self.protocol,
-                                        target=target,
-                                        seed=int(seed),
-                                        encoder=_norm(enc),
-                                        latent=latent,
-                                        flow=_norm(flow),
-                                        scorer=_norm(scorer),
-                                        epochs_encoder=self.epochs_encoder,
-                                        epochs_flow=self.epochs_flow,
-                                        patience=self.patience,
-                                        batch_size=self.batch_size,
-                                        image_size=self.image_size,
-                                        confidence=self.confidence,
-                                    )
-                                )
-        return out
+            return list(self.out_datasets)
+        if self.protocol == "given":
+            if self.categories is None:
+                return ["all"]
+            return list(categories) if self.categories == ["all"] else list(self.categories)
+        assert n_classes is not None
+        targets = list(self.classes) if self.classes is not None else list(range(n_classes))
+        bad = [c for c in targets if not 0 <= int(c) < n_classes]
+        if bad:
+            raise ConfigError(f"classes {bad} do not exist in {self.dataset} (0..{n_classes - 1})")
+        return targets
+
+    def cells(self, targets: list[int | str]) -> list[Cell]:
+        """Every cell of the grid, in run order (cells sharing an encoder are adjacent)."""
+        shared = {f: getattr(self, f) for f in _SHARED_FIELDS}
+        grid = itertools.product(
+            targets, self.seeds, self.encoders, self.latents, self.flows, self.scorers
+        )
+        return [
+            Cell(
+                dataset=self.dataset,
+                protocol=self.protocol,
+                target=target,
+                seed=int(seed),
+                encoder=_norm(enc),
+                latent=latent,
+                flow=_norm(flow),
+                scorer=_norm(scorer),
+                **shared,
+            )
+            for target, seed, enc, latent, flow, scorer in grid
+        ]
 
 
 def _norm(spec: str) -> str:
     return format_spec(*parse_spec(spec))
 
 
+# Which settings change which artifact: each belongs in that artifact's cache key (a test
+# changes every Cell field and checks the keys that must change, and only those).
+ENCODER_FIELDS = (
+    "dataset",
+    "protocol",
+    "seed",
+    "encoder",
+    "epochs_encoder",
+    "patience_encoder",
+    "batch_size",
+    "lr_encoder",
+    "val_fraction",
+    "image_size",
+)
+FLOW_FIELDS = ("latent", "flow", "epochs_flow", "patience", "flow_batch_size", "lr_flow")
+SCORER_FIELDS = ("scorer", "confidence")
+_SHARED_FIELDS = (
+    "epochs_encoder",
+    "epochs_flow",
+    "patience",
+    "patience_encoder",
+    "batch_size",
+    "flow_batch_size",
+    "lr_encoder",
+    "lr_flow",
+    "val_fraction",
+    "image_size",
+    "confidence",
+)
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One result: a trained pair evaluated on one held-out class (or OOD set) and seed."""
+    """One result: a trained pair evaluated on one target (held-out class, OOD set or
+    category) and seed."""
 
     dataset: str
     protocol: str
-    target: int | str  # held-out class, or the OOD dataset
+    target: int | str
     seed: int
     encoder: str
     latent: str
@@ -147,45 +209,52 @@ class Cell:
     epochs_encoder: int
     epochs_flow: int
     patience: int
+    patience_encoder: int
     batch_size: int
+    flow_batch_size: int
+    lr_encoder: float
+    lr_flow: float
+    val_fraction: float
     image_size: int
     confidence: float
 
     def config(self) -> dict[str, Any]:
         return asdict(self)
 
-    def _key(self, fields: tuple[str, ...]) -> str:
-        blob = json.dumps({f: getattr(self, f) for f in fields}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def detector_params(self, device: str = "auto") -> dict[str, Any]:
+        """The :class:`~flowkit.Detector` parameters of this cell (the one place they map)."""
+        params = {f: getattr(self, f) for f in _SHARED_FIELDS if f != "image_size"}
+        return {
+            **params,
+            "encoder": self.encoder,
+            "flow": self.flow,
+            "scorer": self.scorer,
+            "latent": self.latent,
+            "seed": self.seed,
+            "device": device,
+        }
+
+    def dataset_spec(self) -> str:
+        """The dataset to load for this cell (``given`` targets name a category)."""
+        if self.protocol == "given" and self.target != "all":
+            name, options = parse_spec(self.dataset)
+            return format_spec(name, {**options, "category": self.target})
+        return self.dataset
 
     @property
     def encoder_key(self) -> str:
         """Identifies the trained encoder and its latents (shared by flows and scorers)."""
-        target = self.target if self.protocol == "loo" else "all"
-        return _key_of(
-            self,
-            (
-                "dataset",
-                "protocol",
-                "seed",
-                "encoder",
-                "epochs_encoder",
-                "batch_size",
-                "image_size",
-            ),
-            {"target": target},
-        )
+        target = self.target if self.protocol != "ood" else "all"
+        return _key(self, ENCODER_FIELDS, {"target": target})
 
     @property
     def flow_key(self) -> str:
         """Identifies the fitted flow (shared by scorers)."""
-        return _key_of(
-            self, ("latent", "flow", "epochs_flow", "patience"), {"encoder_key": self.encoder_key}
-        )
+        return _key(self, FLOW_FIELDS, {"encoder_key": self.encoder_key})
 
     @property
     def cell_id(self) -> str:
-        return self._key(tuple(asdict(self)))
+        return _key(self, tuple(asdict(self)), {})
 
     @property
     def combination(self) -> str:
@@ -194,18 +263,59 @@ class Cell:
         return f"{self.encoder} + {self.flow}{latent} / {self.scorer}"
 
 
-def _key_of(cell: Cell, fields: tuple[str, ...], extra: dict[str, Any]) -> str:
+def _key(cell: Cell, fields: tuple[str, ...], extra: dict[str, Any]) -> str:
     blob = json.dumps({**{f: getattr(cell, f) for f in fields}, **extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_LIST_FIELDS = {"encoders", "flows", "scorers", "latents", "seeds", "out_datasets"}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _describe(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return _describe(args[0]) + ' (or "all")'
+    if typing.get_origin(hint) is list:
+        item = _TYPE_NAMES[args[0]].split(" ", 1)[1]
+        return f"a list of {item}s, e.g. {[1, 2] if args[0] is int else ['a', 'b']}"
+    return _TYPE_NAMES[hint]
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return value is None or any(
+            _type_ok(value, a) for a in typing.get_args(hint) if a is not type(None)
+        )
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def check_field_types(suite: str, values: dict[str, Any]) -> None:
+    """Refuse a suite field of the wrong type, naming the field and the expected type."""
+    hints = typing.get_type_hints(Suite)
+    for key, value in values.items():
+        if not _type_ok(value, hints[key]):
+            raise ConfigError(
+                f"suite {suite}: field {key} must be {_describe(hints[key])}; got {value!r}"
+            )
+
+
+_LIST_FIELDS = {"encoders", "flows", "scorers", "latents", "seeds", "out_datasets", "categories"}
 
 
 def load_suite(name_or_path: str) -> Suite:
     """A suite by name (``quick``, ``paper-mnist``, ...) or path to a TOML file."""
     path = Path(name_or_path)
-    if not path.suffix == ".toml" or not path.exists():
+    if path.suffix == ".toml" or "/" in name_or_path or "\\" in name_or_path:
+        if not path.is_file():
+            raise ConfigError(f"suite file not found: {path}")
+    else:
         for d in suite_dirs():
             if (d / f"{name_or_path}.toml").exists():
                 path = d / f"{name_or_path}.toml"
@@ -235,6 +345,8 @@ def load_suite(name_or_path: str) -> Suite:
             f"accepted: {', '.join(sorted(fields))}"
         )
     for key in _LIST_FIELDS & set(data):
-        if not isinstance(data[key], list):
+        # a single component may be written without brackets; a list of classes may not
+        if isinstance(data[key], str) and key != "seeds":
             data[key] = [data[key]]
+    check_field_types(str(data["name"]), data)
     return Suite(**data).validate()

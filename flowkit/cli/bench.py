@@ -200,8 +200,6 @@ def report(
     from flowkit.bench.report import write_report
     from flowkit.bench.store import RunStore
 
-    if not (run_dir / "results.jsonl").exists():
-        raise ConfigError(f"{run_dir} holds no results.jsonl (not a bench run directory)")
-    _summary(RunStore(run_dir).records())
     paths = write_report(run_dir, plots=plots)
+    _summary(RunStore(run_dir).records())
     out.print(f"report: {paths['markdown']}")

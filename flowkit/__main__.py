@@ -1,0 +1,5 @@
+"""``python -m flowkit``: the command line."""
+
+from flowkit.cli import main
+
+main()
