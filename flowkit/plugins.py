@@ -9,6 +9,7 @@ working. ``FLOWKIT_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point name.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import pluggy
 
 from flowkit import hookspecs
 from flowkit.errors import FlowkitPluginWarning
-from flowkit.registry import REGISTRIES
+from flowkit.registry import REGISTRIES, Registry
 
 __all__ = ["PluginInfo", "get_plugin_manager", "load_plugins", "reset_plugins", "plugin_infos"]
 
@@ -110,34 +111,77 @@ def _load() -> None:
         info.hooks = sorted(h.name for h in pm.get_hookcallers(module) or [])
 
     for kind, hook_name in hookspecs.HOOK_NAMES.items():
-        registry = REGISTRIES[kind]
-        for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            info = infos[impl.plugin_name]
-            if info.error:
-                continue
-            before = _names(registry)
-            registry._current_plugin = (info.name, info.distribution)
-            try:
-                impl.function(registry=registry)
-            except Exception as exc:
-                info.error = _warn(info.name, info.distribution, f"failed in {hook_name}", exc)
-                # Leave nothing of a failed plugin behind, in this registry or earlier ones.
-                for name in _names(registry) - before:
-                    registry.unregister(name.removesuffix("/*"))
-                for done_kind, names in info.components.items():
-                    for name in names:
-                        REGISTRIES[done_kind].unregister(name.removesuffix("/*"))
-                info.components.clear()
-                continue
-            finally:
-                registry._current_plugin = ("user", None)
-            info.components.setdefault(kind, []).extend(sorted(_names(registry) - before))
+        _call_hook(pm, hook_name, REGISTRIES[kind], infos)
+    for kind, registry in REGISTRIES.items():
+        for entry in registry.entries():
+            label = f"{entry.name}/*" if entry.namespace else entry.name
+            if entry.plugin in infos:
+                infos[entry.plugin].components.setdefault(kind, []).append(label)
+    for info in infos.values():
+        info.components = {k: sorted(v) for k, v in info.components.items()}
     _state["infos"] = infos
     _state["pm"] = pm
 
 
-def _names(registry: Any) -> set[str]:
-    return set(registry._entries) | {f"{p}/*" for p in registry._namespaces}
+def _call_hook(
+    pm: pluggy.PluginManager, hook_name: str, registry: Registry, infos: dict[str, PluginInfo]
+) -> None:
+    """Call one registration hook through pluggy (its order, ``tryfirst``/``trylast`` and
+    wrappers apply). Each entry is attributed to the plugin whose hook implementation added
+    it. A plugin that raises is reported, everything it registered (in any registry) is
+    removed, it is unregistered from pluggy, and the hook is called again without it."""
+    hook = getattr(pm.hook, hook_name)
+    while True:
+        owners = {impl.function.__code__: impl.plugin_name for impl in hook.get_hookimpls()}
+        before = set(registry.names())
+
+        def origin() -> tuple[str, str | None]:
+            name = _innermost_owner(_frames(sys._getframe(1)), owners)
+            return (name, infos[name].distribution) if name else ("user", None)
+
+        try:
+            with registry.provenance(origin):
+                hook(registry=registry)
+            return
+        except Exception as exc:
+            for name in set(registry.names()) - before:
+                registry.unregister(name)
+            culprit = _innermost_owner(_traceback_frames(exc), owners)
+            if culprit is None:
+                raise  # not a plugin's fault: flowkit itself is broken
+            info = infos[culprit]
+            info.error = _warn(info.name, info.distribution, f"failed in {hook_name}", exc)
+            for other in REGISTRIES.values():
+                for entry in other.entries():
+                    if entry.plugin == culprit:
+                        other.unregister(entry.name)
+            pm.unregister(name=culprit)
+
+
+def _frames(frame: Any) -> list[Any]:
+    """Frames from ``frame`` outwards (innermost first)."""
+    out = []
+    while frame is not None:
+        out.append(frame)
+        frame = frame.f_back
+    return out
+
+
+def _traceback_frames(exc: BaseException) -> list[Any]:
+    """The frames of an exception's traceback, innermost first."""
+    out = []
+    tb = exc.__traceback__
+    while tb is not None:
+        out.append(tb.tb_frame)
+        tb = tb.tb_next
+    return out[::-1]
+
+
+def _innermost_owner(frames: list[Any], owners: dict[Any, str]) -> str | None:
+    for frame in frames:
+        if frame.f_code in owners:
+            return owners[frame.f_code]
+    return None
 
 
 def plugin_infos() -> list[PluginInfo]:

@@ -18,6 +18,7 @@ import difflib
 import fnmatch
 import inspect
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +70,21 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
         self._namespaces: dict[str, Entry] = {}
-        # Set by flowkit.plugins while a plugin's hook runs, so entries know their origin.
-        self._current_plugin: tuple[str, str | None] = ("user", None)
+        # Set by flowkit.plugins while hooks run: tells which plugin is registering.
+        self._origin: Callable[[], tuple[str, str | None]] | None = None
+
+    @contextmanager
+    def provenance(self, origin: Callable[[], tuple[str, str | None]]) -> Iterator[None]:
+        """While active, entries registered are attributed to ``origin()``'s
+        ``(plugin, distribution)`` (flowkit's plugin loader uses it around each hook call)."""
+        previous, self._origin = self._origin, origin
+        try:
+            yield
+        finally:
+            self._origin = previous
+
+    def _who(self) -> tuple[str, str | None]:
+        return self._origin() if self._origin is not None else ("user", None)
 
     # -- registration ---------------------------------------------------------------------
 
@@ -110,7 +124,7 @@ class Registry:
                 f"{self.kind} namespace {prefix!r} is already registered by "
                 f"{self._namespaces[prefix].plugin!r}; pass override=True to replace it"
             )
-        plugin, dist = self._current_plugin
+        plugin, dist = self._who()
         self._namespaces[prefix] = Entry(prefix, factory, plugin, dist, True, lister)
 
     def _add(self, name: str, factory: Factory, *, override: bool) -> Factory:
@@ -127,14 +141,18 @@ class Registry:
                 f"{self.kind} {name!r} is already registered by {self._entries[name].plugin!r}; "
                 "pass override=True to replace it"
             )
-        plugin, dist = self._current_plugin
+        plugin, dist = self._who()
         self._entries[name] = Entry(name, factory, plugin, dist)
         return factory
 
     def unregister(self, name: str) -> None:
-        """Remove a name or namespace (no error if absent)."""
+        """Remove a name, namespace or ``"prefix/*"`` (no error if absent)."""
         self._entries.pop(name, None)
-        self._namespaces.pop(name, None)
+        self._namespaces.pop(name.removesuffix("/*"), None)
+
+    def names(self) -> list[str]:
+        """Registered names and namespaces (as ``"prefix/*"``), without loading plugins."""
+        return sorted(self._entries) + sorted(f"{p}/*" for p in self._namespaces)
 
     def clear(self) -> None:
         self._entries.clear()

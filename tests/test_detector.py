@@ -118,17 +118,14 @@ def test_newer_format_and_version_drift(tiny_detector, tmp_path, monkeypatch):
         Detector.load(path)
 
 
-def test_model_needing_a_missing_plugin_is_refused(tiny_detector, tmp_path, monkeypatch):
+def test_model_needing_a_missing_plugin_is_refused(tiny_detector, tmp_path, fresh_plugins):
     from flowkit.registry import encoders
 
     path = _saved(tiny_detector, tmp_path)
-    entry = encoders.get("dcgan_ae")
+    encoders.get("dcgan_ae")  # loads the plugins; the fixture reloads them afterwards
     encoders.unregister("dcgan_ae")
-    try:
-        with pytest.raises(ModelFileError, match="needs the encoder 'dcgan_ae'"):
-            Detector.load(path)
-    finally:
-        encoders._entries["dcgan_ae"] = entry
+    with pytest.raises(ModelFileError, match="needs the encoder 'dcgan_ae'"):
+        Detector.load(path)
 
 
 def test_wrong_channels_or_size_are_clear_errors(tiny_detector):

@@ -106,3 +106,60 @@ def test_every_hook_is_documented():
     for name in specs:
         assert re.search(rf"`{name}\(registry\)`", docs), f"hook {name} is not documented"
         assert getattr(hookspecs, name).__doc__, f"hook {name} has no docstring"
+
+
+ORDERED = """
+from flowkit import hookimpl
+CALLS = []
+
+@hookimpl(tryfirst=True)
+def flowkit_register_flows(registry):
+    CALLS.append("{name}")
+"""
+
+WRAPPER = """
+from flowkit import hookimpl
+CALLS = []
+
+@hookimpl(wrapper=True)
+def flowkit_register_flows(registry):
+    CALLS.append("before")
+    result = yield
+    CALLS.append("after " + ",".join(sorted(n for n in registry.names() if n == "realnvp")))
+    return result
+"""
+
+
+def test_hooks_are_called_through_pluggy_in_its_order(fake_entry_points):
+    first = _module("fk_first", ORDERED.format(name="first"))
+    last = _module("fk_last", ORDERED.format(name="last").replace("tryfirst", "trylast"))
+    wrap = _module("fk_wrap", WRAPPER)
+    # registered last-first: pluggy still calls tryfirst before trylast
+    fake_entry_points(("zlast", last), ("afirst", first), ("wrap", wrap))
+    calls = sys.modules["fk_first"].CALLS
+    sys.modules["fk_last"].CALLS = calls
+    flowkit.list_flows()
+    assert calls == ["first", "last"]
+    # the wrapper ran around every implementation, built-ins included
+    assert sys.modules["fk_wrap"].CALLS == ["before", "after realnvp"]
+
+
+def test_a_raising_plugin_is_removed_from_every_registry(fake_entry_points):
+    source = """
+from flowkit import hookimpl
+from flowkit.encoders.dcgan import DCGANAutoencoder
+
+@hookimpl
+def flowkit_register_encoders(registry):
+    registry.register("kept_until_failure")(lambda **kw: DCGANAutoencoder(**kw))
+
+@hookimpl
+def flowkit_register_flows(registry):
+    raise ValueError("bad flow")
+"""
+    fake_entry_points(("twohooks", _module("fk_two", source)), ("mine", _module("fk_g2", GOOD)))
+    with pytest.warns(FlowkitPluginWarning, match="'twohooks'.*flowkit_register_flows"):
+        names = flowkit.list_encoders()
+    assert "kept_until_failure" not in names and "my_encoder" in names
+    assert encoders.get("my_encoder").plugin == "mine"
+    assert "realnvp" in flowkit.list_flows()
