@@ -135,7 +135,7 @@ def _call_hook(
         owners = {impl.function.__code__: impl.plugin_name for impl in hook.get_hookimpls()}
         before = set(registry.names())
 
-        def origin() -> tuple[str, str | None]:
+        def origin(owners: dict[Any, str] = owners) -> tuple[str, str | None]:
             name = _innermost_owner(_frames(sys._getframe(1)), owners)
             return (name, infos[name].distribution) if name else ("user", None)
 
