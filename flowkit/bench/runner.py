@@ -365,11 +365,14 @@ def run_suite(
     trains. ``on_cell`` is called with each record as it is written (the CLI's live table).
     """
     dev = str(resolve_device(device))
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"--out {out_dir} is a file, not a run directory")
+    # Everything that can be refused is refused before the run directory is touched.
+    bench_data = data or load_bench_data(suite, data_root, download)
+    cells = suite.cells(bench_data.targets(suite))
+    check_cells(cells, bench_data.input_shape(), dev)
     store = RunStore(out_dir, cache, create=True)
     with store.lock():
-        bench_data = data or load_bench_data(suite, data_root, download)
-        cells = suite.cells(bench_data.targets(suite))
-        check_cells(cells, bench_data.input_shape(), dev)
         previous = {r["cell_id"]: r for r in store.records()}
         todo = [
             c

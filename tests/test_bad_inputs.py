@@ -1,0 +1,193 @@
+"""A sweep of bad inputs against the command line, as a new user would make them.
+
+Every case must end with a non-zero exit, no traceback, and a message naming what to change
+(``error: ...`` on one line for flowkit's own checks; typer's usage box for a value that is
+not even of the option's type).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from flowkit import Detector
+
+from .conftest import TINY
+
+runner = CliRunner()
+FAST = [
+    "--encoder",
+    TINY["encoder"],
+    "--flow",
+    TINY["flow"],
+    "--epochs-encoder",
+    "1",
+    "--epochs-flow",
+    "1",
+    "--device",
+    "cpu",
+    "-q",
+]
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory, fake_data):
+    """A folder with a model, images, broken files and odd trees to point commands at."""
+    root = tmp_path_factory.mktemp("bad")
+    det = Detector(**TINY).fit(fake_data.subset(list(range(0, len(fake_data), 2))))
+    det.save(root / "model.flowkit")
+    raw = (root / "model.flowkit").read_bytes()
+    (root / "truncated.flowkit").write_bytes(raw[: len(raw) // 2])
+    (root / "notamodel.flowkit").write_text("hello")
+    (root / "afile.txt").write_text("x")
+    (root / "images").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32), 40 * i, np.uint8)).save(root / "images" / f"{i}.png")
+    (root / "corrupt").mkdir()
+    (root / "corrupt" / "bad.png").write_bytes(b"\x89PNG not really")
+    (root / "empty").mkdir()
+    amb = root / "ambiguous"
+    (amb / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(amb / "loose.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(amb / "a" / "x.png")
+    (root / "badtypes.toml").write_text('classes = "0,1"\n')
+    (root / "adir").mkdir()
+    return root
+
+
+OUT = ["--out", "{root}/out.flowkit"]
+
+# (arguments, text expected in the output); {root} is the fixture's folder.
+CASES: list[tuple[list[str], str]] = [
+    # -- train: sizes and counts
+    (["train", *FAST, *OUT, "--batch-size", "1"], "batch_size must be >= 2"),
+    (["train", *FAST, *OUT, "--batch-size", "0"], "batch_size must be >= 2"),
+    (["train", *FAST, *OUT, "--batch-size", "-5"], "batch_size must be >= 2"),
+    (["train", *FAST, *OUT, "--batch-size", "abc"], "Invalid value for '--batch-size'"),
+    (["train", *FAST, *OUT, "--flow-batch-size", "1"], "flow_batch_size must be >= 2"),
+    (["train", *FAST, *OUT, "--image-size", "0"], "Invalid value for '--image-size'"),
+    (["train", *FAST, *OUT, "--image-size", "30"], "power-of-two image_size"),
+    (["train", *FAST, *OUT, "--threads", "-1"], "Invalid value for '--threads'"),
+    (["train", *FAST, *OUT, "--threads", "0"], "Invalid value for '--threads'"),
+    (["train", *FAST, *OUT, "--seed", "-1"], "seed must be in [0"),
+    (["train", *FAST, *OUT, "--seed", "x"], "Invalid value for '--seed'"),
+    (["train", *FAST, *OUT, "--epochs-encoder", "0"], "epochs_encoder must be >= 1"),
+    (["train", *FAST, *OUT, "--epochs-flow", "-1"], "epochs_flow must be >= 1"),
+    (["train", *FAST, *OUT, "--confidence", "1.5"], "confidence must be in (0, 1)"),
+    (["train", *FAST, *OUT, "--contamination", "0.9"], "contamination must be in (0, 0.5)"),
+    # -- train: components and options
+    (["train", *FAST, *OUT, "--flow", "realnvp:layers=abc"], "option layers must be an integer"),
+    (["train", *FAST, *OUT, "--flow", "realnvp:layers=-2"], "layers must be >= 1, got -2"),
+    (["train", *FAST, *OUT, "--flow", "realnvp:dropout=1.5"], "dropout must be in [0, 1)"),
+    (["train", *FAST, *OUT, "--flow", "realnvp:bogus=1"], "has no option 'bogus'"),
+    (["train", *FAST, *OUT, "--flow", "realnvpp"], "did you mean 'realnvp'"),
+    (["train", *FAST, *OUT, "--flow", "realnvp:=3"], "expected key=value"),
+    (["train", *FAST, *OUT, "--encoder", "dcgan_ae:latent_dim=abc"], "latent_dim must be an"),
+    (["train", *FAST, *OUT, "--encoder", "dcgan_ae:latent_dim=0"], "latent_dim must be >= 1"),
+    (["train", *FAST, *OUT, "--encoder", "dcgan"], "did you mean 'dcgan_ae'"),
+    (["train", *FAST, *OUT, "--encoder", ""], "empty component name"),
+    (["train", *FAST, *OUT, "--scorer", "nlll"], "did you mean 'nll'"),
+    (["train", *FAST, *OUT, "--scorer", "knn:k=0"], "k >= 1"),
+    (["train", *FAST, *OUT, "--latent", "pca:abc"], "pca needs a dimension"),
+    (["train", *FAST, *OUT, "--latent", "pca:500"], "pca:500 needs 1 <= K <= 8"),
+    (["train", *FAST, *OUT, "--latent", "whiten"], "unknown latent preprocessing"),
+    (["train", *FAST, *OUT, "--device", "tpu"], "unknown device 'tpu'"),
+    (["train", *FAST, *OUT, "--device", "cuda:7"], "CUDA is not available"),
+    # -- train: output path
+    (["train", *FAST, "--out", "{root}/adir"], "is a directory"),
+    (["train", *FAST, "--out", "{root}/afile.txt/m.flowkit"], "is a file, not a directory"),
+    # -- train: data
+    (["train", *FAST, *OUT, "--dataset", "mnits"], "did you mean 'mnist'"),
+    (["train", *FAST, *OUT, "--dataset", "digits:bogus=1"], "has no option 'bogus'"),
+    (
+        [
+            "train",
+            *FAST,
+            *OUT,
+            "--dataset",
+            "mnist",
+            "--data-root",
+            "{root}/empty",
+            "--no-download",
+        ],
+        "MNIST/raw/",
+    ),
+    (["train", *FAST, *OUT, "--dataset", "folder"], "needs a root: --data-root"),
+    (["train", *FAST, *OUT, "--dataset", "folder", "--data-root", "{root}/nope"], "no such folder"),
+    (
+        ["train", *FAST, *OUT, "--dataset", "folder", "--data-root", "{root}/ambiguous"],
+        "ambiguous folder layout",
+    ),
+    (
+        ["train", *FAST, *OUT, "--dataset", "folder", "--data-root", "{root}/corrupt"],
+        "could not be read",
+    ),
+    (
+        ["train", *FAST, *OUT, "--dataset", "mvtec:category=bottle", "--data-root", "{root}"],
+        "MVTec AD category 'bottle' is not in",
+    ),
+    (["train", *FAST, *OUT, "--anomaly-class", "42"], "anomaly class must be in 0..9"),
+    (["train", *FAST, *OUT, "--anomaly-class", "-1"], "anomaly class must be in 0..9"),
+    # -- score
+    (["score", "{root}/missing.flowkit", "{root}/images"], "no such model file"),
+    (["score", "{root}/notamodel.flowkit", "{root}/images"], "not a flowkit model file"),
+    (["score", "{root}/truncated.flowkit", "{root}/images"], "truncated"),
+    (["score", "{root}/model.flowkit", "{root}/empty"], "no image files"),
+    (["score", "{root}/model.flowkit", "{root}/nothere"], "no such file or folder"),
+    (["score", "{root}/model.flowkit", "{root}/corrupt"], "could not be read"),
+    (["score", "{root}/model.flowkit", "{root}/images", "--device", "gpu"], "unknown device"),
+    # -- bench
+    (["bench", "--suite", "quik"], "did you mean quick"),
+    (["bench", "--suite", "{root}/nope.toml"], "suite file not found"),
+    (["bench", "--suite", "{root}/badtypes.toml"], "field classes must be a list of integers"),
+    (["bench", "--classes", "a,b", "--out", "{root}/b1"], "--classes must be comma-separated"),
+    (["bench", "--classes", "99", "--out", "{root}/b2"], "classes [99] do not exist"),
+    (["bench", "--seeds", "x", "--out", "{root}/b3"], "--seeds must be comma-separated"),
+    (["bench", "--flow", "realnvp:layers=abc", "--out", "{root}/b4"], "layers must be an integer"),
+    (["bench", "--encoder", "dcgan_ae:width=0", "--out", "{root}/b5"], "width must be >= 1"),
+    (["bench", "--epochs-encoder", "0", "--out", "{root}/b6"], "epochs_encoder must be >= 1"),
+    (["bench", "--threads", "0"], "Invalid value for '--threads'"),
+    (["bench", "--out", "{root}/afile.txt"], "is a file, not a run directory"),
+    (["bench", "--dataset", "nosuch", "--out", "{root}/b7"], "unknown dataset 'nosuch'"),
+    # -- report and list
+    (["report", "{root}/nothere"], "not a bench run directory"),
+    (["report", "{root}/afile.txt"], "not a bench run directory"),
+    (["list", "widgets"], "'widgets' is not one of 'encoders', 'flows'"),
+]
+
+
+def test_the_sweep_is_large_enough():
+    assert len(CASES) >= 60
+
+
+def _case_id(value: object) -> str:
+    return (
+        " ".join(a for a in value if not a.startswith("-") or a == "--")[:50]
+        if isinstance(value, list)
+        else ""
+    )
+
+
+@pytest.mark.parametrize("args, expected", CASES, ids=_case_id)
+def test_bad_input_ends_in_one_clear_line(place, args, expected):
+    from flowkit.cli import app
+
+    argv = [a.format(root=place) for a in args]
+    res = runner.invoke(app, argv)
+    output = res.output
+    assert res.exit_code != 0, output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in output
+    flat = " ".join(output.replace("│", " ").split())  # typer's box wraps long lines
+    assert expected in flat, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) <= 1
+    assert not Path("model.flowkit").exists()
+    for arg in argv:  # a refused command leaves no output behind
+        if arg.endswith("out.flowkit") or re.fullmatch(r"b\d", Path(arg).name):
+            assert not Path(arg).exists(), arg
