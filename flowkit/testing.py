@@ -55,8 +55,8 @@ def _roundtrip(module: torch.nn.Module, factory: Any) -> torch.nn.Module:
 
 
 def _scrambled_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of an instance whose parameters and buffers are all changed, so that a
-    save/load round trip into it proves the state dict holds everything (comparing the
+    """A copy of an untouched instance whose parameters and buffers are all changed, so that
+    a save/load round trip into it proves the state dict holds everything (comparing the
     instance with itself would prove nothing)."""
     clone = copy.deepcopy(module)
     with torch.no_grad():
@@ -132,8 +132,13 @@ def check_flow(
             assert torch.allclose(logdet[i], expected, atol=atol), (
                 f"log|det J| {float(logdet[i]):.6f} != autograd {float(expected):.6f}"
             )
+    # Load into an instance that never saw this training: a fresh one, or a scrambled copy
+    # of the untouched original (state kept outside the state dict is then missing).
     clone = _roundtrip(
-        f, (lambda: build().double()) if isinstance(flow, str) else (lambda: _scrambled_copy(f))
+        f,
+        (lambda: build().double())
+        if isinstance(flow, str)
+        else (lambda: _scrambled_copy(flow).double()),
     )
     with torch.no_grad():
         assert torch.allclose(clone.log_prob(z), f.log_prob(z), atol=1e-8), (
@@ -161,7 +166,7 @@ def check_encoder(
         return encoder
 
     torch.manual_seed(0)
-    e = build()
+    e = build() if isinstance(encoder, str) else copy.deepcopy(encoder)
     for attr in ("embed_dim", "input_shape", "trainable"):
         assert hasattr(e, attr), f"encoder has no attribute {attr!r}"
     shape = tuple(e.input_shape)
@@ -181,7 +186,7 @@ def check_encoder(
     )
     assert torch.isfinite(z1).all(), "latents are not finite"
     assert torch.allclose(z1, z2), "encode is not deterministic in eval mode"
-    clone = _roundtrip(e, build if isinstance(encoder, str) else lambda: _scrambled_copy(e))
+    clone = _roundtrip(e, build if isinstance(encoder, str) else lambda: _scrambled_copy(encoder))
     with torch.no_grad():
         assert torch.allclose(clone.encode(x), z1, atol=1e-5), (
             "latents changed after a state_dict save/load round trip"

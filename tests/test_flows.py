@@ -6,6 +6,7 @@ import torch
 from scipy.stats import multivariate_normal
 
 import flowkit
+from flowkit.flows.gaussian import GaussianFlow
 from flowkit.testing import check_flow, registered
 
 SMALL = {
@@ -60,3 +61,28 @@ def test_fresh_realnvp_is_close_to_standard_normal_and_learns():
 def test_realnvp_rejects_one_feature():
     with pytest.raises(flowkit.ConfigError, match="at least 2 features"):
         flowkit.create_flow("realnvp", features=1)
+
+
+class _ShiftNotInStateDict(GaussianFlow):
+    """A flow whose fitted shift lives in a plain attribute: lost by state_dict()."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__(features)
+        self.shift = torch.zeros(features)
+
+    def initialize(self, z: torch.Tensor) -> None:
+        super().initialize(z)
+        self.shift = torch.full((self.features,), 0.7, dtype=z.dtype)
+
+    def transform_to_noise(self, z):
+        return super().transform_to_noise(z - self.shift.to(z.dtype))
+
+    def inverse(self, u):
+        return super().inverse(u) + self.shift.to(u.dtype)
+
+
+def test_check_flow_on_an_instance_catches_state_missing_from_state_dict():
+    """Given an instance, check_flow used to compare it with itself after save/load."""
+    with pytest.raises(AssertionError, match="changed after a state_dict save/load"):
+        check_flow(_ShiftNotInStateDict(4))
+    check_flow(flowkit.create_flow("gaussian", features=4))  # a complete one passes
