@@ -30,7 +30,7 @@ from flowkit.errors import (  # noqa: E402
     TrainingDivergedError,
     UnknownComponentError,
 )
-from flowkit.flows.base import Flow, NflowsFlow  # noqa: E402
+from flowkit.flows.base import Flow, TransformFlow  # noqa: E402
 from flowkit.hookspecs import hookimpl  # noqa: E402
 from flowkit.registry import Registry, format_spec, parse_spec  # noqa: E402
 from flowkit.registry import datasets as _datasets  # noqa: E402
@@ -44,7 +44,7 @@ __all__ = [
     "Detector",
     "Encoder",
     "Flow",
-    "NflowsFlow",
+    "TransformFlow",
     "ImageSet",
     "Scorer",
     "ScoreContext",

@@ -29,6 +29,7 @@ from flowkit.errors import (
     NotFittedError,
     UnknownComponentError,
 )
+from flowkit.flows.base import check_log_prob
 from flowkit.preprocess import LatentPipeline, parse_pipeline
 from flowkit.registry import accepted_options, coerce_options, encoders, flows, parse_spec, scorers
 from flowkit.scorers import ScoreContext, Scorer
@@ -218,7 +219,9 @@ class Detector:
         in_dim = int(encoder.embed_dim)
         out_dim = LatentPipeline(self.latent, in_dim=in_dim).out_dim
         name, options = self.flow_spec_
-        flows.create(name, features=out_dim, **options)
+        flow = flows.create(name, features=out_dim, **options)
+        with torch.no_grad():
+            check_log_prob(flow.eval(), torch.zeros(2, out_dim))
         sname, soptions = self.scorer_spec_
         scorers.create(sname, **soptions)
         return self
@@ -364,7 +367,7 @@ class Detector:
         only; the encoder and flow stay as they are (the bench swaps scorers this way)."""
         sname, soptions = self.scorer_spec_
         self.scorer_: Scorer = scorers.create(sname, **soptions)
-        if getattr(self.scorer_, "needs_images", False) and val_images is None:
+        if self.scorer_.needs_images and val_images is None:
             raise ConfigError(f"scorer {sname!r} needs the training images")
         train_ctx = self._context(z_train, train_images)
         val_ctx = self._context(z_val, val_images)
@@ -411,7 +414,9 @@ class Detector:
             else torch.empty(0, device=dev)
         )
         lp = (lp + self.pipeline_.log_abs_det().to(dev)).double().cpu()
-        return ScoreContext(log_prob=lp, latents=z.cpu(), images=images, detector=self)
+        return ScoreContext(
+            log_prob=lp, latents=z.cpu(), images=images, encoder=self.encoder_, device=dev
+        )
 
     def score_latents(
         self, latents: torch.Tensor, images: torch.Tensor | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,8 +67,11 @@ class Registry:
         kind: what the registry holds, used in messages ("encoder", "flow", ...).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, contract: str | None = None) -> None:
         self.kind = kind
+        # "module:function" checking what a factory returns (imported on first use: the
+        # contracts live beside each kind's base class, which imports this module).
+        self.contract = contract
         self._entries: dict[str, Entry] = {}
         self._namespaces: dict[str, Entry] = {}
         # Set by flowkit.plugins while hooks run: tells which plugin is registering.
@@ -202,19 +206,22 @@ class Registry:
                     f"accepted: {', '.join(accepted) or 'none'}"
                 )
         kwargs = coerce_options(f"{self.kind} {name!r}", entry.factory, kwargs)
+        origin = f" (plugin {entry.plugin!r})" if entry.plugin not in ("builtin", "user") else ""
         try:
-            return entry.factory(*args, **kwargs)
+            obj = entry.factory(*args, **kwargs)
         except FlowkitError:
             raise
         except (TypeError, ValueError, OverflowError) as exc:
             # A plugin's factory that does not validate its own options still gets one line.
-            origin = (
-                f" (plugin {entry.plugin!r})" if entry.plugin not in ("builtin", "user") else ""
-            )
             raise ConfigError(
                 f"cannot create {self.kind} {name!r}{origin} with options {kwargs}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
+        if self.contract is not None:
+            module, _, func = self.contract.partition(":")
+            check = getattr(importlib.import_module(module), func)
+            obj = check(obj, f"{self.kind} {name!r}{origin}")
+        return obj
 
     def list(self, pattern: str = "*") -> list[str]:
         """Sorted registered names matching a glob ``pattern`` (namespaces expanded)."""
@@ -334,10 +341,10 @@ def check_positive(what: str, **values: float) -> None:
             raise ConfigError(f"{what}: {key} must be >= 1, got {value}")
 
 
-encoders = Registry("encoder")
-flows = Registry("flow")
-datasets = Registry("dataset")
-scorers = Registry("scorer")
+encoders = Registry("encoder", contract="flowkit.encoders.base:check_encoder_object")
+flows = Registry("flow", contract="flowkit.flows.base:check_flow_object")
+datasets = Registry("dataset", contract="flowkit.data.base:check_dataset_object")
+scorers = Registry("scorer", contract="flowkit.scorers:check_scorer_object")
 REGISTRIES: dict[str, Registry] = {
     "encoders": encoders,
     "flows": flows,

@@ -20,24 +20,25 @@ the normal training images) and saved inside the Detector artifact.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch import nn
 
 from flowkit.errors import ConfigError
-
-if TYPE_CHECKING:
-    from flowkit.detector import Detector
 
 __all__ = [
     "ScoreContext",
     "Scorer",
+    "check_scorer_object",
     "NLLScorer",
     "BPDScorer",
     "TypicalityScorer",
     "ReconScorer",
+    "RotationScorer",
     "KNNScorer",
     "ComplexityScorer",
     "ComboScorer",
@@ -47,23 +48,26 @@ __all__ = [
 
 @dataclass
 class ScoreContext:
-    """What a scorer may use for a batch of images.
+    """What a scorer may use for a batch of images: the only way it sees the model.
 
     Attributes:
         log_prob: log-likelihood per image ``(B,)`` (flow density + preprocessing Jacobian).
         latents: the preprocessed latents the flow sees ``(B, D)``.
         images: the uint8 images ``(B, C, H, W)``, when available.
-        detector: the fitted detector (its encoder, flow and preprocessing).
+        encoder: the fitted encoder, for scorers that call its per-image methods.
+        device: where the encoder runs.
     """
 
     log_prob: torch.Tensor
     latents: torch.Tensor
     images: torch.Tensor | None = None
-    detector: Detector | None = None
+    encoder: nn.Module | None = None
+    device: torch.device | str = "cpu"
 
 
-class Scorer:
-    """Base class: override :meth:`score`, and :meth:`fit` if the scorer has state.
+class Scorer(abc.ABC):
+    """Base class: :meth:`score` is required (an ``abc`` abstract method); override
+    :meth:`fit` if the scorer has state.
 
     State that must be saved goes in :meth:`state_dict` as tensors, floats or ints.
     """
@@ -74,8 +78,9 @@ class Scorer:
     def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
         return self
 
+    @abc.abstractmethod
     def score(self, ctx: ScoreContext) -> torch.Tensor:
-        raise NotImplementedError
+        """Anomaly scores ``(B,)``, higher = more anomalous."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -154,7 +159,7 @@ class _EncoderMethodScorer(Scorer):
     requirement = ""
 
     def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
-        encoder = train.detector.encoder_ if train.detector is not None else None
+        encoder = train.encoder
         if not hasattr(encoder, self.method):
             raise ConfigError(
                 f"the {self.name} scorer needs {self.requirement}; "
@@ -186,15 +191,12 @@ class RotationScorer(_EncoderMethodScorer):
 def _per_image(ctx: ScoreContext, name: str, method: str) -> torch.Tensor:
     """Run ``encoder.<method>`` over the context's images in batches, in eval mode."""
     from flowkit.data.base import to_float
-    from flowkit.training import resolve_device
 
     images = _require_images(ctx, name)
-    det = ctx.detector
-    if det is None:
+    if ctx.encoder is None:
         raise ConfigError(f"the {name} scorer needs the detector's encoder")
-    dev = resolve_device(det.device)
-    enc = det.encoder_.to(dev).eval()
-    fn = getattr(enc, method)
+    dev = ctx.device
+    fn = getattr(ctx.encoder.to(dev).eval(), method)
     parts = [
         fn(to_float(images[i : i + 256].to(dev))).double().cpu() for i in range(0, len(images), 256)
     ]
@@ -312,7 +314,7 @@ class ComboScorer(Scorer):
         for part in names:
             name, options = parse_spec(part.replace(";", ","))
             self.scorers.append(scorers.create(name, **options))
-        self.needs_images = any(getattr(s, "needs_images", False) for s in self.scorers)
+        self.needs_images = any(s.needs_images for s in self.scorers)
         self.means = torch.zeros(len(names), dtype=torch.double)
         self.stds = torch.ones(len(names), dtype=torch.double)
 
@@ -376,3 +378,39 @@ def combo(parts: str = "nll+knn") -> ComboScorer:
 def rotation() -> RotationScorer:
     """Rotation-prediction loss of a rotnet encoder (Golan & El-Yaniv 2018)."""
     return RotationScorer()
+
+
+class _ScorerAdapter(Scorer):
+    """A plugin scorer that has only ``score(ctx)``: the optional methods get defaults."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = getattr(inner, "name", type(inner).__name__)
+        self.needs_images = bool(getattr(inner, "needs_images", False))
+
+    def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
+        if callable(getattr(self.inner, "fit", None)):
+            self.inner.fit(train, val)
+        return self
+
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        return self.inner.score(ctx)
+
+    def state_dict(self) -> dict[str, Any]:
+        own = getattr(self.inner, "state_dict", None)
+        return own() if callable(own) else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        own = getattr(self.inner, "load_state_dict", None)
+        if callable(own):
+            own(state)
+        elif state:
+            raise ValueError(f"{self.name} scorer keeps no state, but the model file has some")
+
+
+def check_scorer_object(scorer: Any, what: str) -> Scorer:
+    """The minimum every scorer meets (``score(ctx)``), checked where it is created; a
+    scorer that is not a :class:`Scorer` gets the optional methods' defaults."""
+    if not callable(getattr(scorer, "score", None)):
+        raise ConfigError(f"{what} has no score(ctx) method, the one method a scorer needs")
+    return scorer if isinstance(scorer, Scorer) else _ScorerAdapter(scorer)

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_encoder", "check_flow", "registered"]
+__all__ = ["check_encoder", "check_flow", "check_scorer", "check_dataset", "registered"]
 
 
 def registered(kind: str, plugin: str | None = None, pattern: str = "*") -> list[str]:
@@ -60,7 +60,7 @@ def _scrambled_copy(module: torch.nn.Module) -> torch.nn.Module:
     instance with itself would prove nothing)."""
     clone = copy.deepcopy(module)
     with torch.no_grad():
-        for t in list(clone.parameters()) + list(clone.buffers()):
+        for t in clone.state_dict().values():  # persistent state only: shares storage
             if t.is_floating_point():
                 t.add_(torch.randn_like(t)).mul_(1.5)
     return clone
@@ -69,23 +69,30 @@ def _scrambled_copy(module: torch.nn.Module) -> torch.nn.Module:
 def check_flow(
     flow: Any, features: int = 4, batch: int = 16, atol: float = 1e-4, **options: Any
 ) -> None:
-    """Check a flow: log_prob shape and finiteness, gradients reaching every parameter,
-    train/eval agreement in eval mode, invertibility, log|det J| against
-    ``torch.autograd.functional.jacobian``, sampling, and a save/load round trip.
+    """Check a flow: the minimum (``log_prob`` shape and finiteness, gradients reaching every
+    parameter, eval-mode determinism and batch independence, a save/load round trip) and,
+    where the flow has them, the optional methods: ``transform_to_noise``/``inverse``
+    invertibility; ``log_prob`` against the change-of-variables formula with an autograd
+    Jacobian (with ``base_log_prob``); ``sample``.
 
     Args:
-        flow: a registered name (built with ``features`` and ``options``) or a Flow.
+        flow: a registered name (built with ``features`` and ``options``) or a flow instance
+            (a ``torch.nn.Module`` with ``log_prob``; it is copied, never changed).
     """
+    from flowkit.flows.base import check_flow_object, initialize_flow
     from flowkit.registry import flows
 
     def build() -> Any:
-        return flows.create(flow, features=features, **options) if isinstance(flow, str) else flow
+        return flows.create(flow, features=features, **options)
 
     torch.manual_seed(0)
-    f = build().double() if isinstance(flow, str) else copy.deepcopy(flow).double()
-    features = int(f.features)
+    if isinstance(flow, str):
+        f = build().double()
+    else:
+        f = check_flow_object(copy.deepcopy(flow), f"flow {type(flow).__name__}").double()
+        features = int(getattr(flow, "features", features))
     z = torch.randn(batch, features, dtype=torch.double)
-    f.initialize(z)
+    initialize_flow(f, z)
     # A few optimisation steps so that checks do not pass trivially at the identity.
     opt = torch.optim.Adam(f.parameters(), lr=1e-2)
     for _ in range(3):
@@ -115,23 +122,18 @@ def check_flow(
         assert torch.allclose(a, single, atol=atol), (
             "eval-mode log_prob depends on the batch (batch statistics used in eval?)"
         )
-        u, logdet = f.transform_to_noise(z)
-        assert u.shape == z.shape, f"noise shape {tuple(u.shape)} != {tuple(z.shape)}"
-        back = f.inverse(u)
-        assert torch.allclose(back, z, atol=atol), (
-            f"inverse(transform_to_noise(z)) != z (max error {(back - z).abs().max():.2e})"
-        )
-        s = f.sample(5)
-        assert s.shape == (5, features) and torch.isfinite(s).all(), "bad samples"
-    if features <= 16:
-        for i in range(min(batch, 3)):
-            jac = torch.autograd.functional.jacobian(
-                lambda x: f.transform_to_noise(x.unsqueeze(0))[0].squeeze(0), z[i]
+        if _has(f, "transform_to_noise", "inverse"):
+            u = f.transform_to_noise(z)
+            assert u.shape == z.shape, f"noise shape {tuple(u.shape)} != {tuple(z.shape)}"
+            back = f.inverse(u)
+            assert torch.allclose(back, z, atol=atol), (
+                f"inverse(transform_to_noise(z)) != z (max error {(back - z).abs().max():.2e})"
             )
-            expected = torch.linalg.slogdet(jac).logabsdet
-            assert torch.allclose(logdet[i], expected, atol=atol), (
-                f"log|det J| {float(logdet[i]):.6f} != autograd {float(expected):.6f}"
-            )
+        if _has(f, "sample"):
+            s = f.sample(5)
+            assert s.shape == (5, features) and torch.isfinite(s).all(), "bad samples"
+    if _has(f, "transform_to_noise", "base_log_prob") and features <= 16:
+        _check_change_of_variables(f, z[:3], atol)
     # Load into an instance that never saw this training: a fresh one, or a scrambled copy
     # of the untouched original (state kept outside the state dict is then missing).
     clone = _roundtrip(
@@ -143,6 +145,26 @@ def check_flow(
     with torch.no_grad():
         assert torch.allclose(clone.log_prob(z), f.log_prob(z), atol=1e-8), (
             "log_prob changed after a state_dict save/load round trip"
+        )
+
+
+def _has(obj: Any, *methods: str) -> bool:
+    return all(callable(getattr(obj, m, None)) for m in methods)
+
+
+def _check_change_of_variables(f: Any, z: torch.Tensor, atol: float) -> None:
+    """``log_prob(z) = base_log_prob(u) + log|det ∂u/∂z|`` with an autograd Jacobian."""
+    for zi in z:
+        jac = torch.autograd.functional.jacobian(
+            lambda x: f.transform_to_noise(x.unsqueeze(0)).squeeze(0), zi
+        )
+        with torch.no_grad():
+            u = f.transform_to_noise(zi.unsqueeze(0))
+            expected = f.base_log_prob(u) + torch.linalg.slogdet(jac).logabsdet
+            got = f.log_prob(zi.unsqueeze(0))
+        assert torch.allclose(got, expected, atol=atol), (
+            f"log_prob {float(got):.6f} != base log-density + log|det J| (autograd) "
+            f"{float(expected):.6f}"
         )
 
 
@@ -165,14 +187,15 @@ def check_encoder(
             )
         return encoder
 
+    from flowkit.encoders.base import check_encoder_object, is_trainable
+
     torch.manual_seed(0)
     e = build() if isinstance(encoder, str) else copy.deepcopy(encoder)
-    for attr in ("embed_dim", "input_shape", "trainable"):
-        assert hasattr(e, attr), f"encoder has no attribute {attr!r}"
-    shape = tuple(e.input_shape)
+    check_encoder_object(e, f"encoder {type(e).__name__}")
+    shape = tuple(getattr(e, "input_shape", (in_channels, image_size, image_size)))
     assert len(shape) == 3, f"input_shape must be (C, H, W), got {shape}"
     x = torch.rand(batch, *shape) * 2 - 1
-    if e.trainable:
+    if is_trainable(e):
         e.train()
         loss = e.loss(x)
         assert loss.ndim == 0 and torch.isfinite(loss), f"loss must be a finite scalar, got {loss}"
@@ -191,3 +214,115 @@ def check_encoder(
         assert torch.allclose(clone.encode(x), z1, atol=1e-5), (
             "latents changed after a state_dict save/load round trip"
         )
+
+
+def _score_contexts(features: int = 3) -> tuple[Any, Any, Any]:
+    """Normal train/validation contexts and a test context whose second half is shifted."""
+    from flowkit.scorers import ScoreContext
+
+    g = torch.Generator().manual_seed(0)
+
+    def ctx(n: int, shift: float) -> ScoreContext:
+        z = torch.randn(n, features, generator=g, dtype=torch.double) + shift
+        lp = -0.5 * (z**2).sum(1) - 0.5 * features * torch.log(torch.tensor(2 * torch.pi))
+        img = (torch.rand(n, 1, 8, 8, generator=g) * 60 + 100 * min(shift, 1)).to(torch.uint8)
+        return ScoreContext(log_prob=lp, latents=z.float(), images=img)
+
+    test = ctx(20, 0.0)
+    far = ctx(20, 4.0)
+    test = ScoreContext(
+        torch.cat([test.log_prob, far.log_prob]),
+        torch.cat([test.latents, far.latents]),
+        torch.cat([test.images, far.images]),  # type: ignore[list-item]
+    )
+    return ctx(64, 0.0), ctx(32, 0.0), test
+
+
+def check_scorer(scorer: Any, **options: Any) -> None:
+    """Check a scorer on latents of a standard normal (normal) and a shifted one (anomalous):
+    ``score`` returns finite ``(B,)`` scores that depend on each image alone, its fitted state
+    survives a save/load round trip (``torch.load(weights_only=True)``), and ``fit`` never
+    needs test data. Scorers that call encoder methods are checked by the bench, not here.
+
+    Args:
+        scorer: a registered name (built with ``options``) or a scorer instance (copied).
+    """
+    from flowkit.registry import scorers
+    from flowkit.scorers import check_scorer_object
+
+    def build() -> Any:
+        if isinstance(scorer, str):
+            return scorers.create(scorer, **options)
+        return check_scorer_object(copy.deepcopy(scorer), f"scorer {type(scorer).__name__}")
+
+    s = build()
+    train, val, test = _score_contexts()
+    fitted = s.fit(train, val)
+    assert fitted is None or fitted is s or hasattr(fitted, "score"), "fit returned junk"
+    out = s.score(test)
+    assert isinstance(out, torch.Tensor) and out.shape == (40,), (
+        f"score must return a tensor of shape (40,), got {getattr(out, 'shape', type(out))}"
+    )
+    assert torch.isfinite(out).all(), "scores are not finite"
+    from flowkit.scorers import ScoreContext
+
+    one = torch.cat(
+        [
+            s.score(
+                ScoreContext(
+                    test.log_prob[i : i + 1],
+                    test.latents[i : i + 1],
+                    test.images[i : i + 1] if test.images is not None else None,
+                )
+            )
+            for i in range(40)
+        ]
+    )
+    assert torch.allclose(one.double(), out.double(), atol=1e-6), (
+        "an image's score depends on the other images scored with it"
+    )
+    buf = io.BytesIO()
+    torch.save(s.state_dict(), buf)
+    buf.seek(0)
+    clone = build()
+    clone.load_state_dict(torch.load(buf, weights_only=True))
+    assert torch.allclose(clone.score(test).double(), out.double(), atol=1e-8), (
+        "scores changed after a state_dict save/load round trip"
+    )
+
+
+def check_dataset(name: str, root: Any = None, image_size: int = 16, **options: Any) -> None:
+    """Check a registered dataset: its factory accepts the documented keywords (``root``,
+    ``split``, ``image_size``, ``download``), every split returns an ImageSet of uint8
+    ``(N, C, image_size, image_size)`` images with labels inside ``classes``, and an
+    unknown split is refused with a :class:`~flowkit.ConfigError`.
+    """
+    from flowkit.data.base import DATASET_KEYWORDS, ImageSet
+    from flowkit.registry import accepted_options, datasets
+
+    entry = datasets.get(name)
+    accepted = accepted_options(entry.factory, skip=1 if entry.namespace else 0)
+    if accepted is not None:
+        missing = [k for k in DATASET_KEYWORDS if k not in accepted]
+        assert not missing, f"dataset {name!r} does not accept {missing}"
+    for split in ("train", "test", "all"):
+        data = datasets.create(
+            name, root=root, split=split, image_size=image_size, download=False, **options
+        )
+        assert isinstance(data, ImageSet), f"{split}: not an ImageSet"
+        assert data.images.dtype == torch.uint8 and data.images.ndim == 4, f"{split}: images"
+        assert tuple(data.images.shape[2:]) == (image_size, image_size), (
+            f"{split}: images are {tuple(data.images.shape[2:])}, expected "
+            f"{(image_size, image_size)}"
+        )
+        assert data.labels.min() >= 0 and data.labels.max() < len(data.classes), (
+            f"{split}: labels outside classes"
+        )
+    from flowkit.errors import ConfigError
+
+    try:
+        datasets.create(name, root=root, split="validation", image_size=image_size, **options)
+    except ConfigError:
+        pass
+    else:
+        raise AssertionError(f"dataset {name!r} accepts the unknown split 'validation'")

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from flowkit.data.base import to_float
+from flowkit.encoders.base import is_trainable
 from flowkit.errors import ConfigError, DataError, TrainingDivergedError
+from flowkit.flows.base import check_log_prob, initialize_flow
 
 __all__ = [
     "History",
@@ -269,7 +271,7 @@ def fit_encoder(
     ``images`` and ``val_images`` are uint8 ``(N, C, H, W)``; batches are moved to the device
     and scaled to ``[-1, 1]`` one at a time. Non-trainable encoders return an empty history.
     """
-    if not getattr(encoder, "trainable", True):
+    if not is_trainable(encoder):
         return History("encoder")
     dev = resolve_device(device)
     encoder.to(dev)
@@ -312,7 +314,7 @@ def embed(
         encoder.encode(to_float(images[i : i + batch_size].to(dev))).float().cpu()
         for i in range(0, len(images), batch_size)
     ]
-    z = torch.cat(parts) if parts else torch.empty(0, getattr(encoder, "embed_dim", 0))
+    z = torch.cat(parts) if parts else torch.empty(0, encoder.embed_dim)
     bad = (~torch.isfinite(z).all(1)).nonzero().flatten()
     if len(bad):
         raise DataError(
@@ -342,18 +344,18 @@ def fit_flow(
     The loss is the mean negative log-likelihood per dimension, so learning rates carry over
     between latent sizes. Non-finite latents are refused before training starts.
     """
+    # a flow may say its size (``features``); otherwise the training latents set it
+    dim = getattr(flow, "features", None) or (latents.shape[1] if latents.ndim == 2 else -1)
     for name, z in (("training", latents), ("validation", val_latents)):
-        if z.ndim != 2 or z.shape[1] != flow.features:
-            raise DataError(
-                f"{name} latents must have shape (N, {flow.features}), got {tuple(z.shape)}"
-            )
+        if z.ndim != 2 or z.shape[1] != dim:
+            raise DataError(f"{name} latents must have shape (N, {dim}), got {tuple(z.shape)}")
         if not bool(torch.isfinite(z).all()):
             raise DataError(f"{name} latents contain NaN or inf values")
     dev = resolve_device(device)
     flow.to(dev)
     gen = seed_everything(seed)
-    flow.initialize(latents.to(dev))
-    dim = latents.shape[1]
+    initialize_flow(flow, latents.to(dev))
+    check_log_prob(flow, latents[:2].to(dev))
     with progress_bar(verbose, progress) as prog:
         return _train_loop(
             "flow",

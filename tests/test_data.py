@@ -40,16 +40,34 @@ def test_mnist_reads_native_idx_files_offline(tmp_path):
     assert len(train) == 20
 
 
-def test_cifar10_reads_python_batches_offline(tmp_path, monkeypatch):
+def write_cifar10(root: Path, monkeypatch) -> Path:
     # torchvision checks the md5 of the real archive's files; ours are tiny stand-ins.
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
-    base = tmp_path / "cifar-10-batches-py"
+    base = root / "cifar-10-batches-py"
     base.mkdir()
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 9]}
         (base / name).write_bytes(pickle.dumps(batch))
     (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    return base
+
+
+def write_svhn(root: Path, monkeypatch) -> None:
+    monkeypatch.setattr(torchvision.datasets.svhn, "check_integrity", lambda *a, **k: True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        scipy.io.savemat(
+            root / f"{split}_32x32.mat",
+            {
+                "X": rng.integers(0, 256, (32, 32, 3, 5), dtype=np.uint8),
+                "y": np.array([[10], [1], [2], [3], [10]], dtype=np.uint8),
+            },
+        )
+
+
+def test_cifar10_reads_python_batches_offline(tmp_path, monkeypatch):
+    base = write_cifar10(tmp_path, monkeypatch)
     data = flowkit.load_dataset("cifar10", root=tmp_path, split="all", download=False)
     assert data.images.shape == (24, 3, 32, 32)
     assert data.classes[1] == "car" and data.labels[:4].tolist() == [0, 1, 2, 9]
@@ -59,16 +77,7 @@ def test_cifar10_reads_python_batches_offline(tmp_path, monkeypatch):
 
 
 def test_svhn_reads_mat_files_offline(tmp_path, monkeypatch):
-    monkeypatch.setattr(torchvision.datasets.svhn, "check_integrity", lambda *a, **k: True)
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        scipy.io.savemat(
-            tmp_path / f"{split}_32x32.mat",
-            {
-                "X": rng.integers(0, 256, (32, 32, 3, 5), dtype=np.uint8),
-                "y": np.array([[10], [1], [2], [3], [10]], dtype=np.uint8),
-            },
-        )
+    write_svhn(tmp_path, monkeypatch)
     data = flowkit.load_dataset("svhn", root=tmp_path, split="test", download=False)
     assert data.images.shape == (5, 3, 32, 32)
     assert data.labels.tolist() == [0, 1, 2, 3, 0]  # SVHN's label 10 is the digit 0

@@ -6,7 +6,6 @@ import torch
 from scipy.stats import multivariate_normal
 
 import flowkit
-from flowkit.flows.gaussian import GaussianFlow
 from flowkit.testing import check_flow, registered
 
 SMALL = {
@@ -63,22 +62,20 @@ def test_realnvp_rejects_one_feature():
         flowkit.create_flow("realnvp", features=1)
 
 
-class _ShiftNotInStateDict(GaussianFlow):
-    """A flow whose fitted shift lives in a plain attribute: lost by state_dict()."""
+class _ShiftNotInStateDict(torch.nn.Module):
+    """A minimal flow whose fitted shift lives in a plain attribute: lost by state_dict()."""
 
     def __init__(self, features: int) -> None:
-        super().__init__(features)
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(torch.zeros(features))
         self.shift = torch.zeros(features)
 
     def initialize(self, z: torch.Tensor) -> None:
-        super().initialize(z)
-        self.shift = torch.full((self.features,), 0.7, dtype=z.dtype)
+        self.shift = z.mean(0) + 0.7
 
-    def transform_to_noise(self, z):
-        return super().transform_to_noise(z - self.shift.to(z.dtype))
-
-    def inverse(self, u):
-        return super().inverse(u) + self.shift.to(u.dtype)
+    def log_prob(self, z):
+        dist = torch.distributions.Normal(self.shift.to(z), self.log_scale.exp())
+        return dist.log_prob(z).sum(1)
 
 
 def test_check_flow_on_an_instance_catches_state_missing_from_state_dict():
@@ -86,3 +83,23 @@ def test_check_flow_on_an_instance_catches_state_missing_from_state_dict():
     with pytest.raises(AssertionError, match="changed after a state_dict save/load"):
         check_flow(_ShiftNotInStateDict(4))
     check_flow(flowkit.create_flow("gaussian", features=4))  # a complete one passes
+
+
+def test_transform_flows_satisfy_the_change_of_variables_formula():
+    """log_prob of every TransformFlow equals base log-density + log|det J| (autograd)."""
+    from flowkit.testing import _check_change_of_variables
+
+    torch.manual_seed(0)
+    z = torch.randn(4, 3, dtype=torch.double)
+    for name in ("realnvp", "maf", "nsf", "gaussian"):
+        flow = flowkit.create_flow(name, features=3, **SMALL.get(name, {})).double().eval()
+        for p in flow.parameters():  # away from the identity
+            p.data.add_(torch.randn_like(p) * 0.1)
+        _check_change_of_variables(flow, z, atol=1e-6)
+
+
+def test_transform_to_noise_means_what_it_means_in_nflows():
+    flow = flowkit.create_flow("realnvp", features=4, hidden=8, layers=2, blocks=1)
+    z = torch.randn(5, 4)
+    u = flow.transform_to_noise(z)
+    assert isinstance(u, torch.Tensor) and u.shape == z.shape  # the noise only, no logabsdet

@@ -73,10 +73,9 @@ def test_complexity_orders_noise_above_blank():
 
 
 def test_recon_needs_a_decoder(fitted):
-    det, (zt, zv, xt, xv) = fitted
-    det2 = Detector(**TINY)
-    det2.encoder_ = torch.nn.Identity()
-    ctx = ScoreContext(log_prob=torch.zeros(2), latents=torch.zeros(2, 2), detector=det2)
+    ctx = ScoreContext(
+        log_prob=torch.zeros(2), latents=torch.zeros(2, 2), encoder=torch.nn.Identity()
+    )
     with pytest.raises(flowkit.ConfigError, match="encoder that can decode"):
         flowkit.create_scorer("recon").fit(ctx, ctx)
 

@@ -1,6 +1,13 @@
 """Datasets (uint8 tensors in memory) and evaluation protocols."""
 
-from flowkit.data.base import ImageSet, as_uint8_images, default_data_root, resize_uint8, to_float
+from flowkit.data.base import (
+    ImageSet,
+    as_uint8_images,
+    check_split,
+    default_data_root,
+    resize_uint8,
+    to_float,
+)
 from flowkit.data.files import (
     decode_image,
     detect_layout,
@@ -17,6 +24,7 @@ __all__ = [
     "ImageSet",
     "Split",
     "as_uint8_images",
+    "check_split",
     "default_data_root",
     "resize_uint8",
     "to_float",

@@ -13,7 +13,29 @@ import torch.nn.functional as F
 
 from flowkit.errors import DataError
 
-__all__ = ["ImageSet", "default_data_root", "to_float", "resize_uint8", "as_uint8_images"]
+__all__ = [
+    "ImageSet",
+    "default_data_root",
+    "to_float",
+    "resize_uint8",
+    "as_uint8_images",
+    "check_dataset_object",
+    "check_split",
+    "DATASET_KEYWORDS",
+    "SPLITS",
+]
+
+# What every dataset factory receives, beside the user's options.
+DATASET_KEYWORDS = ("root", "split", "image_size", "download")
+SPLITS = ("train", "test", "all")
+
+
+def check_split(split: str) -> None:
+    """Refuse a split that is not ``train``, ``test`` or ``all`` (for dataset factories)."""
+    if split not in SPLITS:
+        from flowkit.errors import ConfigError
+
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
 
 
 def default_data_root() -> Path:
@@ -202,3 +224,12 @@ def as_uint8_images(
         )
     scaled = (t.double() - lo) * (255.0 / (hi - lo))
     return scaled.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def check_dataset_object(data: object, what: str) -> ImageSet:
+    """A dataset factory must return an :class:`ImageSet` (checked where it is created)."""
+    if not isinstance(data, ImageSet):
+        raise DataError(f"{what} returned {type(data).__name__}, not a flowkit.data.ImageSet")
+    if len(data) == 0:
+        raise DataError(f"{what} returned no images")
+    return data

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowkit.data.base import ImageSet
+from flowkit.data.base import ImageSet, check_split
 from flowkit.errors import ConfigError, DataError, DatasetNotFoundError
 
 __all__ = [
@@ -292,12 +292,9 @@ def folder(
     ``all``. Layouts with labelled anomalies set ``anomaly`` and ``is_test`` per image;
     layouts without a test part of their own get a fixed, seeded 80/20 split.
     """
-    from flowkit.data.sources import SPLITS
-
     if root is None:
         raise ConfigError("the folder dataset needs a root: --data-root DIR")
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    check_split(split)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"no such folder: {root}")

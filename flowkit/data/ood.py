@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flowkit.data.base import ImageSet, resize_uint8
-from flowkit.data.sources import _check_split, digits
+from flowkit.data.base import ImageSet, check_split, resize_uint8
+from flowkit.data.sources import digits
 
 __all__ = [
     "digits_inverted",
@@ -161,7 +161,7 @@ def uniform_noise(
     seed: int = 0,
 ) -> ImageSet:
     """Images of independent uniform pixel noise (maximal complexity)."""
-    _check_split(split)
+    check_split(split)
     return _random_images("uniform_noise", n, (channels, image_size, image_size), seed, False)
 
 
@@ -175,7 +175,7 @@ def constant(
     seed: int = 0,
 ) -> ImageSet:
     """Blank images of one random grey level each (minimal complexity)."""
-    _check_split(split)
+    check_split(split)
     return _random_images("constant", n, (channels, image_size, image_size), seed, True)
 
 
@@ -191,7 +191,7 @@ def sample_patches(
     """Patches of scikit-learn's two bundled photographs (china.jpg, flower.jpg), resized."""
     from sklearn.datasets import load_sample_images
 
-    _check_split(split)
+    check_split(split)
     tiles = []
     for img in load_sample_images().images:
         arr = np.asarray(img, dtype=np.uint8)

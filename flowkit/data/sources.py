@@ -8,17 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowkit.data.base import ImageSet, default_data_root, resize_uint8
-from flowkit.errors import ConfigError, DatasetNotFoundError
+from flowkit.data.base import SPLITS, ImageSet, check_split, default_data_root, resize_uint8
+from flowkit.errors import DatasetNotFoundError
 
 __all__ = ["digits", "mnist", "cifar10", "svhn", "fake", "SPLITS"]
-
-SPLITS = ("train", "test", "all")
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
 
 
 def _split_indices(n: int, split: str, seed: int = 0, test_fraction: float = 0.2) -> np.ndarray:
@@ -42,7 +35,7 @@ def digits(
     """
     from sklearn.datasets import load_digits
 
-    _check_split(split)
+    check_split(split)
     bunch = load_digits()
     images = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8))
     images = resize_uint8(images.unsqueeze(1), image_size)
@@ -94,7 +87,7 @@ def _torchvision(name: str, cls_name: str, root: Any, download: bool, **kwargs: 
 
 
 def _both_splits(load: Any, split: str) -> list[Any]:
-    _check_split(split)
+    check_split(split)
     return (
         [load(True)]
         if split == "train"
@@ -161,7 +154,7 @@ def fake(
     seed: int = 0,
 ) -> ImageSet:
     """Synthetic images for tests: class ``k`` is a bright blob at its own place, plus noise."""
-    _check_split(split)
+    check_split(split)
     g = torch.Generator().manual_seed(seed)
     n = classes * per_class
     labels = torch.arange(classes).repeat_interleave(per_class)

@@ -1,7 +1,7 @@
 """Flows: densities over latent vectors."""
 
-from flowkit.flows.base import Flow, NflowsFlow
+from flowkit.flows.base import Flow, TransformFlow
 from flowkit.flows.gaussian import GaussianFlow, gaussian
 from flowkit.flows.realnvp import realnvp
 
-__all__ = ["Flow", "NflowsFlow", "GaussianFlow", "gaussian", "realnvp"]
+__all__ = ["Flow", "TransformFlow", "GaussianFlow", "gaussian", "realnvp"]

@@ -1,13 +1,18 @@
-"""More nflows flows: masked autoregressive (MAF) and rational-quadratic spline couplings (NSF)."""
+"""More nflows flows: masked autoregressive (MAF) and rational-quadratic spline couplings (NSF),
+each built as transform + base distribution from nflows' public transforms."""
 
 from __future__ import annotations
 
-from nflows.flows.autoregressive import MaskedAutoregressiveFlow
+from nflows.distributions.normal import StandardNormal
+from nflows.transforms.autoregressive import MaskedAffineAutoregressiveTransform
+from nflows.transforms.base import CompositeTransform, Transform
 from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
+from nflows.transforms.normalization import BatchNorm
+from nflows.transforms.permutations import ReversePermutation
 
 from flowkit.errors import ConfigError
-from flowkit.flows.base import NflowsFlow
-from flowkit.flows.realnvp import activation_fn, check_dropout, coupling_flow
+from flowkit.flows.base import TransformFlow
+from flowkit.flows.coupling import activation_fn, check_dropout, coupling_flow
 from flowkit.registry import check_positive
 
 __all__ = ["maf", "nsf"]
@@ -22,12 +27,12 @@ def maf(
     dropout: float = 0.0,
     activation: str = "relu",
     random_masks: bool = False,
-) -> NflowsFlow:
+) -> TransformFlow:
     """Masked autoregressive flow (Papamakarios et al., NeurIPS 2017), from nflows.
 
     Args:
         features: latent dimension (set from the encoder).
-        layers: autoregressive layers, with a reversal of the features between them.
+        layers: autoregressive layers, with a reversal of the features before each.
         hidden: width of each MADE network; blocks: its residual blocks.
         batch_norm: BatchNorm between layers; dropout, activation: inside the MADE networks.
         random_masks: random MADE degrees instead of sequential ones.
@@ -35,17 +40,23 @@ def maf(
     check_positive("maf", features=features, layers=layers, hidden=hidden, blocks=blocks)
     check_dropout(dropout)
     act = activation_fn(activation)
-    flow = MaskedAutoregressiveFlow(
-        features=features,
-        hidden_features=hidden,
-        num_layers=layers,
-        num_blocks_per_layer=blocks,
-        use_random_masks=random_masks,
-        activation=act,
-        dropout_probability=dropout,
-        batch_norm_between_layers=batch_norm,
-    )
-    return NflowsFlow(flow, features)
+    transforms: list[Transform] = []
+    for _ in range(layers):  # the layout of nflows' MaskedAutoregressiveFlow
+        transforms.append(ReversePermutation(features))
+        transforms.append(
+            MaskedAffineAutoregressiveTransform(
+                features=features,
+                hidden_features=hidden,
+                num_blocks=blocks,
+                use_residual_blocks=True,
+                random_mask=random_masks,
+                activation=act,
+                dropout_probability=dropout,
+            )
+        )
+        if batch_norm:
+            transforms.append(BatchNorm(features))
+    return TransformFlow(CompositeTransform(transforms), StandardNormal([features]), features)
 
 
 def nsf(
@@ -58,7 +69,7 @@ def nsf(
     batch_norm: bool = False,
     dropout: float = 0.0,
     activation: str = "relu",
-) -> NflowsFlow:
+) -> TransformFlow:
     """Neural spline flow: rational-quadratic spline couplings (Durkan et al., NeurIPS 2019).
 
     Args:
@@ -71,18 +82,15 @@ def nsf(
     """
     if bins < 2 or tail_bound <= 0:
         raise ConfigError("nsf needs bins >= 2 and tail_bound > 0")
-    return NflowsFlow(
-        coupling_flow(
-            features,
-            layers,
-            hidden,
-            blocks,
-            activation,
-            dropout,
-            batch_norm,
-            lambda mask, net: PiecewiseRationalQuadraticCouplingTransform(
-                mask, net, num_bins=bins, tails="linear", tail_bound=tail_bound
-            ),
-        ),
+    return coupling_flow(
         features,
+        layers,
+        hidden,
+        blocks,
+        activation,
+        dropout,
+        batch_norm,
+        lambda mask, net: PiecewiseRationalQuadraticCouplingTransform(
+            mask, net, num_bins=bins, tails="linear", tail_bound=tail_bound
+        ),
     )

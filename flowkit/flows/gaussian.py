@@ -4,40 +4,52 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from nflows.distributions.normal import StandardNormal
+from nflows.transforms.base import Transform
 from torch import nn
 
-from flowkit.flows.base import Flow
+from flowkit.flows.base import TransformFlow
 
-__all__ = ["GaussianFlow", "gaussian"]
+__all__ = ["CholeskyAffine", "GaussianFlow", "gaussian"]
 
 
-class GaussianFlow(Flow):
-    """``z = μ + L u`` with ``L`` lower-triangular, positive diagonal.
+class CholeskyAffine(Transform):
+    """``u = L⁻¹ (z − μ)`` with ``L`` lower-triangular with a positive diagonal (an nflows
+    ``Transform``: ``forward`` and ``inverse`` return ``(outputs, logabsdet)``)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(features))
+        self.tril = nn.Parameter(torch.zeros(features, features))
+        # softplus(0.5413) == 1: start as the identity.
+        self.raw_diag = nn.Parameter(torch.full((features,), 0.5413))
+
+    def scale_tril(self) -> torch.Tensor:
+        return torch.tril(self.tril, -1) + torch.diag(F.softplus(self.raw_diag) + 1e-5)
+
+    def _logdet(self, L: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.log(torch.diagonal(L)).sum().expand(n)
+
+    def forward(self, inputs: torch.Tensor, context=None):
+        L = self.scale_tril()
+        u = torch.linalg.solve_triangular(L, (inputs - self.loc).T, upper=False).T
+        return u, -self._logdet(L, inputs.shape[0])
+
+    def inverse(self, inputs: torch.Tensor, context=None):
+        L = self.scale_tril()
+        return self.loc + inputs @ L.T, self._logdet(L, inputs.shape[0])
+
+
+class GaussianFlow(TransformFlow):
+    """``z = μ + L u``, ``u`` standard normal.
 
     :meth:`initialize` sets the maximum-likelihood estimate in closed form (with a small
     ridge ``shrinkage``), so training by gradient descent only fine-tunes it.
     """
 
     def __init__(self, features: int, shrinkage: float = 1e-3) -> None:
-        super().__init__()
-        self.features = int(features)
+        super().__init__(CholeskyAffine(features), StandardNormal([features]), features)
         self.shrinkage = float(shrinkage)
-        self.loc = nn.Parameter(torch.zeros(features))
-        self.tril = nn.Parameter(torch.zeros(features, features))
-        # softplus(0.5413) == 1: start as the standard normal.
-        self.raw_diag = nn.Parameter(torch.full((features,), 0.5413))
-
-    def scale_tril(self) -> torch.Tensor:
-        return torch.tril(self.tril, -1) + torch.diag(F.softplus(self.raw_diag) + 1e-5)
-
-    def transform_to_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        L = self.scale_tril()
-        u = torch.linalg.solve_triangular(L, (z - self.loc).T, upper=False).T
-        logabsdet = -torch.log(torch.diagonal(L)).sum().expand(z.shape[0])
-        return u, logabsdet
-
-    def inverse(self, u: torch.Tensor) -> torch.Tensor:
-        return self.loc + u @ self.scale_tril().T
 
     @torch.no_grad()
     def initialize(self, z: torch.Tensor) -> None:
@@ -50,12 +62,17 @@ class GaussianFlow(Flow):
         )
         L = torch.linalg.cholesky(cov)
         diag = torch.diagonal(L).clamp_min(2e-5) - 1e-5
-        self.loc.copy_(z.mean(0).float())
-        self.tril.copy_(torch.tril(L, -1).float())
+        t = self.transform
+        t.loc.copy_(z.mean(0).to(t.loc.dtype))
+        t.tril.copy_(torch.tril(L, -1).to(t.tril.dtype))
         # inverse softplus
-        self.raw_diag.copy_((diag + torch.log(-torch.expm1(-diag))).float())
+        t.raw_diag.copy_((diag + torch.log(-torch.expm1(-diag))).to(t.raw_diag.dtype))
 
 
 def gaussian(features: int, shrinkage: float = 1e-3) -> GaussianFlow:
     """Full-covariance Gaussian fitted in closed form (zero coupling layers)."""
+    if shrinkage < 0:
+        from flowkit.errors import ConfigError
+
+        raise ConfigError(f"gaussian: shrinkage must be >= 0, got {shrinkage}")
     return GaussianFlow(features, shrinkage)

@@ -3,21 +3,26 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 import flowkit
 from flowkit.cli import app
-from flowkit.testing import check_encoder, check_flow, registered
+from flowkit.testing import check_dataset, check_encoder, check_flow, check_scorer, registered
 
 HERE = Path(__file__).resolve().parents[1]
+KINDS = ("encoder", "flow", "scorer", "dataset")
 
 
 def test_contract():
     assert registered("encoders", plugin="example") == ["mean_pool"]
-    for name in registered("encoders", plugin="example"):
-        check_encoder(name, in_channels=3)
-    for name in registered("flows", plugin="example"):
-        check_flow(name, features=5)
+    assert registered("flows", plugin="example") == ["diag_gaussian"]
+    assert registered("scorers", plugin="example") == ["latent_distance"]
+    assert registered("datasets", plugin="example") == ["stripes"]
+    check_encoder("mean_pool", in_channels=3)
+    check_flow("diag_gaussian", features=5)
+    check_scorer("latent_distance")
+    check_dataset("stripes")
 
 
 def test_cli_sees_and_trains_the_installed_plugin(tmp_path):
@@ -25,31 +30,25 @@ def test_cli_sees_and_trains_the_installed_plugin(tmp_path):
     res = runner.invoke(app, ["plugins"])
     assert res.exit_code == 0 and "flowkit-example" in res.output and "mean_pool" in res.output
     assert "mean_pool" in runner.invoke(app, ["list", "encoders"]).output
-    res = runner.invoke(
-        app,
-        [
-            "train",
-            "--dataset",
-            "fake:per_class=20",
-            "--encoder",
-            "mean_pool",
-            "--flow",
-            "diag_gaussian",
-            "--epochs-flow",
-            "3",
-            "--device",
-            "cpu",
-            "--out",
-            str(tmp_path / "m.flowkit"),
-            "-q",
-        ],
-    )
+    args = ["train", "--dataset", "stripes", "--anomaly-class", "1", "--encoder", "mean_pool"]
+    args += ["--flow", "diag_gaussian", "--scorer", "latent_distance", "--epochs-flow", "3"]
+    args += ["--device", "cpu", "--out", str(tmp_path / "m.flowkit"), "-q"]
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert flowkit.Detector.load(tmp_path / "m.flowkit").encoder_spec_[0] == "mean_pool"
+    assert "test ROC AUC" in res.output
+    det = flowkit.Detector.load(tmp_path / "m.flowkit")
+    assert det.encoder_spec_[0] == "mean_pool" and det.scorer_spec_[0] == "latent_distance"
 
 
-def test_contributing_shows_this_exact_plugin():
+def _section(text: str, kind: str) -> str:
+    match = re.search(rf"# -- {kind} -+\n(.*?)(?=\n# -- |\Z)", text, re.S)
+    assert match, f"no {kind} section"
+    return match.group(1).strip()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_contributing_shows_this_exact_code_for_each_kind(kind):
     doc = (HERE.parents[1] / "CONTRIBUTING.md").read_text()
-    blocks = re.findall(r"```python\n# flowkit_example.py\n(.*?)```", doc, re.S)
-    assert blocks, "CONTRIBUTING.md lost the plugin example"
-    assert blocks[0].strip() == (HERE / "flowkit_example.py").read_text().strip()
+    blocks = re.findall(rf"```python\n# flowkit_example.py: {kind}\n(.*?)```", doc, re.S)
+    assert blocks, f"CONTRIBUTING.md has no {kind} example"
+    assert blocks[0].strip() == _section((HERE / "flowkit_example.py").read_text(), kind)

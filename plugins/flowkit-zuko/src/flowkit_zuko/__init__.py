@@ -44,35 +44,31 @@ def available() -> dict[str, type]:
 
 
 class ZukoFlow(Flow):
-    """Adapter: a zuko lazy flow (unconditional) as a flowkit Flow."""
+    """Adapter: a zuko lazy flow (unconditional) as a flowkit Flow.
+
+    zuko builds a flow as transform + base distribution (``flow()`` returns both); the
+    adapter uses its public API only and keeps zuko's own base, whatever it is.
+    """
 
     def __init__(self, flow: zuko.flows.Flow, features: int) -> None:
         super().__init__()
         self.features = int(features)
         self.flow = flow
 
-    def transform_to_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dist = self.flow()
-        u, ladj = dist.transform.call_and_ladj(z)
-        # zuko's base may be a scaled normal: fold its standardization into the transform.
-        base = dist.base
-        loc, scale = _base_params(base, u)
-        return (u - loc) / scale, ladj - torch.log(scale).sum(-1)
-
-    def inverse(self, u: torch.Tensor) -> torch.Tensor:
-        dist = self.flow()
-        loc, scale = _base_params(dist.base, u)
-        return dist.transform.inv(u * scale + loc)
-
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return self.flow().log_prob(z)
 
+    def transform_to_noise(self, z: torch.Tensor) -> torch.Tensor:
+        return self.flow().transform(z)
 
-def _base_params(base: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    base = getattr(base, "base_dist", base)
-    loc = getattr(base, "loc", torch.zeros_like(like[0]))
-    scale = getattr(base, "scale", torch.ones_like(like[0]))
-    return loc.to(like), scale.to(like)
+    def inverse(self, u: torch.Tensor) -> torch.Tensor:
+        return self.flow().transform.inv(u)
+
+    def base_log_prob(self, u: torch.Tensor) -> torch.Tensor:
+        return self.flow().base.log_prob(u)
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.flow().sample((n,))
 
 
 def zuko_flow(

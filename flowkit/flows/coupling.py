@@ -1,0 +1,155 @@
+"""Pieces shared by the coupling flows (realnvp, nsf): conditioner networks, the mask
+schedule, option checks, and an affine coupling with a configurable scale.
+
+nflows 0.14's ``AffineCouplingTransform`` bounds every scale to ``(0.001, 1.001]`` (its
+issue #49), so the data → noise direction can only contract. Standardized latents usually
+have low-variance directions that must be *expanded* to become standard normal, so flowkit's
+:class:`AffineCoupling` takes the scale activation as an option, as nflows' unreleased fix
+(PR #52) does. It is built on nflows' public ``Transform`` interface (``forward`` and
+``inverse`` returning ``(outputs, logabsdet)``), not on nflows' private hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from nflows.distributions.normal import StandardNormal
+from nflows.nn.nets import ResidualNet
+from nflows.transforms.base import CompositeTransform, Transform
+from nflows.transforms.normalization import BatchNorm
+
+from flowkit.errors import ConfigError
+from flowkit.flows.base import TransformFlow
+from flowkit.registry import check_positive
+
+__all__ = [
+    "ACTIVATIONS",
+    "SCALE_ACTIVATIONS",
+    "AffineCoupling",
+    "activation_fn",
+    "check_dropout",
+    "coupling_flow",
+]
+
+ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "gelu": F.gelu, "tanh": torch.tanh}
+
+
+def _tanh_scale(x: torch.Tensor) -> torch.Tensor:
+    # log-scale bounded by tanh, as in the Real NVP paper: scales in (e^-2, e^2), 1 at zero.
+    return torch.exp(2.0 * torch.tanh(x / 2.0))
+
+
+def _softplus_scale(x: torch.Tensor) -> torch.Tensor:
+    # nflows' GENERAL_SCALE_ACTIVATION from its fix for issue #49: scales in (0.001, 3].
+    return (F.softplus(x) + 1e-3).clamp(0, 3)
+
+
+def _sigmoid_scale(x: torch.Tensor) -> torch.Tensor:
+    # nflows 0.14's default (contract only), kept for comparison with older results.
+    return torch.sigmoid(x + 2) + 1e-3
+
+
+# Module-level functions, not lambdas: a fitted Detector must pickle (joblib, multiprocessing).
+SCALE_ACTIVATIONS = {"tanh": _tanh_scale, "softplus": _softplus_scale, "sigmoid": _sigmoid_scale}
+
+
+class AffineCoupling(Transform):
+    """Affine coupling ``y_T = x_T · s(x_I) + t(x_I)`` on the features where ``mask > 0``;
+    the others pass through and condition the network (nflows' mask convention)."""
+
+    def __init__(
+        self,
+        mask: torch.Tensor,
+        transform_net_create_fn: Callable[[int, int], torch.nn.Module],
+        scale: str = "tanh",
+    ) -> None:
+        super().__init__()
+        if scale not in SCALE_ACTIVATIONS:
+            raise ConfigError(f"scale must be one of {sorted(SCALE_ACTIVATIONS)}, got {scale!r}")
+        index = torch.arange(len(mask))
+        self.register_buffer("identity_features", index[mask <= 0])
+        self.register_buffer("transform_features", index[mask > 0])
+        self.scale = scale
+        n_id, n_tr = len(self.identity_features), len(self.transform_features)
+        self.transform_net = transform_net_create_fn(n_id, 2 * n_tr)
+
+    def _scale_shift(self, identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params = self.transform_net(identity)
+        n = len(self.transform_features)
+        return SCALE_ACTIVATIONS[self.scale](params[:, n:]), params[:, :n]
+
+    def _merge(self, identity: torch.Tensor, transformed: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(
+            identity.shape[0],
+            identity.shape[1] + transformed.shape[1],
+            dtype=identity.dtype,
+            device=identity.device,
+        )
+        out[:, self.identity_features] = identity
+        out[:, self.transform_features] = transformed
+        return out
+
+    def forward(self, inputs: torch.Tensor, context: Any = None):
+        identity = inputs[:, self.identity_features]
+        scale, shift = self._scale_shift(identity)
+        outputs = inputs[:, self.transform_features] * scale + shift
+        return self._merge(identity, outputs), torch.log(scale).sum(1)
+
+    def inverse(self, inputs: torch.Tensor, context: Any = None):
+        identity = inputs[:, self.identity_features]
+        scale, shift = self._scale_shift(identity)
+        outputs = (inputs[:, self.transform_features] - shift) / scale
+        return self._merge(identity, outputs), -torch.log(scale).sum(1)
+
+
+def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The conditioner activation called ``name``, or a ConfigError listing the choices."""
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
+
+
+def check_dropout(dropout: float) -> None:
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+
+
+def coupling_flow(
+    features: int,
+    layers: int,
+    hidden: int,
+    blocks: int,
+    activation: str,
+    dropout: float,
+    batch_norm: bool,
+    make_coupling: Callable[..., Transform],
+) -> TransformFlow:
+    """Couplings with alternating masks and residual conditioners over a standard normal."""
+    if features < 2:
+        raise ConfigError(f"coupling flows need at least 2 features, got {features}")
+    check_positive("coupling flow", layers=layers, hidden=hidden, blocks=blocks)
+    check_dropout(dropout)
+    act = activation_fn(activation)
+
+    def conditioner(in_features: int, out_features: int) -> ResidualNet:
+        return ResidualNet(
+            in_features,
+            out_features,
+            hidden_features=hidden,
+            num_blocks=blocks,
+            activation=act,
+            dropout_probability=dropout,
+        )
+
+    mask = torch.ones(features)
+    mask[::2] = -1
+    transforms: list[Transform] = []
+    for _ in range(layers):
+        transforms.append(make_coupling(mask.clone(), conditioner))
+        mask *= -1
+        if batch_norm:
+            transforms.append(BatchNorm(features))
+    return TransformFlow(CompositeTransform(transforms), StandardNormal([features]), features)
