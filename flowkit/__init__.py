@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from flowkit.data.base import ImageSet  # noqa: E402
 from flowkit.detector import Detector  # noqa: E402

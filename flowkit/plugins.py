@@ -22,7 +22,14 @@ from flowkit import hookspecs
 from flowkit.errors import FlowkitPluginWarning
 from flowkit.registry import REGISTRIES, Registry
 
-__all__ = ["PluginInfo", "get_plugin_manager", "load_plugins", "reset_plugins", "plugin_infos"]
+__all__ = [
+    "PluginInfo",
+    "get_plugin_manager",
+    "load_plugins",
+    "reset_plugins",
+    "plugin_infos",
+    "notify",
+]
 
 ENTRY_POINT_GROUP = "flowkit"
 BUILTIN = "builtin"
@@ -182,6 +189,23 @@ def _innermost_owner(frames: list[Any], owners: dict[Any, str]) -> str | None:
         if frame.f_code in owners:
             return owners[frame.f_code]
     return None
+
+
+def notify(hook_name: str, **kwargs: Any) -> None:
+    """Call an event hook (``flowkit_bench_record``, ...) through pluggy. A plugin that
+    raises is named in a warning; the caller's work goes on (its results are already safe)."""
+    from flowkit.hookspecs import EVENT_HOOKS
+
+    assert hook_name in EVENT_HOOKS, hook_name
+    pm = get_plugin_manager()
+    hook = getattr(pm.hook, hook_name)
+    owners = {impl.function.__code__: impl.plugin_name for impl in hook.get_hookimpls()}
+    try:
+        hook(**kwargs)
+    except Exception as exc:  # a tracker's failure must not lose or stop the bench
+        name = _innermost_owner(_traceback_frames(exc), owners) or "?"
+        info = _state["infos"].get(name)
+        _warn(name, info.distribution if info else None, f"failed in {hook_name}", exc)
 
 
 def plugin_infos() -> list[PluginInfo]:

@@ -164,9 +164,13 @@ def write_report(run_dir: str | Path, plots: bool = True) -> dict[str, Path]:
     if not store.results_path.is_file():
         raise ConfigError(f"{run_dir} holds no results.jsonl (not a bench run directory)")
     try:
-        return _write_report(store, plots)
+        paths = _write_report(store, plots)
     except OSError as exc:
         raise ConfigError(f"cannot write the report in {run_dir}: {exc}") from None
+    from flowkit.plugins import notify
+
+    notify("flowkit_bench_report", run_dir=store.root, paths=paths, records=store.records())
+    return paths
 
 
 def _write_report(store: RunStore, plots: bool) -> dict[str, Path]:

@@ -30,6 +30,7 @@ from flowkit.data.protocols import (
 from flowkit.detector import Detector
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.metrics import detection_metrics, ood_metrics
+from flowkit.plugins import notify
 from flowkit.registry import datasets, encoders, flows, parse_spec, scorers
 from flowkit.training import resolve_device
 
@@ -314,6 +315,7 @@ class _Recorder:
             **fields,
         }
         self.store.append(rec)
+        notify("flowkit_bench_record", record=rec, run_dir=self.store.root)
         if self.progress is not None:
             self.progress.advance(self.task)
         if self.on_cell is not None:
