@@ -58,7 +58,7 @@ def main() -> None:
     z_train, z_val = embed(encoder, train, device=dev), embed(encoder, val, device=dev)
     det.set_encoder(encoder, tuple(train.shape[1:]))
     det.epochs_flow, det.patience = args.epochs_flow, 10**6
-    det.fit_density(z_train, z_val)
+    det.fit_from_latents(z_train, z_val)
     fh = det.history_["flow"]
     print(
         f"flow training ({args.flow}, {z_train.shape[1]}-d): "

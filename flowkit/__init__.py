@@ -32,6 +32,7 @@ from flowkit.errors import (  # noqa: E402
 )
 from flowkit.flows.base import Flow, TransformFlow  # noqa: E402
 from flowkit.hookspecs import hookimpl  # noqa: E402
+from flowkit.plugins import load_plugins  # noqa: E402  (installs the registries' loader)
 from flowkit.registry import Registry, format_spec, parse_spec  # noqa: E402
 from flowkit.registry import datasets as _datasets  # noqa: E402
 from flowkit.registry import encoders as _encoders  # noqa: E402
@@ -41,6 +42,7 @@ from flowkit.scorers import ScoreContext, Scorer  # noqa: E402
 
 __all__ = [
     "__version__",
+    "load_plugins",
     "Detector",
     "Encoder",
     "Flow",

@@ -1,51 +1,81 @@
-"""flowkit's own components, registered through the public hooks like any plugin."""
+"""flowkit's own components, registered through the public hooks like any plugin.
+
+One explicit table: kind → name → ``"module:factory"``. Modules are imported when their kind's
+hook runs, so listing flows does not import the dataset code.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 from flowkit.hookspecs import hookimpl
 from flowkit.registry import Registry
 
+__all__ = ["BUILTINS"]
+
+BUILTINS: dict[str, dict[str, str]] = {
+    "encoders": {
+        "dcgan_ae": "flowkit.encoders.dcgan:dcgan_ae",
+        "simclr": "flowkit.encoders.selfsup:simclr",
+        "rotnet": "flowkit.encoders.selfsup:rotnet",
+    },
+    "flows": {
+        "realnvp": "flowkit.flows.realnvp:realnvp",
+        "gaussian": "flowkit.flows.gaussian:gaussian",
+        "maf": "flowkit.flows.autoregressive:maf",
+        "nsf": "flowkit.flows.autoregressive:nsf",
+    },
+    "datasets": {
+        "digits": "flowkit.data.sources:digits",
+        "mnist": "flowkit.data.sources:mnist",
+        "cifar10": "flowkit.data.sources:cifar10",
+        "svhn": "flowkit.data.sources:svhn",
+        "fake": "flowkit.data.sources:fake",
+        "folder": "flowkit.data.files:folder",
+        "mvtec": "flowkit.data.files:mvtec",
+        "digits_inverted": "flowkit.data.ood:digits_inverted",
+        "digits_flipped": "flowkit.data.ood:digits_flipped",
+        "digits_blurred": "flowkit.data.ood:digits_blurred",
+        "digits_dimmed": "flowkit.data.ood:digits_dimmed",
+        "digits_superposed": "flowkit.data.ood:digits_superposed",
+        "uniform_noise": "flowkit.data.ood:uniform_noise",
+        "constant": "flowkit.data.ood:constant",
+        "sample_patches": "flowkit.data.ood:sample_patches",
+    },
+    "scorers": {
+        "nll": "flowkit.scorers:nll",
+        "bpd": "flowkit.scorers:bpd",
+        "typicality": "flowkit.scorers:typicality",
+        "recon": "flowkit.scorers:recon",
+        "knn": "flowkit.scorers:knn",
+        "complexity": "flowkit.scorers:complexity",
+        "rotation": "flowkit.scorers:rotation",
+        "combo": "flowkit.scorers:combo",
+    },
+}
+
+
+def _register(registry: Registry, kind: str) -> None:
+    for name, target in BUILTINS[kind].items():
+        module, _, attr = target.partition(":")
+        registry.register(name)(getattr(importlib.import_module(module), attr))
+
 
 @hookimpl
 def flowkit_register_encoders(registry: Registry) -> None:
-    from flowkit.encoders.dcgan import dcgan_ae
-    from flowkit.encoders.selfsup import rotnet, simclr
-
-    registry.register("dcgan_ae")(dcgan_ae)
-    registry.register("simclr")(simclr)
-    registry.register("rotnet")(rotnet)
+    _register(registry, "encoders")
 
 
 @hookimpl
 def flowkit_register_flows(registry: Registry) -> None:
-    from flowkit.flows.autoregressive import maf, nsf
-    from flowkit.flows.gaussian import gaussian
-    from flowkit.flows.realnvp import realnvp
-
-    registry.register("realnvp")(realnvp)
-    registry.register("gaussian")(gaussian)
-    registry.register("maf")(maf)
-    registry.register("nsf")(nsf)
+    _register(registry, "flows")
 
 
 @hookimpl
 def flowkit_register_datasets(registry: Registry) -> None:
-    from flowkit.data import sources
-    from flowkit.data.files import folder, mvtec
-
-    for name in ("digits", "mnist", "cifar10", "svhn", "fake"):
-        registry.register(name)(getattr(sources, name))
-    registry.register("folder")(folder)
-    registry.register("mvtec")(mvtec)
-    from flowkit.data import ood
-
-    for name in ood.__all__:
-        registry.register(name)(getattr(ood, name))
+    _register(registry, "datasets")
 
 
 @hookimpl
 def flowkit_register_scorers(registry: Registry) -> None:
-    from flowkit import scorers
-
-    for name in ("nll", "bpd", "typicality", "recon", "knn", "complexity", "rotation", "combo"):
-        registry.register(name)(getattr(scorers, name))
+    _register(registry, "scorers")

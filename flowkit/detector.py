@@ -52,7 +52,7 @@ class Detector:
         encoder: encoder name with options, ``"dcgan_ae:latent_dim=32"``.
         flow: flow name with options, ``"realnvp:layers=8"``.
         scorer: scorer name with options (``"nll"``: negative log-likelihood).
-        latent: latent preprocessing fitted on normal training latents (``"standardize"``,
+        preprocess: latent preprocessing fitted on normal training latents (``"standardize"``,
             ``"pca:32"``, ``"l2+pca:32"``, ``"none"``).
         confidence: the threshold is this quantile of the anomaly scores of normal
             validation images (0.95: 5% of normal images are flagged), as in the paper.
@@ -91,7 +91,7 @@ class Detector:
         encoder: str = "dcgan_ae",
         flow: str = "realnvp",
         scorer: str = "nll",
-        latent: str = "standardize",
+        preprocess: str = "standardize",
         encoder_options: dict[str, Any] | None = None,
         flow_options: dict[str, Any] | None = None,
         scorer_options: dict[str, Any] | None = None,
@@ -114,7 +114,7 @@ class Detector:
         self.encoder = encoder
         self.flow = flow
         self.scorer = scorer
-        self.latent = latent
+        self.preprocess = preprocess
         self.encoder_options = encoder_options
         self.flow_options = flow_options
         self.scorer_options = scorer_options
@@ -182,9 +182,9 @@ class Detector:
                 f"value_range must be two finite numbers (lo, hi), lo < hi; got {vr!r}"
             )
         resolve_device(self.device)
-        if not isinstance(self.latent, str):
-            raise ConfigError(f"latent must be a preprocessing spec string, got {self.latent!r}")
-        parse_pipeline(self.latent)  # the spec's syntax; its sizes are checked in check_config
+        if not isinstance(self.preprocess, str):
+            raise ConfigError(f"preprocess must be a spec string, got {self.preprocess!r}")
+        parse_pipeline(self.preprocess)  # the spec's syntax; its sizes are checked in check_config
         # Catch a misspelt component or option now, not after an hour of encoder training.
         fixed = {"encoder": {"in_channels", "image_size"}, "flow": {"features"}, "scorer": set()}
         for registry, (name, options), kind in (
@@ -217,7 +217,7 @@ class Detector:
             warnings.simplefilter("ignore", UserWarning)
             encoder = self.build_encoder(input_shape)
         in_dim = int(encoder.embed_dim)
-        out_dim = LatentPipeline(self.latent, in_dim=in_dim).out_dim
+        out_dim = LatentPipeline(self.preprocess, in_dim=in_dim).out_dim
         name, options = self.flow_spec_
         flow = flows.create(name, features=out_dim, **options)
         with torch.no_grad():
@@ -279,7 +279,7 @@ class Detector:
         self.check_config(tuple(int(s) for s in images.shape[1:]))
         self.fit_encoder(train, val)
         z_train, z_val = self.embed(train), self.embed(val)
-        return self.fit_density(z_train, z_val, train, val)
+        return self.fit_from_latents(z_train, z_val, train, val)
 
     def fit_encoder(
         self,
@@ -324,7 +324,7 @@ class Detector:
         self.history_ = {"encoder": history or History("encoder").to_dict()}
         return self
 
-    def fit_density(
+    def fit_from_latents(
         self,
         z_train: torch.Tensor,
         z_val: torch.Tensor,
@@ -335,8 +335,10 @@ class Detector:
         """Stage 2 from encoder latents: preprocessing, flow, scorer and threshold."""
         self._check_params()
         if not hasattr(self, "encoder_"):
-            raise ConfigError("fit_density needs a fitted encoder: call fit() or fit_encoder()")
-        self.pipeline_ = LatentPipeline(self.latent, in_dim=z_train.shape[1]).fit(z_train)
+            raise ConfigError(
+                "fit_from_latents needs a fitted encoder: call fit() or fit_encoder()"
+            )
+        self.pipeline_ = LatentPipeline(self.preprocess, in_dim=z_train.shape[1]).fit(z_train)
         p_train, p_val = self.pipeline_(z_train), self.pipeline_(z_val)
         name, options = self.flow_spec_
         torch.manual_seed(self.seed + 1)
@@ -478,7 +480,7 @@ class Detector:
                 "state": _cpu_state(self.encoder_),
             },
             "pipeline": {
-                "spec": self.latent,
+                "spec": self.preprocess,
                 "in_dim": self.pipeline_.in_dim,
                 "state": _cpu_state(self.pipeline_),
             },

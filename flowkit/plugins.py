@@ -20,7 +20,7 @@ import pluggy
 
 from flowkit import hookspecs
 from flowkit.errors import FlowkitPluginWarning
-from flowkit.registry import REGISTRIES, Registry
+from flowkit.registry import REGISTRIES, Registry, set_plugin_loader
 
 __all__ = [
     "PluginInfo",
@@ -221,3 +221,6 @@ def reset_plugins() -> None:
         for registry in REGISTRIES.values():
             registry.clear()
         _state.update(pm=None, loading=False, infos={})
+
+
+set_plugin_loader(load_plugins)

@@ -18,6 +18,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ __all__ = [
     "parse_spec",
     "format_spec",
     "coerce_options",
+    "set_plugin_loader",
+    "canonical_spec",
     "check_positive",
     "REGISTRIES",
 ]
@@ -74,6 +77,7 @@ class Registry:
         self.contract = contract
         self._entries: dict[str, Entry] = {}
         self._namespaces: dict[str, Entry] = {}
+        self._aliases: dict[str, str] = {}  # a renamed component's old name → its new name
         # Set by flowkit.plugins while hooks run: tells which plugin is registering.
         self._origin: Callable[[], tuple[str, str | None]] | None = None
 
@@ -149,6 +153,22 @@ class Registry:
         self._entries[name] = Entry(name, factory, plugin, dist)
         return factory
 
+    def alias(self, old: str, new: str) -> None:
+        """Keep a renamed component loadable under its old name (as timm's deprecations do):
+        looking ``old`` up gives ``new`` with a :class:`FutureWarning`, so model files and
+        bench cache entries written with the old name keep working."""
+        if old == new or old in self._entries:
+            raise ConfigError(f"cannot alias {self.kind} {old!r}: it is a registered name")
+        self._aliases[old] = new
+
+    def canonical(self, name: str) -> str:
+        """The current name of ``name`` (itself, or what an alias points to), silently."""
+        seen: set[str] = set()
+        while name in self._aliases and name not in seen:
+            seen.add(name)
+            name = self._aliases[name]
+        return name
+
     def unregister(self, name: str) -> None:
         """Remove a name, namespace or ``"prefix/*"`` (no error if absent)."""
         self._entries.pop(name, None)
@@ -161,19 +181,28 @@ class Registry:
     def clear(self) -> None:
         self._entries.clear()
         self._namespaces.clear()
+        self._aliases.clear()
 
     # -- lookup ---------------------------------------------------------------------------
 
     def _ensure_loaded(self) -> None:
-        from flowkit.plugins import load_plugins
-
-        load_plugins()
+        if _plugin_loader is not None:
+            _plugin_loader()
 
     def get(self, name: str) -> Entry:
         """The entry for ``name``; namespaced names return their namespace's entry."""
         self._ensure_loaded()
         if name in self._entries:
             return self._entries[name]
+        if name in self._aliases:
+            new = self.canonical(name)
+            warnings.warn(
+                f"{self.kind} {name!r} was renamed {new!r}; the old name still works but will "
+                "be removed: use the new one",
+                FutureWarning,
+                stacklevel=3,
+            )
+            return self.get(new)
         if "/" in name:
             prefix = name.split("/", 1)[0]
             if prefix in self._namespaces:
@@ -195,6 +224,7 @@ class Registry:
         Options the factory does not accept raise :class:`ConfigError` listing those it does.
         """
         entry = self.get(name)
+        name = self.canonical(name)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         args: tuple[Any, ...] = (name.split("/", 1)[1],) if entry.namespace else ()
         accepted = accepted_options(entry.factory, skip=len(args))
@@ -253,6 +283,16 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+_plugin_loader: Callable[[], None] | None = None
+
+
+def set_plugin_loader(loader: Callable[[], None] | None) -> None:
+    """What fills the registries before their first lookup (:mod:`flowkit.plugins` installs
+    its loader when imported, so the registry does not depend on the plugin system)."""
+    global _plugin_loader
+    _plugin_loader = loader
 
 
 def accepted_options(factory: Callable[..., Any], skip: int = 0) -> list[str] | None:
@@ -384,6 +424,12 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             raise ConfigError(f"bad option {item!r} in {spec!r}: expected key=value")
         options[key.strip()] = _parse_value(value)
     return name, options
+
+
+def canonical_spec(registry: Registry, spec: str) -> str:
+    """``spec`` with a renamed component's current name and sorted options (a stable key)."""
+    name, options = parse_spec(spec)
+    return format_spec(registry.canonical(name), options)
 
 
 def format_spec(name: str, options: dict[str, Any] | None = None) -> str:

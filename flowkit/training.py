@@ -142,6 +142,63 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
     return list(order.split(batch_size))
 
 
+@dataclass
+class _Optimisation:
+    """The optimiser state a training loop carries between epochs."""
+
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: Any
+    clip_norm: float
+
+
+def _train_epoch(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    train: torch.Tensor,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    generator: torch.Generator,
+    optim: _Optimisation,
+) -> tuple[float, int, bool]:
+    """One pass over ``train``: ``(mean loss, samples seen, diverged)``."""
+    model.train()
+    total, count = 0.0, 0
+    for idx in _batches(len(train), batch_size, generator):
+        if len(idx) < 2:
+            continue  # BatchNorm cannot use a batch of one (the last batch's remainder)
+        loss = loss_fn(prepare(train[idx]))
+        if not torch.isfinite(loss):
+            return math.nan, count, True
+        optim.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(optim.params, optim.clip_norm)
+        optim.opt.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+    return total / max(count, 1), count, False
+
+
+def _restart(
+    stage: str, epoch: int, hist: History, model: nn.Module, best_state: Any, optim: _Optimisation
+) -> None:
+    """After a non-finite loss: restore the best weights and cut the learning rate tenfold,
+    or give up after :data:`MAX_RESTARTS` tries."""
+    hist.restarts += 1
+    if hist.restarts > MAX_RESTARTS:
+        raise TrainingDivergedError(
+            stage,
+            epoch + 1,
+            f"the loss became non-finite {hist.restarts} times despite gradient clipping "
+            f"and learning-rate cuts down to {optim.opt.param_groups[0]['lr']:.2g}; check the "
+            "input for outliers or lower the learning rate",
+        )
+    model.load_state_dict(best_state)
+    for group in optim.opt.param_groups:
+        group["lr"] *= 0.1
+    optim.opt.state.clear()
+
+
 def _train_loop(
     stage: str,
     model: nn.Module,
@@ -164,56 +221,32 @@ def _train_loop(
     recovery from non-finite losses (restore best weights, cut the LR, retry)."""
     if epochs < 1:
         raise ConfigError(f"{stage}: epochs must be >= 1, got {epochs}")
-    if len(train) == 0:
-        raise DataError(f"{stage}: no training samples")
+    if len(train) < 2:
+        raise DataError(f"{stage}: need at least 2 training samples, got {len(train)}")
+    if batch_size < 2:
+        raise ConfigError(f"{stage}: batch_size must be >= 2, got {batch_size}")
     hist = History(stage, max_epochs=epochs)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, factor=0.5, patience=max(1, patience // 3)
     )
+    optim = _Optimisation(params, opt, sched, clip_norm)
     best = math.inf
     best_state = copy.deepcopy(model.state_dict())
-    stale = 0
+    stale = seen = epoch = 0
     start = time.perf_counter()
-    seen = 0
     task = progress.add_task(f"{stage}", total=epochs)
-    epoch = 0
     while epoch < epochs:
-        model.train()
-        total, count, diverged = 0.0, 0, False
-        for idx in _batches(len(train), batch_size, generator):
-            if len(idx) < 2 and len(train) >= 2:
-                continue  # BatchNorm cannot use a batch of one
-            batch = prepare(train[idx])
-            loss = loss_fn(batch)
-            if not torch.isfinite(loss):
-                diverged = True
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, clip_norm)
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
+        train_loss, count, diverged = _train_epoch(
+            model, loss_fn, train, prepare, batch_size, generator, optim
+        )
         seen += count
-        val_loss = _evaluate(model, loss_fn, val, prepare, batch_size) if not diverged else math.nan
-        if diverged or not math.isfinite(val_loss):
-            hist.restarts += 1
-            if hist.restarts > MAX_RESTARTS:
-                raise TrainingDivergedError(
-                    stage,
-                    epoch + 1,
-                    f"the loss became non-finite {hist.restarts} times despite gradient clipping "
-                    f"and learning-rate cuts down to {opt.param_groups[0]['lr']:.2g}; check the "
-                    "input for outliers or lower the learning rate",
-                )
-            model.load_state_dict(best_state)
-            for group in opt.param_groups:
-                group["lr"] *= 0.1
-            opt.state.clear()
+        val_loss = math.nan if diverged else _evaluate(model, loss_fn, val, prepare, batch_size)
+        if not math.isfinite(val_loss):
+            _restart(stage, epoch, hist, model, best_state, optim)
             continue  # retry this epoch
-        hist.train_loss.append(total / max(count, 1))
+        hist.train_loss.append(train_loss)
         hist.val_loss.append(val_loss)
         epoch += 1
         progress.update(

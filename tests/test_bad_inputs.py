@@ -93,9 +93,9 @@ CASES: list[tuple[list[str], str]] = [
     (["train", *FAST, *OUT, "--encoder", ""], "empty component name"),
     (["train", *FAST, *OUT, "--scorer", "nlll"], "did you mean 'nll'"),
     (["train", *FAST, *OUT, "--scorer", "knn:k=0"], "k >= 1"),
-    (["train", *FAST, *OUT, "--latent", "pca:abc"], "pca needs a dimension"),
-    (["train", *FAST, *OUT, "--latent", "pca:500"], "pca:500 needs 1 <= K <= 8"),
-    (["train", *FAST, *OUT, "--latent", "whiten"], "unknown latent preprocessing"),
+    (["train", *FAST, *OUT, "--preprocess", "pca:abc"], "pca needs a dimension"),
+    (["train", *FAST, *OUT, "--preprocess", "pca:500"], "pca:500 needs 1 <= K <= 8"),
+    (["train", *FAST, *OUT, "--preprocess", "whiten"], "unknown latent preprocessing"),
     (["train", *FAST, *OUT, "--device", "tpu"], "unknown device 'tpu'"),
     (["train", *FAST, *OUT, "--device", "cuda:7"], "CUDA is not available"),
     # -- train: output path

@@ -155,7 +155,7 @@ def test_contamination_overrides_confidence(tiny_detector, fake_split):
     train, val = det.split_validation(fake_split.train.images)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        det.fit_density(det.embed(train), det.embed(val))
+        det.fit_from_latents(det.embed(train), det.embed(val))
     flagged = (det.anomaly_score(val) > det.threshold_).mean()
     assert 0.2 <= flagged <= 0.4
 
@@ -188,7 +188,7 @@ def test_sklearn_score_conventions_hold_for_every_scorer(tiny_detector, fake_spl
     det = Detector(**{**TINY, "scorer": scorer})
     det.set_encoder(tiny_detector.encoder_, tiny_detector.input_shape_)
     train, val = det.split_validation(fake_split.train.images)
-    det.fit_density(det.embed(train), det.embed(val), train, val)
+    det.fit_from_latents(det.embed(train), det.embed(val), train, val)
     x = fake_split.test.images
     s = det.score_samples(x)
     np.testing.assert_allclose(s, -det.anomaly_score(x))
@@ -249,7 +249,7 @@ def test_unfitted_detector_says_so():
         ({"val_fraction": 0.0}, r"val_fraction must be in"),
         ({"value_range": (1, 0)}, r"value_range"),
         ({"device": "tpu:9"}, r"device"),
-        ({"latent": "pca:abc"}, r"pca"),
+        ({"preprocess": "pca:abc"}, r"pca"),
         ({"flow": "realnvp:layers=abc"}, r"option layers must be an integer, got 'abc'"),
         ({"flow": "realnvp:layers=-2"}, r"layers must be >= 1, got -2"),
         ({"flow": "realnvp:hidden=0"}, r"hidden must be >= 1"),
@@ -265,7 +265,7 @@ def test_unfitted_detector_says_so():
         ({"scorer": "knn:k=0"}, r"k >= 1"),
         ({"scorer": "knn:metric=manhattan"}, r"metric"),
         ({"scorer": "knn:k=two"}, r"option k must be an integer"),
-        ({"latent": "pca:64", "encoder": "dcgan_ae:latent_dim=8"}, r"pca:64 needs 1 <= K <= 8"),
+        ({"preprocess": "pca:64", "encoder": "dcgan_ae:latent_dim=8"}, r"pca:64 needs 1 <= K <= 8"),
     ],
 )
 def test_bad_configuration_is_refused_before_any_training(params, match, monkeypatch):

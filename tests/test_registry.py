@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import flowkit
@@ -121,3 +122,32 @@ def test_names_that_would_not_parse_are_refused():
     for bad in ("a:b", "nll+knn", "timm/resnet18"):
         with pytest.raises(ConfigError):
             reg.register(bad)(lambda: 1)
+
+
+def test_a_renamed_component_keeps_loading_old_model_files_and_cache_entries(
+    fresh_plugins, fake_split, tmp_path
+):
+    from flowkit import Detector
+    from flowkit.bench.suite import Suite
+    from flowkit.flows.gaussian import gaussian
+    from flowkit.registry import flows
+
+    flows.get("gaussian")  # load the plugins
+    flows.register("old_gauss")(gaussian)
+    det = Detector(encoder="dcgan_ae:width=8,latent_dim=8", flow="old_gauss", epochs_encoder=1)
+    det.set_params(epochs_flow=2, device="cpu").fit(fake_split.train)
+    path = det.save(tmp_path / "m.flowkit")
+    # the component is renamed: the old name becomes an alias
+    flows.unregister("old_gauss")
+    flows.register("new_gauss")(gaussian)
+    flows.alias("old_gauss", "new_gauss")
+    with pytest.warns(FutureWarning, match="'old_gauss' was renamed 'new_gauss'"):
+        again = Detector.load(path, device="cpu")
+    x = fake_split.test.images
+    np.testing.assert_array_equal(again.anomaly_score(x), det.anomaly_score(x))
+    # bench cells (and so cache keys) written with either name are the same cell
+    old = Suite(name="a", dataset="fake", flows=["old_gauss"]).validate().cells([0])[0]
+    new = Suite(name="a", dataset="fake", flows=["new_gauss"]).validate().cells([0])[0]
+    assert old.flow == "new_gauss" and old.flow_key == new.flow_key
+    with pytest.raises(flowkit.ConfigError, match="registered name"):
+        flows.alias("new_gauss", "gaussian")

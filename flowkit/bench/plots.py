@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flowkit.artifact import atomic_write_bytes
+from flowkit.bench.aggregate import PROTOCOL_TITLES, Aggregate, combination_label, target_order
 
 if TYPE_CHECKING:
-    from flowkit.bench.report import Aggregate
     from flowkit.bench.store import RunStore
 
 __all__ = ["plot_dataset"]
@@ -44,16 +44,39 @@ def plot_dataset(
     import matplotlib
 
     matplotlib.use("Agg", force=True)
+    combos = sorted({a.combination for a in group})
+    paths = {f"{dataset}-{protocol}-auc": _auc_bars(store, dataset, protocol, group, reference)}
+    ok = [
+        r
+        for r in records
+        if r.get("status") == "ok"
+        and r["config"]["dataset"] == dataset
+        and r["config"]["protocol"] == protocol
+    ]
+    for combo in combos:
+        recs = sorted(
+            (r for r in ok if combination_label(r) == combo),
+            key=lambda r: (r["config"]["seed"], str(r["config"]["target"])),
+        )
+        if recs:
+            key = f"{dataset}-{protocol}-hist-{_slug(combo)}"
+            paths[key] = _histograms(store, dataset, protocol, combo, recs, key)
+    return paths
+
+
+def _auc_bars(
+    store: RunStore,
+    dataset: str,
+    protocol: str,
+    group: list[Aggregate],
+    reference: dict[str, Any] | None,
+) -> Path:
+    """Figure 2 style: AUC per held-out class for every combination (and GANomaly)."""
     import matplotlib.pyplot as plt
 
-    from flowkit.bench.report import _target_order, combination_label
-
-    paths: dict[str, Path] = {}
-    targets = _target_order(group)
+    targets = target_order(group)
     combos = sorted({a.combination for a in group})
     lookup = {(a.target, a.combination): a for a in group}
-
-    # Figure 2 style: AUC per held-out class for every combination (and GANomaly).
     series = [
         (
             c,
@@ -86,63 +109,51 @@ def plot_dataset(
     ax.set_xticks(x, [name for _, name in targets])
     ax.set_ylim(0, 1)
     ax.set_ylabel("ROC AUC")
-    ax.set_xlabel("held-out class" if protocol == "loo" else "OOD set")
-    ax.set_title(f"{dataset}: AUC per {'held-out class' if protocol == 'loo' else 'OOD set'}")
+    what = PROTOCOL_TITLES.get(protocol, (protocol, "target"))[1]
+    ax.set_xlabel(what)
+    ax.set_title(f"{dataset}: AUC per {what}")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
-    key = f"{dataset}-{protocol}-auc"
-    paths[key] = atomic_write_bytes(store.root / f"{key}.png", _figure_bytes(fig))
+    return atomic_write_bytes(store.root / f"{dataset}-{protocol}-auc.png", _figure_bytes(fig))
 
-    # Figure 1 style: log-likelihood of normal vs anomalous test images, per combination.
-    ok = [
-        r
-        for r in records
-        if r.get("status") == "ok"
-        and r["config"]["dataset"] == dataset
-        and r["config"]["protocol"] == protocol
-    ]
-    for combo in combos:
-        recs = sorted(
-            (r for r in ok if combination_label(r) == combo),
-            key=lambda r: (r["config"]["seed"], str(r["config"]["target"])),
-        )
-        first_seed = recs[0]["config"]["seed"] if recs else 0
-        recs = [r for r in recs if r["config"]["seed"] == first_seed][:MAX_PANELS]
-        if not recs:
+
+def _histograms(
+    store: RunStore,
+    dataset: str,
+    protocol: str,
+    combo: str,
+    recs: list[dict[str, Any]],
+    key: str,
+) -> Path:
+    """Figure 1 style: log-likelihood of normal vs anomalous test images, one panel per
+    target of the first seed."""
+    import matplotlib.pyplot as plt
+
+    first_seed = recs[0]["config"]["seed"]
+    recs = [r for r in recs if r["config"]["seed"] == first_seed][:MAX_PANELS]
+    cols = min(5, len(recs))
+    rows = (len(recs) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    raw = recs[0]["config"]["scorer"] in ("nll", "bpd")
+    for ax, rec in zip(axes.flat, recs, strict=False):
+        path = store.scores_path(rec["cell_id"])
+        if not path.exists():
             continue
-        cols = min(5, len(recs))
-        rows = (len(recs) + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
-        for ax, rec in zip(axes.flat, recs, strict=False):
-            path = store.scores_path(rec["cell_id"])
-            if not path.exists():
-                continue
-            with np.load(path) as npz:
-                y = npz["is_anomaly"].astype(bool)
-                # Figure 1 shows likelihoods; other scorers show their own score.
-                raw = rec["config"]["scorer"] in ("nll", "bpd")
-                lp = npz["log_prob"] if raw else npz["anomaly_score"]
-            lo, hi = np.percentile(lp, [1, 99.5])
-            bins = np.linspace(lo, hi, 40)
-            ax.hist(np.clip(lp[~y], lo, hi), bins, alpha=0.6, density=True, label="normal")
-            ax.hist(
-                np.clip(lp[y], lo, hi),
-                bins,
-                alpha=0.6,
-                density=True,
-                label="held out" if protocol == "loo" else "OOD",
-            )
-            ax.set_title(
-                f"{rec.get('target_name', rec['config']['target'])} "
-                f"AUC {rec['metrics']['auc']:.2f}",
-                fontsize=8,
-            )
-            ax.tick_params(labelsize=6)
-        for ax in list(axes.flat)[len(recs) :]:
-            ax.axis("off")
-        axes.flat[0].legend(fontsize=6)
-        fig.subplots_adjust(hspace=0.45)
-        what = "log-likelihood" if recs[0]["config"]["scorer"] in ("nll", "bpd") else "score"
-        fig.suptitle(f"{dataset}: {what}, {combo} (seed {first_seed})", fontsize=9)
-        key = f"{dataset}-{protocol}-hist-{_slug(combo)}"
-        paths[key] = atomic_write_bytes(store.root / f"{key}.png", _figure_bytes(fig))
-    return paths
+        with np.load(path) as npz:
+            y = npz["is_anomaly"].astype(bool)
+            # Figure 1 shows likelihoods; other scorers show their own score.
+            lp = npz["log_prob"] if raw else npz["anomaly_score"]
+        lo, hi = np.percentile(lp, [1, 99.5])
+        bins = np.linspace(lo, hi, 40)
+        ax.hist(np.clip(lp[~y], lo, hi), bins, alpha=0.6, density=True, label="normal")
+        other = {"loo": "held out", "ood": "OOD"}.get(protocol, "anomalous")
+        ax.hist(np.clip(lp[y], lo, hi), bins, alpha=0.6, density=True, label=other)
+        target = rec.get("target_name", rec["config"]["target"])
+        ax.set_title(f"{target} AUC {rec['metrics']['auc']:.2f}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(recs) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.subplots_adjust(hspace=0.45)
+    what = "log-likelihood" if raw else "score"
+    fig.suptitle(f"{dataset}: {what}, {combo} (seed {first_seed})", fontsize=9)
+    return atomic_write_bytes(store.root / f"{key}.png", _figure_bytes(fig))

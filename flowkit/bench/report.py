@@ -7,13 +7,20 @@ import io
 import math
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flowkit.artifact import atomic_write_bytes
+from flowkit.bench.aggregate import (
+    METRICS,
+    PROTOCOL_TITLES,
+    Aggregate,
+    aggregate,
+    combination_label,
+    target_order,
+)
 from flowkit.bench.store import RunStore
 from flowkit.errors import ConfigError
 
@@ -22,9 +29,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Aggregate", "aggregate", "write_report", "load_reference"]
-
-METRICS = ("auc", "ap", "f1", "aupr_in", "aupr_out", "fpr95")
+__all__ = ["Aggregate", "aggregate", "combination_label", "write_report", "load_reference"]
 
 
 def reference_path() -> Path:
@@ -37,79 +42,6 @@ def load_reference() -> dict[str, Any]:
     if not path.exists():
         return {}
     return tomllib.loads(path.read_text())
-
-
-@dataclass
-class Aggregate:
-    """Mean ± std over seeds of one (dataset, protocol, target, combination)."""
-
-    dataset: str
-    protocol: str
-    target: str
-    target_name: str
-    combination: str
-    config: dict[str, Any]
-    plugins: dict[str, str]
-    values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    seeds: list[int] = field(default_factory=list)
-
-    def mean(self, metric: str = "auc") -> float:
-        v = self.values.get(metric, [])
-        return float(np.mean(v)) if v else math.nan
-
-    def std(self, metric: str = "auc") -> float:
-        """Sample std over seeds; NaN (no estimate, left empty in the CSV) for one seed."""
-        v = self.values.get(metric, [])
-        return float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
-
-    def cell(self, metric: str = "auc") -> str:
-        if not self.values.get(metric):
-            return "-"
-        n = len(self.values[metric])
-        return (
-            f"{self.mean(metric):.3f} ± {self.std(metric):.3f}"
-            if n > 1
-            else f"{self.mean(metric):.3f}"
-        )
-
-
-def combination_label(rec: dict[str, Any]) -> str:
-    """The combination, with the plugin of any component that is not built in."""
-    label = rec["combination"]
-    extra = sorted({p for p in rec.get("plugins", {}).values() if p not in ("builtin", "?")})
-    return f"{label} ({', '.join(extra)})" if extra else label
-
-
-def aggregate(records: list[dict[str, Any]]) -> list[Aggregate]:
-    groups: dict[tuple[str, ...], Aggregate] = {}
-    for rec in records:
-        if rec.get("status") != "ok":
-            continue
-        cfg = rec["config"]
-        key = (cfg["dataset"], cfg["protocol"], str(cfg["target"]), combination_label(rec))
-        agg = groups.get(key)
-        if agg is None:
-            agg = groups[key] = Aggregate(
-                cfg["dataset"],
-                cfg["protocol"],
-                str(cfg["target"]),
-                str(rec.get("target_name", cfg["target"])),
-                key[3],
-                cfg,
-                rec.get("plugins", {}),
-            )
-        agg.seeds.append(cfg["seed"])
-        for m in METRICS:
-            if m in rec.get("metrics", {}):
-                agg.values[m].append(float(rec["metrics"][m]))
-    return list(groups.values())
-
-
-def _target_order(aggs: list[Aggregate]) -> list[tuple[str, str]]:
-    seen = {(a.target, a.target_name) for a in aggs}
-    return sorted(
-        seen, key=lambda t: (not t[0].isdigit(), int(t[0]) if t[0].isdigit() else 0, t[0])
-    )
 
 
 def _reference_columns(
@@ -195,75 +127,9 @@ def _write_report(store: RunStore, plots: bool) -> dict[str, Path]:
     for a in aggs:
         by_dataset[(a.dataset, a.protocol)].append(a)
     for (dataset, protocol), group in sorted(by_dataset.items()):
-        combos = sorted({a.combination for a in group})
-        targets = _target_order(group)
-        lookup = {(a.target, a.combination): a for a in group}
-        what = "held-out class" if protocol == "loo" else "OOD set"
-        metric_names = ["auc"] if protocol == "loo" else ["auc", "aupr_in", "aupr_out", "fpr95"]
-        md += [
-            f"## {dataset}: {'leave-one-class-out' if protocol == 'loo' else 'out-of-distribution'}"
-            " (ROC AUC, mean ± std over seeds)",
-            "",
-        ]
-        ref_names, ref_cols, ref_notes = (
-            _reference_columns(dataset, ref, targets) if protocol == "loo" else ([], {}, [])
-        )
-        header = [what] + combos + ref_names
-        rows = []
-        for i, (t, name) in enumerate(targets):
-            rows.append(
-                [name]
-                + [lookup[(t, c)].cell() if (t, c) in lookup else "-" for c in combos]
-                + [ref_cols[r][i] for r in ref_names]
-            )
-        means = {
-            c: np.mean([lookup[(t, c)].mean() for t, _ in targets if (t, c) in lookup])
-            for c in combos
-        }
-        rows.append(
-            ["**mean**"] + [f"**{means[c]:.3f}**" for c in combos] + ["" for _ in ref_names]
-        )
-        md += [_markdown_table(header, rows), ""]
-        titles = {
-            "aupr_in": "AUPR-in (in-distribution positive)",
-            "aupr_out": "AUPR-out (OOD positive)",
-            "fpr95": "FPR on OOD at 95% TPR on in-distribution (lower is better)",
-        }
-        for m in metric_names[1:]:
-            rows = [
-                [name] + [lookup[(t, c)].cell(m) if (t, c) in lookup else "-" for c in combos]
-                for t, name in targets
-            ]
-            md += [f"{titles[m]}:", "", _markdown_table([what] + combos, rows), ""]
-        fair, note = _common_means(targets, dict(zip(combos, combos, strict=True)), lookup)
-        best = max(combos, key=lambda c: fair[c])
-        md += [f"Best mean AUC on {dataset}{note}: **{best}** ({fair[best]:.3f})."]
-        if len(combos) > 1:
-            ranking = ", ".join(
-                f"{c} {fair[c]:.3f}" for c in sorted(combos, key=lambda c: -fair[c])
-            )
-            md += [f"Ranking: {ranking}."]
-        md += _scorer_verdicts(group, targets, lookup)
-        md += [""] + [f"_{n}_" for n in ref_notes if n] + [""]
-        if plots:
-            from flowkit.bench import plots as plotting
-
-            try:
-                paths.update(
-                    plotting.plot_dataset(
-                        store,
-                        dataset,
-                        protocol,
-                        group,
-                        records,
-                        ref.get(dataset) if protocol == "loo" else None,
-                    )
-                )
-            except Exception as exc:  # a plot must never lose the tables
-                md += [f"(plots failed: {type(exc).__name__}: {exc})", ""]
-            for key, p in paths.items():
-                if key.startswith(f"{dataset}-{protocol}"):
-                    md += [f"![{key}]({p.name})", ""]
+        lines, figures = _dataset_section(store, dataset, protocol, group, records, ref, plots)
+        md += lines
+        paths.update(figures)
     caveats = ref.get("caveats", {})
     if caveats:
         md += ["## Caveats when comparing", "", caveats.get("text", "").strip(), ""]
@@ -280,6 +146,84 @@ def _write_report(store: RunStore, plots: bool) -> dict[str, Path]:
     paths["markdown"] = atomic_write_bytes(store.root / "report.md", "\n".join(md).encode())
     paths["csv"] = atomic_write_bytes(store.root / "report.csv", _csv(aggs).encode())
     return paths
+
+
+def _dataset_section(
+    store: RunStore,
+    dataset: str,
+    protocol: str,
+    group: list[Aggregate],
+    records: list[dict[str, Any]],
+    ref: dict[str, Any],
+    plots: bool,
+) -> tuple[list[str], dict[str, Path]]:
+    """The report's section for one (dataset, protocol): tables, verdicts and figures."""
+    md: list[str] = []
+    paths: dict[str, Path] = {}
+    combos = sorted({a.combination for a in group})
+    targets = target_order(group)
+    lookup = {(a.target, a.combination): a for a in group}
+    title, what = PROTOCOL_TITLES.get(protocol, (protocol, "target"))
+    metric_names = ["auc", "aupr_in", "aupr_out", "fpr95"] if protocol == "ood" else ["auc"]
+    md += [
+        f"## {dataset}: {title} (ROC AUC, mean ± std over seeds)",
+        "",
+    ]
+    ref_names, ref_cols, ref_notes = (
+        _reference_columns(dataset, ref, targets) if protocol == "loo" else ([], {}, [])
+    )
+    header = [what] + combos + ref_names
+    rows = []
+    for i, (t, name) in enumerate(targets):
+        rows.append(
+            [name]
+            + [lookup[(t, c)].cell() if (t, c) in lookup else "-" for c in combos]
+            + [ref_cols[r][i] for r in ref_names]
+        )
+    means = {
+        c: np.mean([lookup[(t, c)].mean() for t, _ in targets if (t, c) in lookup]) for c in combos
+    }
+    rows.append(["**mean**"] + [f"**{means[c]:.3f}**" for c in combos] + ["" for _ in ref_names])
+    md += [_markdown_table(header, rows), ""]
+    titles = {
+        "aupr_in": "AUPR-in (in-distribution positive)",
+        "aupr_out": "AUPR-out (OOD positive)",
+        "fpr95": "FPR on OOD at 95% TPR on in-distribution (lower is better)",
+    }
+    for m in metric_names[1:]:
+        rows = [
+            [name] + [lookup[(t, c)].cell(m) if (t, c) in lookup else "-" for c in combos]
+            for t, name in targets
+        ]
+        md += [f"{titles[m]}:", "", _markdown_table([what] + combos, rows), ""]
+    fair, note = _common_means(targets, dict(zip(combos, combos, strict=True)), lookup)
+    best = max(combos, key=lambda c: fair[c])
+    md += [f"Best mean AUC on {dataset}{note}: **{best}** ({fair[best]:.3f})."]
+    if len(combos) > 1:
+        ranking = ", ".join(f"{c} {fair[c]:.3f}" for c in sorted(combos, key=lambda c: -fair[c]))
+        md += [f"Ranking: {ranking}."]
+    md += _scorer_verdicts(group, targets, lookup)
+    md += [""] + [f"_{n}_" for n in ref_notes if n] + [""]
+    if plots:
+        from flowkit.bench import plots as plotting
+
+        try:
+            paths.update(
+                plotting.plot_dataset(
+                    store,
+                    dataset,
+                    protocol,
+                    group,
+                    records,
+                    ref.get(dataset) if protocol == "loo" else None,
+                )
+            )
+        except Exception as exc:  # a plot must never lose the tables
+            md += [f"(plots failed: {type(exc).__name__}: {exc})", ""]
+        for key, p in paths.items():
+            if key.startswith(f"{dataset}-{protocol}"):
+                md += [f"![{key}]({p.name})", ""]
+    return md, paths
 
 
 def _common_means(
@@ -303,7 +247,7 @@ def _scorer_verdicts(
     """Which scorer wins, per target, when several scorers share an encoder and flow."""
     by_pair: dict[str, dict[str, str]] = defaultdict(dict)
     for a in group:
-        pair = f"{a.config['encoder']} + {a.config['flow']} [{a.config['latent']}]"
+        pair = f"{a.config['encoder']} + {a.config['flow']} [{a.config['preprocess']}]"
         by_pair[pair][a.config["scorer"]] = a.combination
     lines: list[str] = []
     for pair, combos in sorted(by_pair.items()):
@@ -344,7 +288,7 @@ def _csv(aggs: list[Aggregate]) -> str:
             "target_name",
             "combination",
             "encoder",
-            "latent",
+            "preprocess",
             "flow",
             "scorer",
             "encoder_plugin",
@@ -363,7 +307,7 @@ def _csv(aggs: list[Aggregate]) -> str:
                 a.target_name,
                 a.combination,
                 cfg["encoder"],
-                cfg["latent"],
+                cfg["preprocess"],
                 cfg["flow"],
                 cfg["scorer"],
                 a.plugins.get("encoder", ""),

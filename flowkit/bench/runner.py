@@ -121,7 +121,7 @@ def check_cells(cells: list[Cell], input_shape: tuple[int, int, int], device: st
     train`` does: a bad spec or option stops the run before anything trains."""
     seen: set[tuple[str, ...]] = set()
     for cell in cells:
-        combo = (cell.encoder, cell.latent, cell.flow, cell.scorer)
+        combo = (cell.encoder, cell.preprocess, cell.flow, cell.scorer)
         if combo not in seen:
             seen.add(combo)
             Detector(**cell.detector_params(device)).check_config(input_shape)
@@ -135,49 +135,72 @@ def _plugin(registry: Any, spec: str) -> str:
         return "?"
 
 
-class _EncoderStage:
-    """A trained encoder with the latents of its split, from the cache or trained now."""
+@dataclass
+class EncodedSplit:
+    """A trained encoder and the latents of one split's images (train, validation, test)."""
 
-    def __init__(
-        self, cell: Cell, split: Split, store: RunStore, device: str, progress: Any
-    ) -> None:
-        det = Detector(**cell.detector_params(device))
-        train, val = det.split_validation(split.train.images)
-        self.train_images, self.val_images = train, val
-        self.test_images = split.test.images
-        path = store.encoder_path(cell.encoder_key)
-        cached = store.load_tensors(path)
-        self.cached = cached is not None
-        encoder = det.build_encoder(tuple(train.shape[1:]))
-        if cached is not None:
-            encoder.load_state_dict(cached["state"])
-            det.set_encoder(encoder, tuple(train.shape[1:]), cached["history"])
-            self.z_train, self.z_val = cached["z_train"], cached["z_val"]
-            self.fit_seconds = float(cached["fit_seconds"])
-        else:
-            start = time.perf_counter()
-            det.fit_encoder(train, val, encoder=encoder, progress=progress)
-            self.z_train, self.z_val = det.embed(train), det.embed(val)
-            self.fit_seconds = time.perf_counter() - start
-            store.save_tensors(
-                path,
-                {
-                    "state": {k: v.cpu() for k, v in det.encoder_.state_dict().items()},
-                    "history": det.history_["encoder"],
-                    "z_train": self.z_train,
-                    "z_val": self.z_val,
-                    "fit_seconds": self.fit_seconds,
-                },
-            )
-        self.encoder, self.history = det.encoder_, det.history_["encoder"]
+    encoder: torch.nn.Module
+    history: dict[str, Any]
+    train_images: torch.Tensor
+    val_images: torch.Tensor
+    test_images: torch.Tensor
+    z_train: torch.Tensor
+    z_val: torch.Tensor
+    z_test: torch.Tensor
+    cached: bool
+    fit_seconds: float
+    embed_seconds: float
+
+
+def encode_split(
+    cell: Cell, split: Split, store: RunStore, device: str, progress: Any
+) -> EncodedSplit:
+    """The cell's encoder from the cache, or trained now and cached, with its latents."""
+    det = Detector(**cell.detector_params(device))
+    train, val = det.split_validation(split.train.images)
+    path = store.encoder_path(cell.encoder_key)
+    cached = store.load_tensors(path)
+    encoder = det.build_encoder(tuple(train.shape[1:]))
+    if cached is not None:
+        encoder.load_state_dict(cached["state"])
+        det.set_encoder(encoder, tuple(train.shape[1:]), cached["history"])
+        z_train, z_val = cached["z_train"], cached["z_val"]
+        fit_seconds = float(cached["fit_seconds"])
+    else:
         start = time.perf_counter()
-        self.z_test = det.embed(self.test_images)
-        self.embed_seconds = time.perf_counter() - start
+        det.fit_encoder(train, val, encoder=encoder, progress=progress)
+        z_train, z_val = det.embed(train), det.embed(val)
+        fit_seconds = time.perf_counter() - start
+        store.save_tensors(
+            path,
+            {
+                "state": {k: v.cpu() for k, v in det.encoder_.state_dict().items()},
+                "history": det.history_["encoder"],
+                "z_train": z_train,
+                "z_val": z_val,
+                "fit_seconds": fit_seconds,
+            },
+        )
+    start = time.perf_counter()
+    z_test = det.embed(split.test.images)
+    return EncodedSplit(
+        encoder=det.encoder_,
+        history=det.history_["encoder"],
+        train_images=train,
+        val_images=val,
+        test_images=split.test.images,
+        z_train=z_train,
+        z_val=z_val,
+        z_test=z_test,
+        cached=cached is not None,
+        fit_seconds=fit_seconds,
+        embed_seconds=time.perf_counter() - start,
+    )
 
 
 def _run_flow_group(
     cells: list[Cell],
-    enc: _EncoderStage,
+    enc: EncodedSplit,
     split: Split,
     store: RunStore,
     device: str,
@@ -199,7 +222,9 @@ def _run_flow_group(
         except FlowkitError:
             flow_cached = False
     if not flow_cached:
-        det.fit_density(enc.z_train, enc.z_val, enc.train_images, enc.val_images, progress=progress)
+        det.fit_from_latents(
+            enc.z_train, enc.z_val, enc.train_images, enc.val_images, progress=progress
+        )
         det.save(flow_path)
     flow_seconds = time.perf_counter() - start
     for cell in cells:
@@ -333,7 +358,7 @@ def _run_encoder_group(
     """One encoder (trained or cached) with every flow and scorer that shares it."""
     try:
         split = bench_data.split(group[0])
-        enc = _EncoderStage(group[0], split, store, device, progress)
+        enc = encode_split(group[0], split, store, device, progress)
     except Exception as exc:  # a failed cell is recorded; the grid goes on
         for cell in group:
             record(cell, "failed", error=_error_text(exc))

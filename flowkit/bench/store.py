@@ -29,7 +29,16 @@ __all__ = ["RunStore", "git_sha", "read_results", "REQUIRED_FIELDS"]
 LOCK_NAME = ".lock"
 # What the report needs of every record; records without them are skipped with a warning.
 REQUIRED_FIELDS = ("cell_id", "status", "combination", "config")
-REQUIRED_CONFIG = ("dataset", "protocol", "target", "seed", "encoder", "latent", "flow", "scorer")
+REQUIRED_CONFIG = (
+    "dataset",
+    "protocol",
+    "target",
+    "seed",
+    "encoder",
+    "preprocess",
+    "flow",
+    "scorer",
+)
 
 
 def git_sha() -> str | None:

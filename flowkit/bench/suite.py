@@ -8,12 +8,13 @@ import json
 import sys
 import types
 import typing
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from flowkit.errors import ConfigError
-from flowkit.registry import format_spec, parse_spec
+from flowkit.registry import canonical_spec, encoders, flows, format_spec, parse_spec, scorers
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,7 +55,7 @@ def list_suites() -> list[str]:
 
 @dataclass
 class Suite:
-    """A benchmark grid: dataset × target × seed × encoder × latent × flow × scorer.
+    """A benchmark grid: dataset × target × seed × encoder × preprocess × flow × scorer.
 
     Targets depend on the protocol: held-out classes (``loo``), out-of-distribution datasets
     (``ood``: the model trains on every class of ``dataset``), or the dataset's categories
@@ -71,7 +72,7 @@ class Suite:
     encoders: list[str] = field(default_factory=lambda: ["dcgan_ae"])
     flows: list[str] = field(default_factory=lambda: ["realnvp"])
     scorers: list[str] = field(default_factory=lambda: ["nll"])
-    latents: list[str] = field(default_factory=lambda: ["standardize"])
+    preprocessors: list[str] = field(default_factory=lambda: ["standardize"])
     seeds: list[int] = field(default_factory=lambda: [0])
     epochs_encoder: int = 15
     epochs_flow: int = 200
@@ -100,7 +101,7 @@ class Suite:
             ("encoders", self.encoders),
             ("flows", self.flows),
             ("scorers", self.scorers),
-            ("latents", self.latents),
+            ("preprocessors", self.preprocessors),
             ("seeds", self.seeds),
         ):
             if not items:
@@ -140,7 +141,7 @@ class Suite:
         """Every cell of the grid, in run order (cells sharing an encoder are adjacent)."""
         shared = {f: getattr(self, f) for f in _SHARED_FIELDS}
         grid = itertools.product(
-            targets, self.seeds, self.encoders, self.latents, self.flows, self.scorers
+            targets, self.seeds, self.encoders, self.preprocessors, self.flows, self.scorers
         )
         return [
             Cell(
@@ -148,18 +149,14 @@ class Suite:
                 protocol=self.protocol,
                 target=target,
                 seed=int(seed),
-                encoder=_norm(enc),
-                latent=latent,
-                flow=_norm(flow),
-                scorer=_norm(scorer),
+                encoder=canonical_spec(encoders, enc),
+                preprocess=preprocess,
+                flow=canonical_spec(flows, flow),
+                scorer=canonical_spec(scorers, scorer),
                 **shared,
             )
-            for target, seed, enc, latent, flow, scorer in grid
+            for target, seed, enc, preprocess, flow, scorer in grid
         ]
-
-
-def _norm(spec: str) -> str:
-    return format_spec(*parse_spec(spec))
 
 
 # Which settings change which artifact: each belongs in that artifact's cache key (a test
@@ -176,7 +173,7 @@ ENCODER_FIELDS = (
     "val_fraction",
     "image_size",
 )
-FLOW_FIELDS = ("latent", "flow", "epochs_flow", "patience", "flow_batch_size", "lr_flow")
+FLOW_FIELDS = ("preprocess", "flow", "epochs_flow", "patience", "flow_batch_size", "lr_flow")
 SCORER_FIELDS = ("scorer", "confidence")
 _SHARED_FIELDS = (
     "epochs_encoder",
@@ -203,7 +200,7 @@ class Cell:
     target: int | str
     seed: int
     encoder: str
-    latent: str
+    preprocess: str
     flow: str
     scorer: str
     epochs_encoder: int
@@ -229,7 +226,7 @@ class Cell:
             "encoder": self.encoder,
             "flow": self.flow,
             "scorer": self.scorer,
-            "latent": self.latent,
+            "preprocess": self.preprocess,
             "seed": self.seed,
             "device": device,
         }
@@ -258,9 +255,9 @@ class Cell:
 
     @property
     def combination(self) -> str:
-        """The label a report groups by: encoder + latent + flow + scorer."""
-        latent = "" if self.latent == "standardize" else f" [{self.latent}]"
-        return f"{self.encoder} + {self.flow}{latent} / {self.scorer}"
+        """The label a report groups by: encoder + preprocess + flow + scorer."""
+        pre = "" if self.preprocess == "standardize" else f" [{self.preprocess}]"
+        return f"{self.encoder} + {self.flow}{pre} / {self.scorer}"
 
 
 def _key(cell: Cell, fields: tuple[str, ...], extra: dict[str, Any]) -> str:
@@ -306,7 +303,17 @@ def check_field_types(suite: str, values: dict[str, Any]) -> None:
             )
 
 
-_LIST_FIELDS = {"encoders", "flows", "scorers", "latents", "seeds", "out_datasets", "categories"}
+_LIST_FIELDS = {
+    "encoders",
+    "flows",
+    "scorers",
+    "preprocessors",
+    "seeds",
+    "out_datasets",
+    "categories",
+}
+# Names of earlier versions, still read from suite files (with a warning).
+_RENAMED_FIELDS = {"latents": "preprocessors"}
 
 
 def load_suite(name_or_path: str) -> Suite:
@@ -335,6 +342,12 @@ def load_suite(name_or_path: str) -> Suite:
     except (tomllib.TOMLDecodeError, OSError) as exc:
         raise ConfigError(f"cannot read suite {path}: {exc}") from None
     data.setdefault("name", path.stem)
+    for old, new in _RENAMED_FIELDS.items():
+        if old in data and new not in data:
+            warnings.warn(
+                f"suite {path}: field {old} is now called {new}", FutureWarning, stacklevel=2
+            )
+            data[new] = data.pop(old)
     if data.get("classes") == "all":
         data["classes"] = None
     fields = set(Suite.__dataclass_fields__)

@@ -33,7 +33,7 @@ class _LiveTable:
         self.last = ""
 
     def __call__(self, rec: dict[str, Any]) -> None:
-        from flowkit.bench.report import combination_label
+        from flowkit.bench.aggregate import combination_label
 
         label = combination_label(rec)
         target = rec.get("target_name", rec["config"]["target"])
@@ -82,10 +82,12 @@ def bench(
     scorer: Annotated[
         Repeat, typer.Option(help="Scorer NAME:key=value,...; repeat for several.")
     ] = None,
-    latent: Annotated[
+    preprocess: Annotated[
         Repeat,
         typer.Option(
-            help="Latent preprocessing (standardize, pca:K, l2, ...); repeat for several."
+            "--preprocess",
+            "--latent",
+            help="Latent preprocessing (standardize, pca:K, l2, ...); repeat for several (--latent is its old name).",
         ),
     ] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Seeds, e.g. 0,1,2.")] = None,
@@ -136,7 +138,7 @@ def bench(
         encoders=encoder,
         flows=flow,
         scorers=scorer,
-        latents=latent,
+        preprocessors=preprocess,
         seeds=_int_list(seeds, "--seeds"),
         epochs_encoder=epochs_encoder,
         epochs_flow=epochs_flow,
@@ -175,7 +177,7 @@ def bench(
 
 
 def _summary(records: list[dict[str, Any]]) -> None:
-    from flowkit.bench.report import aggregate
+    from flowkit.bench.aggregate import aggregate
 
     aggs = aggregate(records)
     by: dict[tuple[str, str], list[float]] = defaultdict(list)

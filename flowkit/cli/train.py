@@ -46,8 +46,13 @@ def train(
     scorer: Annotated[
         str, typer.Option(help="Scorer as NAME:key=value,... (higher = more anomalous).")
     ] = "nll",
-    latent: Annotated[
-        str, typer.Option(help="Latent preprocessing: standardize, pca:K, l2, none, joined by '+'.")
+    preprocess: Annotated[
+        str,
+        typer.Option(
+            "--preprocess",
+            "--latent",
+            help="Latent preprocessing: standardize, pca:K, l2, none, joined by '+' (--latent is its old name).",
+        ),
     ] = "standardize",
     epochs_encoder: Annotated[
         int, typer.Option(help="Maximum encoder epochs (early stopping on validation).")
@@ -89,7 +94,7 @@ def train(
         encoder=encoder,
         flow=flow,
         scorer=scorer,
-        latent=latent,
+        preprocess=preprocess,
         confidence=confidence,
         contamination=contamination,
         epochs_encoder=epochs_encoder,

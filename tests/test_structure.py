@@ -1,0 +1,117 @@
+"""The core keeps to its own public API: no private names across modules, no import cycles."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "flowkit"
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT.parent).with_suffix("")
+        name = ".".join(rel.parts).removesuffix(".__init__")
+        out[name] = ast.parse(path.read_text(), str(path))
+    return out
+
+
+def _resolve(module: str, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".")[: -node.level]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(module: str, tree: ast.Module, *, lazy: bool) -> list[tuple[str, list[str]]]:
+    """(imported flowkit module, names) for module-level imports (and function-level ones
+    with ``lazy``), skipping ``if TYPE_CHECKING:`` blocks."""
+    found: list[tuple[str, list[str]]] = []
+
+    def visit(nodes: list[ast.stmt], top: bool) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, ast.ImportFrom):
+                found.append((_resolve(module, node), [a.name for a in node.names]))
+            elif isinstance(node, ast.Import):
+                found.extend((a.name, []) for a in node.names)
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                children = getattr(node, field, None)
+                if isinstance(children, list) and children and isinstance(children[0], ast.AST):
+                    is_def = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    if lazy or not is_def:
+                        visit(children, top and not is_def)
+
+    visit(tree.body, True)
+    return [(m, names) for m, names in found if m == "flowkit" or m.startswith("flowkit.")]
+
+
+def test_no_module_imports_a_private_name_of_another():
+    bad = []
+    for module, tree in _modules().items():
+        for target, names in _imports(module, tree, lazy=True):
+            for name in names:
+                if name.startswith("_") and not name.startswith("__") and target != module:
+                    bad.append(f"{module} imports {target}.{name}")
+        for node in ast.walk(tree):
+            # the private state the core used to reach into
+            if isinstance(node, ast.Attribute) and node.attr in (
+                "_entries",
+                "_namespaces",
+                "_current_plugin",
+                "_transform",
+                "_scale_and_shift",
+            ):
+                if not module.endswith("registry") or node.attr in ("_transform",):
+                    bad.append(f"{module} uses .{node.attr}")
+    assert not bad, bad
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles, state, stack = [], {}, []
+
+    def dfs(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                dfs(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            dfs(node)
+    return cycles
+
+
+def test_no_import_cycles():
+    """Counting imports inside functions too: a lazy import is no excuse for a cycle."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for module, tree in modules.items():
+        deps = set()
+        for target, names in _imports(module, tree, lazy=True):
+            # "from flowkit.data import x" may name a submodule
+            subs = {f"{target}.{n}" for n in names if f"{target}.{n}" in modules}
+            deps |= subs or {target}
+        # a package's own __init__ importing its submodules is not a cycle
+        graph[module] = {d for d in deps if d in modules and d != module}
+    package_inits = {
+        m for m in modules if (ROOT.parent / m.replace(".", "/") / "__init__.py").exists()
+    }
+    for pkg in package_inits:  # submodules importing their package is how Python works
+        for module in modules:
+            if module.startswith(pkg + "."):
+                graph[module].discard(pkg)
+    assert not _cycles(graph), _cycles(graph)
+
+
+def test_the_checks_above_can_fail():
+    tree = ast.parse("from flowkit.registry import _parse_value\n")
+    assert _imports("flowkit.x", tree, lazy=False) == [("flowkit.registry", ["_parse_value"])]
+    assert _cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
