@@ -11,6 +11,7 @@ import torch
 import torchvision
 
 import flowkit
+from flowkit.data import ood
 from flowkit.data import as_uint8_images, find_images, leave_one_class_out, load_images
 from flowkit.errors import DataError, DatasetNotFoundError
 
@@ -217,19 +218,7 @@ def test_as_uint8_images_refuses_non_images(bad, match):
         as_uint8_images(bad)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "digits_inverted",
-        "digits_flipped",
-        "digits_blurred",
-        "digits_dimmed",
-        "digits_superposed",
-        "uniform_noise",
-        "constant",
-        "sample_patches",
-    ],
-)
+@pytest.mark.parametrize("name", ood.__all__)
 def test_offline_ood_sets(name):
     one = flowkit.load_dataset(name, split="test")
     assert one.images.dtype == torch.uint8 and one.images.shape[1:] == (1, 32, 32)

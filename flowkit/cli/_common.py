@@ -8,12 +8,23 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
 
 from flowkit.errors import FlowkitError
+
+# Options that several commands share, declared once.
+DataRootOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Where dataset files are (default $FLOWKIT_DATA or ~/.cache/flowkit/data); the folder of images for --dataset folder, the folder of categories for mvtec."
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads.")]
+DownloadOpt = Annotated[bool, typer.Option(help="Try to download missing datasets.")]
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -9,7 +9,16 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from flowkit.cli._common import err, handle_errors, out, set_threads
+from flowkit.cli._common import (
+    DataRootOpt,
+    DeviceOpt,
+    DownloadOpt,
+    ThreadsOpt,
+    err,
+    handle_errors,
+    out,
+    set_threads,
+)
 from flowkit.errors import ConfigError
 
 Repeat = Optional[list[str]]
@@ -93,12 +102,7 @@ def bench(
     seeds: Annotated[Optional[str], typer.Option(help="Seeds, e.g. 0,1,2.")] = None,
     epochs_encoder: Annotated[Optional[int], typer.Option(help="Maximum encoder epochs.")] = None,
     epochs_flow: Annotated[Optional[int], typer.Option(help="Maximum flow epochs.")] = None,
-    data_root: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Where dataset files are (default $FLOWKIT_DATA or ~/.cache/flowkit/data)."
-        ),
-    ] = None,
+    data_root: DataRootOpt = None,
     out_dir: Annotated[
         Optional[Path],
         typer.Option(
@@ -111,9 +115,9 @@ def bench(
             help="Encoder/flow cache directory (default <out>/cache); share it between runs to reuse trained encoders."
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads.")] = None,
-    download: Annotated[bool, typer.Option(help="Try to download missing datasets.")] = True,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    download: DownloadOpt = True,
     retry_failed: Annotated[
         bool, typer.Option(help="Rerun cells that failed in an earlier run.")
     ] = True,

@@ -10,7 +10,17 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flowkit.cli._common import check_output_file, err, handle_errors, out, set_threads
+from flowkit.cli._common import (
+    DataRootOpt,
+    DeviceOpt,
+    DownloadOpt,
+    ThreadsOpt,
+    check_output_file,
+    err,
+    handle_errors,
+    out,
+    set_threads,
+)
 from flowkit.errors import ConfigError
 
 EncoderOpt = Annotated[
@@ -29,12 +39,7 @@ def train(
             help="Dataset as NAME:key=value,... (digits is embedded; folder reads --data-root)."
         ),
     ] = "digits",
-    data_root: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Where dataset files are (default $FLOWKIT_DATA or ~/.cache/flowkit/data); the folder to read for --dataset folder."
-        ),
-    ] = None,
+    data_root: DataRootOpt = None,
     anomaly_class: Annotated[
         Optional[int],
         typer.Option(
@@ -72,9 +77,9 @@ def train(
         int, typer.Option(min=1, help="Images are resized to this square size.")
     ] = 32,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same model on CPU).")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads.")] = None,
-    download: Annotated[bool, typer.Option(help="Try to download missing datasets.")] = True,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    download: DownloadOpt = True,
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write.")] = Path(
         "model.flowkit"
     ),
@@ -153,7 +158,7 @@ def score(
     skip_unreadable: Annotated[
         bool, typer.Option(help="Warn about unreadable files instead of failing.")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Score image files: anomaly score, threshold and label (normal / anomaly) per image.
 

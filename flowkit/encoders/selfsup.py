@@ -30,15 +30,29 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
     return F.cross_entropy(sim, target)
 
 
-class SimCLREncoder(Encoder):
+class TrunkEncoder(Encoder):
+    """A self-supervised encoder on the DCGAN trunk: ``encode`` is the trunk's features;
+    subclasses add their training head and :meth:`loss`."""
+
+    trainable = True
+
+    def __init__(self, in_channels: int, image_size: int, latent_dim: int, width: int) -> None:
+        super().__init__()
+        self.embed_dim = int(latent_dim)
+        self.input_shape = (int(in_channels), int(image_size), int(image_size))
+        self.trunk = dcgan_trunk(in_channels, image_size, width, latent_dim)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+
+class SimCLREncoder(TrunkEncoder):
     """SimCLR-style contrastive encoder (Chen et al., ICML 2020).
 
     Two augmented views of each image are pulled together and pushed from the other images
     by NT-Xent on a projection head that is used only in training; ``encode`` returns the
     trunk's features.
     """
-
-    trainable = True
 
     def __init__(
         self,
@@ -50,12 +64,9 @@ class SimCLREncoder(Encoder):
         temperature: float = 0.2,
         augment: Augment | None = None,
     ) -> None:
-        super().__init__()
         if temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {temperature}")
-        self.embed_dim = int(latent_dim)
-        self.input_shape = (int(in_channels), int(image_size), int(image_size))
-        self.trunk = dcgan_trunk(in_channels, image_size, width, latent_dim)
+        super().__init__(in_channels, image_size, latent_dim, width)
         self.head = nn.Sequential(
             nn.Linear(latent_dim, latent_dim),
             nn.ReLU(inplace=True),
@@ -64,21 +75,16 @@ class SimCLREncoder(Encoder):
         self.temperature = float(temperature)
         self.augment = augment or Augment()
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x)
-
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         views = torch.cat([self.augment(x), self.augment(x)])
         proj = self.head(self.trunk(views))
         return nt_xent(proj[: len(x)], proj[len(x) :], self.temperature)
 
 
-class RotNetEncoder(Encoder):
+class RotNetEncoder(TrunkEncoder):
     """Predicts which of four rotations was applied (Gidaris et al., ICLR 2018; used for
     anomaly detection by Golan & El-Yaniv, NeurIPS 2018). ``encode`` gives the trunk's
     features of the upright image; :meth:`rotation_loss` the per-image loss."""
-
-    trainable = True
 
     def __init__(
         self,
@@ -88,15 +94,9 @@ class RotNetEncoder(Encoder):
         width: int = 64,
         affine: bool = True,
     ) -> None:
-        super().__init__()
-        self.embed_dim = int(latent_dim)
-        self.input_shape = (int(in_channels), int(image_size), int(image_size))
-        self.trunk = dcgan_trunk(in_channels, image_size, width, latent_dim)
+        super().__init__(in_channels, image_size, latent_dim, width)
         self.classifier = nn.Sequential(nn.LeakyReLU(0.2), nn.Linear(latent_dim, 4))
         self.augment = Augment(affine=affine)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x)
 
     def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rotated = torch.cat([rotate90(x, k) for k in range(4)])
