@@ -1,93 +1,328 @@
-"""Speed and memory of the reference pair (dcgan_ae + realnvp) on 32×32 images.
+"""Speed of every stage against the machine's own measured peak.
 
-Prints: encoder training images/s, flow training latents/s, end-to-end scoring images/s,
-peak memory, and (with --suite) the wall time of a whole bench suite.
+Prints, in one run:
 
-    python benchmarks/perf.py                    # on the embedded digits, ~1 minute on 2 cores
-    python benchmarks/perf.py --suite quick      # also times `flowkit bench --suite quick`
-    python benchmarks/perf.py --device cuda --threads 8
+- the measured matmul throughput of this machine (fp32, and bf16 where the CPU has it);
+- for each stage (encoder training, SSL encoder training, flow training, embedding,
+  end-to-end scoring of image files): items per second, the achieved GFLOP/s (FLOPs counted
+  with ``torch.utils.flop_counter``) and its share of the measured fp32 peak;
+- the same stages with the speed-ups flowkit can use (bf16 autocast, channels-last,
+  ``torch.compile``, whose compile time is counted), so that each is kept only where it wins;
+- peak memory.
+
+    python benchmarks/perf.py                     # embedded digits, ~2 minutes on 2 cores
+    python benchmarks/perf.py --data-root ../shared/data/mnist-dev   # real MNIST
+    python benchmarks/perf.py --readme            # also rewrite the table in benchmarks/README.md
+    python benchmarks/perf.py --device cuda
+
+The numbers are measurements, not assertions: nothing here fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
+import re
 import resource
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import flowkit
-from flowkit.data import leave_one_class_out
-from flowkit.training import embed, fit_encoder, resolve_device
+from flowkit.data import leave_one_class_out, load_images, to_float
+from flowkit.training import embed, fit_encoder, fit_flow, resolve_device
+
+README = Path(__file__).resolve().parent / "README.md"
+BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
 
 
 def peak_rss_mib() -> float:
-    # ru_maxrss is KiB on Linux, bytes on macOS
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def matmul_peak(
+    dev: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 2.0
+) -> float:
+    """Sustained GFLOP/s of an n×n matmul in ``dtype`` (the machine's practical peak)."""
+    a = torch.randn(n, n, device=dev).to(dtype)
+    b = torch.randn(n, n, device=dev).to(dtype)
+    for _ in range(3):
+        a @ b
+    _sync(dev)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    _sync(dev)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def flops_of(fn: Callable[[], object]) -> float:
+    """FLOPs of one call (forward and, if ``fn`` calls it, backward)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+@dataclass
+class Row:
+    stage: str
+    variant: str
+    per_s: float
+    unit: str
+    flops_per_item: float
+    note: str = ""
+
+    def cells(self, peak: float) -> list[str]:
+        gflops = self.per_s * self.flops_per_item / 1e9
+        return [
+            self.stage,
+            self.variant,
+            f"{self.per_s:,.0f} {self.unit}/s",
+            f"{self.flops_per_item / 1e6:,.2f}",
+            f"{gflops:,.1f}",
+            f"{100 * gflops / peak:.0f}%",
+            self.note,
+        ]
+
+
+def _autocast(dev: torch.device, bf16: bool):
+    return torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+VARIANTS = {
+    "fp32": {},
+    "channels-last": {"channels_last": True},
+    "bf16 + channels-last": {"precision": "bf16", "channels_last": True},
+}
+
+
+def encoder_rows(
+    name: str, spec: str, train, val, dev, epochs: int, variants: list[str]
+) -> list[Row]:
+    rows = []
+    for variant in variants:
+        torch.manual_seed(0)
+        enc = flowkit.create_encoder(spec, in_channels=train.shape[1], image_size=train.shape[2])
+        start = time.perf_counter()
+        hist = fit_encoder(
+            enc, train, val, epochs=epochs, patience=10**6, device=dev, **VARIANTS[variant]
+        )
+        took = time.perf_counter() - start
+        batch = to_float(train[:64].to(dev))
+        enc.train()
+        per = flops_of(lambda enc=enc, batch=batch: enc.loss(batch).backward()) / len(batch)
+        rows.append(
+            Row(
+                name,
+                variant,
+                hist.samples_per_second,
+                "images",
+                per,
+                f"{epochs} epochs, {took:.1f} s, val loss {hist.val_loss[-1]:.4f}",
+            )
+        )
+    return rows
+
+
+def compiled_encoder_row(train, dev, steps: int = 60) -> Row:
+    """``torch.compile`` of the training step, its compile time counted."""
+    torch.manual_seed(0)
+    enc = flowkit.create_encoder("dcgan_ae", in_channels=train.shape[1], image_size=32).to(dev)
+    opt = torch.optim.Adam(enc.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True)
+    loss_fn = torch.compile(enc.loss)
+    batches = [to_float(train[i : i + 64].to(dev)) for i in range(0, 64 * 20, 64)]
+    start = time.perf_counter()
+    for i in range(steps):
+        loss = loss_fn(batches[i % len(batches)])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    took = time.perf_counter() - start
+    per = flops_of(lambda: enc.loss(batches[0]).backward()) / 64
+    return Row(
+        "encoder training (dcgan_ae)",
+        "torch.compile",
+        steps * 64 / took,
+        "images",
+        per,
+        f"{steps} steps incl. compiling, {took:.1f} s",
+    )
+
+
+def flow_rows(
+    spec: str, z_train, z_val, dev, batch_size: int, lr: float, precision: str, label: str
+) -> Row:
+    torch.manual_seed(1)
+    flow = flowkit.create_flow(spec, features=z_train.shape[1])
+    start = time.perf_counter()
+    hist = fit_flow(
+        flow,
+        z_train,
+        z_val,
+        epochs=200,
+        batch_size=batch_size,
+        lr=lr,
+        patience=10,
+        device=dev,
+        precision=precision,
+    )
+    took = time.perf_counter() - start
+    z = z_train[:batch_size].to(dev)
+    flow.train()
+    per = flops_of(lambda: (-flow.log_prob(z).mean()).backward()) / len(z)
+    return Row(
+        "flow training",
+        label,
+        hist.samples_per_second,
+        "latents",
+        per,
+        f"val NLL/dim {min(hist.val_loss):.4f}, best epoch {hist.best_epoch}/"
+        f"{hist.epochs_run}, {took:.1f} s",
+    )
+
+
+def timed(fn: Callable[[], object], dev: torch.device, reps: int = 3) -> float:
+    fn()
+    _sync(dev)
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    _sync(dev)
+    return (time.perf_counter() - start) / reps
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--encoder", default="dcgan_ae")
-    ap.add_argument("--flow", default="realnvp")
-    ap.add_argument("--epochs-encoder", type=int, default=3)
-    ap.add_argument("--epochs-flow", type=int, default=20)
+    ap.add_argument("--data-root", default=None, help="MNIST root (default: embedded digits)")
+    ap.add_argument("--epochs-encoder", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--suite", default=None, help="also time this bench suite end to end")
+    ap.add_argument("--readme", action="store_true", help="rewrite the table in README.md")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     dev = resolve_device(args.device)
-    data = flowkit.load_dataset("digits")
-    split = leave_one_class_out(data, 9, seed=0)
-    det = flowkit.Detector(encoder=args.encoder, flow=args.flow, device=str(dev))
+    if args.data_root:
+        data = flowkit.load_dataset("mnist", root=args.data_root, download=False)
+        what = f"real MNIST ({args.data_root})"
+    else:
+        data = flowkit.load_dataset("digits")
+        what = "embedded scikit-learn digits"
+    split = leave_one_class_out(data, 1, seed=0)
+    det = flowkit.Detector(device=str(dev))
     train, val = det.split_validation(split.train.images)
-    encoder = det.build_encoder(tuple(train.shape[1:]))
-    print(f"device {dev}, torch threads {torch.get_num_threads()}, torch {torch.__version__}")
-    print(f"data: digits 32x32, {len(train)} train / {len(val)} val / {len(split.test)} test")
-
-    hist = fit_encoder(encoder, train, val, epochs=args.epochs_encoder, patience=10**6, device=dev)
-    print(f"encoder training ({args.encoder}): {hist.samples_per_second:8.1f} images/s")
-
-    z_train, z_val = embed(encoder, train, device=dev), embed(encoder, val, device=dev)
-    det.set_encoder(encoder, tuple(train.shape[1:]))
-    det.epochs_flow, det.patience = args.epochs_flow, 10**6
-    det.fit_from_latents(z_train, z_val)
-    fh = det.history_["flow"]
-    print(
-        f"flow training ({args.flow}, {z_train.shape[1]}-d): "
-        f"{fh['samples_per_second']:8.1f} latents/s"
+    cpu_bf16 = dev.type == "cpu" and torch.backends.mkldnn.is_available()
+    fp32 = matmul_peak(dev, torch.float32)
+    bf16 = matmul_peak(dev, torch.bfloat16) if (dev.type == "cuda" or cpu_bf16) else float("nan")
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, device {dev}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; data: {what}, "
+        f"32×32, {len(train)} training images. Measured matmul peak: fp32 {fp32:,.0f} GFLOP/s, "
+        f"bf16 {bf16:,.0f} GFLOP/s.",
+        "",
+    ]
+    rows = encoder_rows(
+        "encoder training (dcgan_ae)",
+        "dcgan_ae",
+        train,
+        val,
+        dev,
+        args.epochs_encoder,
+        list(VARIANTS),
+    )
+    try:
+        rows.append(compiled_encoder_row(train, dev))
+    except Exception as exc:  # no C++ compiler, an unsupported backend: say so, go on
+        rows.append(
+            Row(
+                "encoder training (dcgan_ae)",
+                "torch.compile",
+                float("nan"),
+                "images",
+                0.0,
+                f"failed: {type(exc).__name__}: {str(exc)[:80]}",
+            )
+        )
+    rows += encoder_rows(
+        "SSL encoder training (simclr)",
+        "simclr",
+        train,
+        val,
+        dev,
+        args.epochs_encoder,
+        ["fp32", "bf16 + channels-last"],
     )
 
-    test = split.test.images
-    det.anomaly_score(test[:64])  # warm-up
-    reps = 5
-    start = time.perf_counter()
-    for _ in range(reps):
-        det.anomaly_score(test)
-    seconds = (time.perf_counter() - start) / reps
-    print(f"end-to-end scoring (uint8 images → score): {len(test) / seconds:8.1f} images/s")
-    if dev.type == "cuda":
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(dev) / 2**20:8.1f} MiB")
-    print(f"peak process memory (RSS): {peak_rss_mib():8.1f} MiB")
+    torch.manual_seed(0)
+    enc = flowkit.create_encoder("dcgan_ae", in_channels=1, image_size=32)
+    fit_encoder(enc, train, val, epochs=args.epochs_encoder, patience=10**6, device=dev)
+    batch = to_float(train[:256].to(dev))
+    per = flops_of(lambda: enc.eval().encode(batch)) / len(batch)
+    for prec in ("fp32", "bf16"):
+        seconds = timed(lambda prec=prec: embed(enc, train, device=dev, precision=prec), dev)
+        rows.append(Row("embedding (dcgan_ae)", prec, len(train) / seconds, "images", per))
 
-    if args.suite:
-        from flowkit.bench.runner import run_suite
-        from flowkit.bench.suite import load_suite
+    z_train, z_val = embed(enc, train, device=dev), embed(enc, val, device=dev)
+    pipe = flowkit.preprocess.LatentPipeline("standardize", in_dim=z_train.shape[1]).fit(z_train)
+    zt, zv = pipe(z_train), pipe(z_val)
+    for bs, prec in ((128, "fp32"), (128, "bf16"), (1024, "bf16")):
+        rows.append(flow_rows("realnvp", zt, zv, dev, bs, 1e-3, prec, f"batch {bs}, {prec}"))
 
-        with tempfile.TemporaryDirectory() as out:
-            start = time.perf_counter()
-            store = run_suite(load_suite(args.suite), out, device=str(dev))
-            took = time.perf_counter() - start
-            n = len(store.records())
-        print(f"suite {args.suite}: {n} cells in {took:.0f} s ({took / 60:.1f} min)")
-        print(f"peak process memory (RSS) after the suite: {peak_rss_mib():8.1f} MiB")
+    det = flowkit.Detector(epochs_encoder=args.epochs_encoder, epochs_flow=5, device=str(dev))
+    det.fit(train[:1000])
+    with tempfile.TemporaryDirectory() as tmp:
+        from PIL import Image
+
+        n = min(2000, len(split.test))
+        for i in range(n):
+            Image.fromarray(split.test.images[i, 0].numpy()).save(f"{tmp}/{i:05d}.png")
+        files = sorted(Path(tmp).glob("*.png"))
+
+        def score_files() -> None:
+            images, _ = load_images(files, 32, channels=1)
+            det.score(images)
+
+        seconds = timed(score_files, dev, reps=2)
+        images, _ = load_images(files[:256], 32, channels=1)
+        per = flops_of(lambda: det.score(images)) / len(images)
+        rows.append(
+            Row(
+                "scoring image files, end to end",
+                "fp32",
+                n / seconds,
+                "images",
+                per,
+                "PNG decode + encoder + flow + scorer",
+            )
+        )
+    header = ["stage", "variant", "throughput", "MFLOP/item", "GFLOP/s", "of fp32 peak", "notes"]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    table += ["| " + " | ".join(r.cells(fp32)) + " |" for r in rows]
+    lines += table + ["", f"Peak process memory (RSS): {peak_rss_mib():,.0f} MiB."]
+    text = "\n".join(lines)
+    print(text)
+    if args.readme:
+        doc = README.read_text()
+        note = "<!-- written by `python benchmarks/perf.py --readme`; do not edit -->"
+        block = f"{BEGIN}\n{note}\n{text}\n{END}"
+        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), block, doc, flags=re.S)
+        README.write_text(doc)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,15 @@ from flowkit.flows.base import check_log_prob
 from flowkit.preprocess import LatentPipeline, parse_pipeline
 from flowkit.registry import accepted_options, coerce_options, encoders, flows, parse_spec, scorers
 from flowkit.scorers import ScoreContext, Scorer
-from flowkit.training import History, embed, fit_encoder, fit_flow, resolve_device
+from flowkit.training import (
+    PRECISIONS,
+    History,
+    embed,
+    fit_encoder,
+    fit_flow,
+    resolve_device,
+    resolve_precision,
+)
 
 __all__ = ["Detector"]
 
@@ -67,6 +75,10 @@ class Detector:
         val_fraction: share of the normal training images held out for validation
             (early stopping, threshold, scorer calibration). Never the test set.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``, ...
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``: bf16 autocast for *training* both
+            stages (and the channels-last layout for the encoder); ``"auto"`` picks bf16
+            where the hardware has fast bf16 (CPUs with AMX or AVX-512 BF16, GPUs that
+            support it). Embedding and scoring always run in fp32, so scores stay exact.
         seed: makes fitting reproducible (same seed → same scores on CPU); a non-negative int.
         value_range: the range of *float* input images, mapped onto 0..255 (default
             ``(0, 1)``). uint8 (and other integer) images are always ``[0, 255]``. The range is
@@ -107,6 +119,7 @@ class Detector:
         lr_flow: float = 1e-3,
         val_fraction: float = 0.1,
         device: str = "auto",
+        precision: str = "fp32",
         seed: int = 0,
         value_range: tuple[float, float] = (0.0, 1.0),
         verbose: bool = False,
@@ -130,6 +143,7 @@ class Detector:
         self.lr_flow = lr_flow
         self.val_fraction = val_fraction
         self.device = device
+        self.precision = precision
         self.seed = seed
         self.value_range = value_range
         self.verbose = verbose
@@ -182,6 +196,10 @@ class Detector:
                 f"value_range must be two finite numbers (lo, hi), lo < hi; got {vr!r}"
             )
         resolve_device(self.device)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         if not isinstance(self.preprocess, str):
             raise ConfigError(f"preprocess must be a spec string, got {self.preprocess!r}")
         parse_pipeline(self.preprocess)  # the spec's syntax; its sizes are checked in check_config
@@ -304,6 +322,9 @@ class Detector:
                 batch_size=self.batch_size,
                 lr=self.lr_encoder,
                 patience=self.patience_encoder,
+                precision=self.precision,
+                channels_last=resolve_precision(resolve_device(self.device), self.precision)
+                == "bf16",
                 device=self.device,
                 seed=self.seed,
                 progress=progress,
@@ -350,6 +371,7 @@ class Detector:
             epochs=self.epochs_flow,
             batch_size=self.flow_batch_size,
             lr=self.lr_flow,
+            precision=self.precision,
             patience=self.patience,
             device=self.device,
             seed=self.seed,

@@ -11,8 +11,7 @@ import torch
 import torchvision
 
 import flowkit
-from flowkit.data import ood
-from flowkit.data import as_uint8_images, find_images, leave_one_class_out, load_images
+from flowkit.data import as_uint8_images, find_images, leave_one_class_out, load_images, ood
 from flowkit.errors import DataError, DatasetNotFoundError
 
 

@@ -80,3 +80,36 @@ def test_early_stopping_restores_best_epoch():
     with torch.no_grad():
         now = float(-flow.log_prob(z_val).mean() / 2)
     assert now == pytest.approx(best, rel=1e-4)
+
+
+def test_bf16_training_scores_in_fp32_and_reloads_identically(fake_split, tmp_path):
+    import numpy as np
+
+    from flowkit import Detector
+
+    from .conftest import TINY
+
+    det = Detector(**{**TINY, "precision": "bf16"}).fit(fake_split.train)
+    x = fake_split.test.images
+    scores = det.anomaly_score(x)
+    assert np.isfinite(scores).all() and scores.dtype == np.float64
+    # the encoder is handed back in the usual memory layout; a reloaded model scores the same
+    conv = next(m for m in det.encoder_.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()
+    again = Detector.load(det.save(tmp_path / "b.flowkit"), device="cpu")
+    np.testing.assert_array_equal(again.anomaly_score(x), scores)
+    with pytest.raises(flowkit.ConfigError, match="precision must be one of"):
+        Detector(**{**TINY, "precision": "fp8"}).fit(fake_split.train)
+
+
+def test_auto_precision_picks_bf16_only_where_it_is_fast(monkeypatch):
+    from flowkit import training
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(training, "fast_bf16", lambda device: False)
+    assert training.resolve_precision(cpu, "auto") == "fp32"
+    monkeypatch.setattr(training, "fast_bf16", lambda device: True)
+    assert training.resolve_precision(cpu, "auto") == "bf16"
+    assert training.resolve_precision(cpu, "fp32") == "fp32"
+    with pytest.raises(flowkit.ConfigError, match="precision must be one of"):
+        training.resolve_precision(cpu, "half")

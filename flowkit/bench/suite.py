@@ -85,6 +85,7 @@ class Suite:
     val_fraction: float = 0.1
     image_size: int = 32
     confidence: float = 0.95
+    precision: str = "fp32"
     description: str = ""
 
     def validate(self) -> Suite:
@@ -172,6 +173,7 @@ ENCODER_FIELDS = (
     "lr_encoder",
     "val_fraction",
     "image_size",
+    "precision",  # both stages: a flow's key holds its encoder's key
 )
 FLOW_FIELDS = ("preprocess", "flow", "epochs_flow", "patience", "flow_batch_size", "lr_flow")
 SCORER_FIELDS = ("scorer", "confidence")
@@ -187,6 +189,7 @@ _SHARED_FIELDS = (
     "val_fraction",
     "image_size",
     "confidence",
+    "precision",
 )
 
 
@@ -214,6 +217,7 @@ class Cell:
     val_fraction: float
     image_size: int
     confidence: float
+    precision: str
 
     def config(self) -> dict[str, Any]:
         return asdict(self)

@@ -25,6 +25,7 @@ DataRootOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads.")]
 DownloadOpt = Annotated[bool, typer.Option(help="Try to download missing datasets.")]
+PrecisionHelp = "Training precision: fp32, bf16 (autocast; fast on CPUs with AMX/AVX-512 BF16 and recent GPUs) or auto (bf16 where it is fast). Scoring is always fp32."
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

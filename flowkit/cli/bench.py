@@ -13,6 +13,7 @@ from flowkit.cli._common import (
     DataRootOpt,
     DeviceOpt,
     DownloadOpt,
+    PrecisionHelp,
     ThreadsOpt,
     err,
     handle_errors,
@@ -116,6 +117,7 @@ def bench(
         ),
     ] = None,
     device: DeviceOpt = "auto",
+    precision: Annotated[Optional[str], typer.Option(help=PrecisionHelp)] = None,
     threads: ThreadsOpt = None,
     download: DownloadOpt = True,
     retry_failed: Annotated[
@@ -146,6 +148,7 @@ def bench(
         seeds=_int_list(seeds, "--seeds"),
         epochs_encoder=epochs_encoder,
         epochs_flow=epochs_flow,
+        precision=precision,
     )
     run_dir = out_dir or Path("runs") / s.name
     err.print(

