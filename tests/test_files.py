@@ -235,3 +235,35 @@ def test_train_on_an_mvtec_folder_reports_test_auc(tmp_path):
     assert res.exit_code == 2 and "leave --anomaly-class out" in res.output
     det = Detector.load(tmp_path / "m.flowkit")
     assert det.history_["encoder"]["epochs_run"] == 1
+
+
+def test_score_a_labelled_folder_prints_json_lines_and_metrics(tmp_path, tiny_detector):
+    import json
+
+    from typer.testing import CliRunner
+
+    from flowkit.cli import app
+
+    root = make_mvtec(tmp_path / "bottle", n_train=4)
+    model = tiny_detector.save(tmp_path / "m.flowkit")
+    args = ["score", str(model), str(root), "--json", "--batch-size", "7"]
+    res = CliRunner().invoke(app, [*args, "--metrics", str(tmp_path / "m.json"), "-q"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    assert len(rows) == 24  # train/good + test/*, never the ground_truth masks
+    assert not any("ground_truth" in r["path"] for r in rows)
+    assert {"anomaly_score", "log_likelihood", "threshold", "label"} <= set(rows[0])
+    assert "labelled folder: ROC AUC" in res.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["anomalies"] == 12 and 0.0 <= metrics["auc"] <= 1.0
+    # the same scores as scoring everything in one batch
+    one = CliRunner().invoke(app, ["score", str(model), str(root), "--json", "-q"])
+    again = [json.loads(line) for line in one.output.splitlines() if line.startswith("{")]
+    assert [r["anomaly_score"] for r in again] == pytest.approx(
+        [r["anomaly_score"] for r in rows], rel=1e-5
+    )
+    res = CliRunner().invoke(
+        app,
+        ["score", str(model), str(root / "test" / "crack"), "--metrics", str(tmp_path / "x.json")],
+    )
+    assert res.exit_code == 2 and "labelled layout" in res.output

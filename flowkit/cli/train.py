@@ -147,6 +147,19 @@ def train(
     out.print(f"saved {path}")
 
 
+def _files_to_score(paths: list[Path]) -> tuple[list[Path], dict[Path, bool] | None]:
+    """The image files to score, and their labels when one folder in a labelled layout
+    (MVTec AD, normal/ + anomalous/) is given."""
+    from flowkit.data import find_images
+    from flowkit.data.files import labelled_files
+
+    if len(paths) == 1 and paths[0].is_dir():
+        labelled = labelled_files(paths[0])
+        if labelled is not None:
+            return [f for f, _ in labelled], dict(labelled)
+    return find_images(paths), None
+
+
 @handle_errors
 def score(
     model: Annotated[
@@ -158,33 +171,109 @@ def score(
     csv_out: Annotated[
         bool, typer.Option("--csv", help="Write CSV to stdout instead of a table.")
     ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Write JSON lines to stdout instead of a table.")
+    ] = False,
+    metrics_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--metrics", help="Also write the metrics (labelled folders) to this JSON file."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Images decoded and scored at a time (bounds memory).")
+    ] = 256,
     skip_unreadable: Annotated[
         bool, typer.Option(help="Warn about unreadable files instead of failing.")
     ] = False,
     device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Score image files: anomaly score, threshold and label (normal / anomaly) per image.
 
-    Images are converted to the model's channels and resized to its size; higher scores are more anomalous.
+    Images are converted to the model's channels and resized to its size; higher scores are more anomalous. Given one folder in the MVTec AD or normal/ + anomalous/ layout, it also prints ROC AUC, AP and F1 at the stored threshold on stderr.
     """
-    from flowkit import Detector
-    from flowkit.data import find_images, load_images
+    import json
 
+    from flowkit import Detector
+    from flowkit.data import load_images
+    from flowkit.errors import DataError
+    from flowkit.metrics import detection_metrics
+    from flowkit.training import progress_bar
+
+    if csv_out and json_out:
+        raise ConfigError("choose one of --csv and --json")
     det = Detector.load(model, device=device)
-    files = find_images(paths)
+    files, truth = _files_to_score(paths)
     if not files:
         raise ConfigError(f"no image files in {', '.join(map(str, paths))}")
+    if metrics_file is not None and truth is None:
+        raise ConfigError(
+            "--metrics needs one folder in a labelled layout (MVTec AD or normal/ + anomalous/)"
+        )
     c, h, _ = det.input_shape_
-    images, kept = load_images(files, image_size=h, channels=c, skip_unreadable=skip_unreadable)
-    result = det.score(images)
-    loglik, scores = result["log_prob"], result["anomaly_score"]
-    labels = ["anomaly" if s > det.threshold_ else "normal" for s in scores]
-    if csv_out:
-        writer = csv.writer(sys.stdout)
+    rows: list[tuple[Path, float, float, str]] = []
+    writer = csv.writer(sys.stdout) if csv_out else None
+    if writer is not None:
         writer.writerow(["path", "anomaly_score", "log_likelihood", "threshold", "label"])
-        for f, s, ll, lab in zip(kept, scores, loglik, labels, strict=True):
-            writer.writerow([str(f), f"{s:.6g}", f"{ll:.6g}", f"{det.threshold_:.6g}", lab])
-        return
+    with progress_bar(not quiet and len(files) > batch_size) as prog:
+        task = prog.add_task("scoring", total=len(files))
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            try:
+                images, kept = load_images(chunk, h, channels=c, skip_unreadable=skip_unreadable)
+            except DataError:
+                if not skip_unreadable:
+                    raise
+                err.print(f"[yellow]warning:[/] skipped {len(chunk)} unreadable file(s)")
+                prog.advance(task, len(chunk))
+                continue
+            result = det.score(images)
+            for f, s, ll in zip(kept, result["anomaly_score"], result["log_prob"], strict=True):
+                row = (f, float(s), float(ll), "anomaly" if s > det.threshold_ else "normal")
+                rows.append(row)
+                if writer is not None:
+                    writer.writerow(
+                        [str(f), f"{s:.6g}", f"{ll:.6g}", f"{det.threshold_:.6g}", row[3]]
+                    )
+                elif json_out:
+                    sys.stdout.write(
+                        json.dumps(
+                            {
+                                "path": str(f),
+                                "anomaly_score": row[1],
+                                "log_likelihood": row[2],
+                                "threshold": det.threshold_,
+                                "label": row[3],
+                            }
+                        )
+                        + "\n"
+                    )
+            prog.advance(task, len(chunk))
+    if not (csv_out or json_out):
+        _print_table(model, det, rows)
+        n_anom = sum(r[3] == "anomaly" for r in rows)
+        err.print(f"{n_anom} of {len(rows)} image(s) flagged as anomalies")
+    y = [truth[r[0]] for r in rows] if truth is not None else []
+    if 0 < sum(y) < len(y):
+        metrics = detection_metrics(y, [r[1] for r in rows], det.threshold_)
+        err.print(
+            f"labelled folder: ROC AUC {metrics['auc']:.4f}  AP {metrics['ap']:.4f}  "
+            f"F1 {metrics['f1']:.4f} ({sum(y)} anomalous of {len(y)})"
+        )
+        if metrics_file is not None:
+            payload = {
+                **metrics,
+                "n": len(y),
+                "anomalies": int(sum(y)),
+                "threshold": det.threshold_,
+            }
+            metrics_file.write_text(json.dumps(payload, indent=2) + "\n")
+    elif truth is not None:
+        err.print("labelled folder, but its images are all of one kind: no metrics")
+
+
+def _print_table(model: Path, det, rows: list[tuple[Path, float, float, str]]) -> None:
     table = Table(title=f"{model.name}: scorer {det.scorer_spec_[0]}, higher = more anomalous")
     for col in ("path", "anomaly score", "log-likelihood", "threshold", "label"):
         table.add_column(
@@ -192,7 +281,7 @@ def score(
             justify="left" if col == "path" else "right",
             overflow="fold" if col == "path" else "ellipsis",
         )
-    for f, s, ll, lab in zip(kept, scores, loglik, labels, strict=True):
+    for f, s, ll, lab in rows:
         table.add_row(
             str(f),
             f"{s:.4g}",
@@ -201,5 +290,3 @@ def score(
             f"[red]{lab}[/]" if lab == "anomaly" else lab,
         )
     out.print(table)
-    n_anom = labels.count("anomaly")
-    err.print(f"{n_anom} of {len(labels)} image(s) flagged as anomalies")

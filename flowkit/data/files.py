@@ -45,6 +45,7 @@ __all__ = [
     "load_images",
     "Layout",
     "detect_layout",
+    "labelled_files",
     "folder",
     "mvtec",
     "mvtec_categories",
@@ -275,6 +276,16 @@ def detect_layout(root: Path) -> Layout:
             "classes", classes, [(subdirs[c], i, "any") for i, c in enumerate(classes)], False
         )
     return Layout("flat", ["normal"], [(root, 0, "any")], labelled=False)
+
+
+def labelled_files(root: Path) -> list[tuple[Path, bool]] | None:
+    """``(file, is_anomaly)`` for every image of a folder in a labelled layout (MVTec AD,
+    normal/ + anomalous/), or ``None`` for other layouts. MVTec's ``ground_truth/`` masks
+    are not among them."""
+    layout = detect_layout(root)
+    if not layout.labelled:
+        return None
+    return [(f, label != 0) for d, label, _ in layout.groups for f in find_images([d])]
 
 
 def folder(
