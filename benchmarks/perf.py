@@ -145,7 +145,8 @@ def compiled_encoder_row(train, dev, steps: int = 60) -> Row:
     enc = flowkit.create_encoder("dcgan_ae", in_channels=train.shape[1], image_size=32).to(dev)
     opt = torch.optim.Adam(enc.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True)
     loss_fn = torch.compile(enc.loss)
-    batches = [to_float(train[i : i + 64].to(dev)) for i in range(0, 64 * 20, 64)]
+    n_full = min(20, len(train) // 64)  # full batches only: no shape change mid-run
+    batches = [to_float(train[i * 64 : (i + 1) * 64].to(dev)) for i in range(n_full)]
     start = time.perf_counter()
     for i in range(steps):
         loss = loss_fn(batches[i % len(batches)])
@@ -237,6 +238,19 @@ def main() -> None:
         f"bf16 {bf16:,.0f} GFLOP/s.",
         "",
     ]
+    try:
+        compiled = [compiled_encoder_row(train, dev)]
+    except Exception as exc:  # no C++ compiler, an unsupported backend: say so, go on
+        compiled = [
+            Row(
+                "encoder training (dcgan_ae)",
+                "torch.compile",
+                float("nan"),
+                "images",
+                0.0,
+                f"failed: {type(exc).__name__}: {str(exc)[:80]}",
+            )
+        ]
     rows = encoder_rows(
         "encoder training (dcgan_ae)",
         "dcgan_ae",
@@ -246,19 +260,7 @@ def main() -> None:
         args.epochs_encoder,
         list(VARIANTS),
     )
-    try:
-        rows.append(compiled_encoder_row(train, dev))
-    except Exception as exc:  # no C++ compiler, an unsupported backend: say so, go on
-        rows.append(
-            Row(
-                "encoder training (dcgan_ae)",
-                "torch.compile",
-                float("nan"),
-                "images",
-                0.0,
-                f"failed: {type(exc).__name__}: {str(exc)[:80]}",
-            )
-        )
+    rows += compiled
     rows += encoder_rows(
         "SSL encoder training (simclr)",
         "simclr",
