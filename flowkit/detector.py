@@ -34,7 +34,6 @@ from flowkit.preprocess import LatentPipeline, parse_pipeline
 from flowkit.registry import accepted_options, coerce_options, encoders, flows, parse_spec, scorers
 from flowkit.scorers import ScoreContext, Scorer
 from flowkit.training import (
-    PRECISIONS,
     History,
     embed,
     fit_encoder,
@@ -195,11 +194,7 @@ class Detector:
             raise ConfigError(
                 f"value_range must be two finite numbers (lo, hi), lo < hi; got {vr!r}"
             )
-        resolve_device(self.device)
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+        resolve_precision(resolve_device(self.device), self.precision)
         if not isinstance(self.preprocess, str):
             raise ConfigError(f"preprocess must be a spec string, got {self.preprocess!r}")
         parse_pipeline(self.preprocess)  # the spec's syntax; its sizes are checked in check_config
@@ -229,11 +224,14 @@ class Detector:
         line, before any training starts. :meth:`fit` calls it first.
         """
         self._check_params()
-        if input_shape is None:
-            return self
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            encoder = self.build_encoder(input_shape)
+        if input_shape is not None:
+            with warnings.catch_warnings():  # the real build warns; a probe need not
+                warnings.simplefilter("ignore", UserWarning)
+                self._check_components(self.build_encoder(input_shape))
+        return self
+
+    def _check_components(self, encoder: torch.nn.Module) -> None:
+        """Build the flow and scorer that go with ``encoder``, untrained (see check_config)."""
         in_dim = int(encoder.embed_dim)
         out_dim = LatentPipeline(self.preprocess, in_dim=in_dim).out_dim
         name, options = self.flow_spec_
@@ -242,7 +240,6 @@ class Detector:
             check_log_prob(flow.eval(), torch.zeros(2, out_dim))
         sname, soptions = self.scorer_spec_
         scorers.create(sname, **soptions)
-        return self
 
     @property
     def encoder_spec_(self) -> tuple[str, dict[str, Any]]:
@@ -294,8 +291,10 @@ class Detector:
         self._check_params()
         images = as_uint8_images(X, "training images", self.value_range)
         train, val = self.split_validation(images)
-        self.check_config(tuple(int(s) for s in images.shape[1:]))
-        self.fit_encoder(train, val)
+        # the encoder that will train is the one checked: built once, before any training
+        encoder = self.build_encoder(tuple(int(s) for s in images.shape[1:]))
+        self._check_components(encoder)
+        self.fit_encoder(train, val, encoder=encoder)
         z_train, z_val = self.embed(train), self.embed(val)
         return self.fit_from_latents(z_train, z_val, train, val)
 

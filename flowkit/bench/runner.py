@@ -19,7 +19,7 @@ import torch
 
 from flowkit.artifact import package_versions
 from flowkit.bench.store import RunStore, git_sha
-from flowkit.bench.suite import Cell, Suite
+from flowkit.bench.suite import Cell, Suite, target_dataset
 from flowkit.data.base import ImageSet
 from flowkit.data.protocols import (
     Split,
@@ -106,9 +106,10 @@ def load_bench_data(suite: Suite, root: Any = None, download: bool = True) -> Be
     if suite.protocol == "loo":
         return BenchData(data=load(suite.dataset, "all"))
     if suite.protocol == "given":
-        probe = suite.cells(_given_categories(suite, root))
-        specs = {str(c.target): c.dataset_spec() for c in probe}
-        return BenchData(given={t: load(spec, "all") for t, spec in specs.items()})
+        targets = _given_categories(suite, root)
+        return BenchData(
+            given={str(t): load(target_dataset(suite.dataset, "given", t), "all") for t in targets}
+        )
     return BenchData(
         data=load(suite.dataset, "train"),
         test_in=load(suite.dataset, "test"),

@@ -237,10 +237,7 @@ class Cell:
 
     def dataset_spec(self) -> str:
         """The dataset to load for this cell (``given`` targets name a category)."""
-        if self.protocol == "given" and self.target != "all":
-            name, options = parse_spec(self.dataset)
-            return format_spec(name, {**options, "category": self.target})
-        return self.dataset
+        return target_dataset(self.dataset, self.protocol, self.target)
 
     @property
     def encoder_key(self) -> str:
@@ -262,6 +259,14 @@ class Cell:
         """The label a report groups by: encoder + preprocess + flow + scorer."""
         pre = "" if self.preprocess == "standardize" else f" [{self.preprocess}]"
         return f"{self.encoder} + {self.flow}{pre} / {self.scorer}"
+
+
+def target_dataset(dataset: str, protocol: str, target: int | str) -> str:
+    """The dataset spec for one target: a ``given`` target names a category."""
+    if protocol == "given" and target != "all":
+        name, options = parse_spec(dataset)
+        return format_spec(name, {**options, "category": target})
+    return dataset
 
 
 def _key(cell: Cell, fields: tuple[str, ...], extra: dict[str, Any]) -> str:
