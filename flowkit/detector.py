@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from flowkit import artifact
-from flowkit.data.base import as_uint8_images
+from flowkit.data.base import as_uint8_images, check_value_range
 from flowkit.errors import (
     ConfigError,
     DataError,
@@ -184,16 +184,7 @@ class Detector:
         _check_int("seed", self.seed, 0, "(it makes fitting reproducible)", high=2**63 - 1)
         for name in ("lr_encoder", "lr_flow"):
             _check_number(name, getattr(self, name), 0.0, math.inf)
-        vr = self.value_range
-        if (
-            not isinstance(vr, (tuple, list))
-            or len(vr) != 2
-            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vr)
-            or not vr[0] < vr[1]
-        ):
-            raise ConfigError(
-                f"value_range must be two finite numbers (lo, hi), lo < hi; got {vr!r}"
-            )
+        check_value_range(self.value_range)
         resolve_precision(resolve_device(self.device), self.precision)
         if not isinstance(self.preprocess, str):
             raise ConfigError(f"preprocess must be a spec string, got {self.preprocess!r}")

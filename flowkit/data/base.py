@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flowkit.errors import DataError
+from flowkit.errors import ConfigError, DataError
 
 __all__ = [
     "ImageSet",
@@ -21,6 +21,7 @@ __all__ = [
     "as_uint8_images",
     "check_dataset_object",
     "check_split",
+    "check_value_range",
     "DATASET_KEYWORDS",
     "SPLITS",
 ]
@@ -33,8 +34,6 @@ SPLITS = ("train", "test", "all")
 def check_split(split: str) -> None:
     """Refuse a split that is not ``train``, ``test`` or ``all`` (for dataset factories)."""
     if split not in SPLITS:
-        from flowkit.errors import ConfigError
-
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
 
 
@@ -152,6 +151,23 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Te
     return out
 
 
+def check_value_range(value_range: object) -> tuple[float, float]:
+    """``(lo, hi)`` of a declared float range: two finite numbers with ``lo < hi``."""
+    if (
+        not isinstance(value_range, (tuple, list))
+        or len(value_range) != 2
+        or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value_range
+        )
+        or not value_range[0] < value_range[1]
+    ):
+        raise ConfigError(
+            f"value_range must be two finite numbers (lo, hi), lo < hi; got {value_range!r}"
+        )
+    return float(value_range[0]), float(value_range[1])
+
+
 def _bad_images(mask: torch.Tensor, what: str) -> str:
     """``"2 image(s) <what> (indices [1, 7])"``: which images of a batch are refused."""
     bad = mask.nonzero().flatten().tolist()
@@ -207,11 +223,7 @@ def as_uint8_images(
                 f"{_bad_images(out, 'do not')}; rescale 16-bit images to 8 bit first"
             )
         return t.to(torch.uint8)
-    lo, hi = (float(v) for v in value_range)
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-        raise DataError(
-            f"{name}: value_range must be two finite numbers lo < hi, got {value_range}"
-        )
+    lo, hi = check_value_range(value_range)
     nonfinite = ~torch.isfinite(flat).all(1)
     if bool(nonfinite.any()):
         raise DataError(f"{name}: {_bad_images(nonfinite, 'contain NaN or inf values')}")
