@@ -7,6 +7,10 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
+# a second environment without torch: the onnxruntime scoring path is tested in it
+RUNTIME    ?= .venv-runtime
+RT_PY      := $(RUNTIME)/bin/python
+RT_STAMP   := $(RUNTIME)/.installed
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
 .PHONY: bench test lint install clean
@@ -16,7 +20,13 @@ $(PY):
 
 $(STAMP): pyproject.toml $(PLUGINS) | $(PY)
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[dev]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	$(PIP) install -q -e '.[dev,onnx]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	touch $@
+
+$(RT_STAMP): requirements-runtime.txt pyproject.toml
+	$(PYTHON) -m venv $(RUNTIME)
+	$(RT_PY) -m pip --disable-pip-version-check install -q -r requirements-runtime.txt
+	$(RT_PY) -m pip --disable-pip-version-check install -q --no-deps -e .
 	touch $@
 
 install: $(STAMP)
@@ -24,11 +34,11 @@ install: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/flowkit bench --suite quick
 
-test: $(STAMP)
-	$(PY) -m pytest -q tests $(wildcard plugins/*/tests)
+test: $(STAMP) $(RT_STAMP)
+	FLOWKIT_RUNTIME_PYTHON=$(RT_PY) $(PY) -m pytest -q tests $(wildcard plugins/*/tests)
 
 lint: $(STAMP)
 	$(PY) -m ruff check flowkit tests plugins benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(RUNTIME) runs .pytest_cache

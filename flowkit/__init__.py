@@ -13,13 +13,19 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flowkit.data.base import ImageSet
+    from flowkit.encoders.base import Encoder
+    from flowkit.flows.base import Flow
+    from flowkit.scorers import Scorer
 
 __version__ = "0.2.0"
 
-from flowkit.data.base import ImageSet  # noqa: E402
-from flowkit.detector import Detector  # noqa: E402
-from flowkit.encoders.base import Encoder  # noqa: E402
+# Torch-free at import: the registries, errors and plugin system load here; the torch-backed
+# classes load on first use (PEP 562), so `flowkit score --backend onnx` and
+# `flowkit.OnnxDetector` run where torch is not installed.
 from flowkit.errors import (  # noqa: E402
     ConfigError,
     DataError,
@@ -27,10 +33,10 @@ from flowkit.errors import (  # noqa: E402
     FlowkitError,
     FlowkitPluginWarning,
     ModelFileError,
+    NotExportableError,
     TrainingDivergedError,
     UnknownComponentError,
 )
-from flowkit.flows.base import Flow, TransformFlow  # noqa: E402
 from flowkit.hookspecs import hookimpl  # noqa: E402
 from flowkit.plugins import load_plugins  # noqa: E402  (installs the registries' loader)
 from flowkit.registry import Registry, format_spec, parse_spec  # noqa: E402
@@ -38,12 +44,40 @@ from flowkit.registry import datasets as _datasets  # noqa: E402
 from flowkit.registry import encoders as _encoders  # noqa: E402
 from flowkit.registry import flows as _flows  # noqa: E402
 from flowkit.registry import scorers as _scorers  # noqa: E402
-from flowkit.scorers import ScoreContext, Scorer  # noqa: E402
+
+_LAZY = {
+    "ImageSet": "flowkit.data.base",
+    "Detector": "flowkit.detector",
+    "Encoder": "flowkit.encoders.base",
+    "Flow": "flowkit.flows.base",
+    "TransformFlow": "flowkit.flows.base",
+    "Scorer": "flowkit.scorers",
+    "ScoreContext": "flowkit.scorers",
+    "export_onnx": "flowkit.export",
+    "OnnxDetector": "flowkit.runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flowkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__",
     "load_plugins",
     "Detector",
+    "OnnxDetector",
+    "export_onnx",
     "Encoder",
     "Flow",
     "TransformFlow",
@@ -67,6 +101,7 @@ __all__ = [
     "DataError",
     "DatasetNotFoundError",
     "ModelFileError",
+    "NotExportableError",
     "TrainingDivergedError",
     "UnknownComponentError",
     "FlowkitPluginWarning",

@@ -15,6 +15,7 @@ __all__ = [
     "TrainingDivergedError",
     "ModelFileError",
     "NotFittedError",
+    "NotExportableError",
     "RunLockedError",
     "FlowkitPluginWarning",
 ]
@@ -71,6 +72,10 @@ class ModelFileError(FlowkitError, ValueError):
 
 class NotFittedError(ConfigError, AttributeError):
     """A Detector used before ``fit`` or ``load`` (as scikit-learn's ``NotFittedError``)."""
+
+
+class NotExportableError(FlowkitError):
+    """A component has no ONNX form (e.g. a scorer that compresses images as PNG)."""
 
 
 class RunLockedError(FlowkitError):

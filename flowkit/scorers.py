@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flowkit.errors import ConfigError
+from flowkit.errors import ConfigError, NotExportableError
 
 __all__ = [
     "ScoreContext",
@@ -85,6 +85,15 @@ class Scorer(abc.ABC):
     def state_dict(self) -> dict[str, Any]:
         return {}
 
+    def export_score(self, ctx: ScoreContext) -> torch.Tensor:
+        """:meth:`score` in plain torch ops on float32 tensors, for ONNX export
+        (:func:`flowkit.export.export_onnx` traces it). ``ctx.images`` are the uint8 graph
+        input. Scorers without an ONNX form raise :class:`NotExportableError` (the default)."""
+        raise NotExportableError(
+            f"the {self.name} scorer has no ONNX form (it defines no export_score(ctx)); "
+            "export a model with another scorer (nll, knn, nll+knn, ...)"
+        )
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         expected = set(self.state_dict())
         if set(state) != expected:
@@ -103,6 +112,8 @@ class NLLScorer(Scorer):
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         return -ctx.log_prob
 
+    export_score = score
+
 
 class BPDScorer(Scorer):
     """Negative log-likelihood in bits per latent dimension."""
@@ -111,6 +122,8 @@ class BPDScorer(Scorer):
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         return -ctx.log_prob / (ctx.latents.shape[1] * math.log(2.0))
+
+    export_score = score
 
 
 def nll() -> NLLScorer:
@@ -141,6 +154,8 @@ class TypicalityScorer(Scorer):
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         return (-ctx.log_prob - self.mean).abs() / self.std
 
+    export_score = score
+
     def state_dict(self) -> dict[str, Any]:
         return {"mean": self.mean, "std": self.std}
 
@@ -169,6 +184,11 @@ class _EncoderMethodScorer(Scorer):
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         return _per_image(ctx, self.name, self.method)
+
+    def export_score(self, ctx: ScoreContext) -> torch.Tensor:
+        from flowkit.data.base import to_float
+
+        return getattr(ctx.encoder, self.method)(to_float(_require_images(ctx, self.name)))
 
 
 class ReconScorer(_EncoderMethodScorer):
@@ -243,6 +263,20 @@ class KNNScorer(Scorer):
         dist, _ = self._nn().kneighbors(ctx.latents.float().numpy())
         return torch.from_numpy(dist[:, -1]).double()
 
+    def export_score(self, ctx: ScoreContext) -> torch.Tensor:
+        """The same distance as a matrix product and a top-k over the stored reference."""
+        ref, z = self.reference.to(ctx.latents), ctx.latents
+        if self.metric == "cosine":
+            ref = ref / ref.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            dist = 1.0 - z @ ref.T
+        else:
+            center = ref.mean(0)  # distances are shift-invariant; centring keeps float32 exact
+            ref, z = ref - center, z - center
+            sq = (z * z).sum(1, keepdim=True) - 2.0 * z @ ref.T + (ref * ref).sum(1)
+            dist = sq.clamp_min(0.0).sqrt()
+        return dist.topk(self.k, dim=1, largest=False).values[:, -1]
+
     def state_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "k": self.k}
 
@@ -294,6 +328,12 @@ class ComplexityScorer(Scorer):
         c = image_complexity(_require_images(ctx, self.name))
         return -ctx.log_prob.double() - (self.slope * c + self.intercept)
 
+    def export_score(self, ctx: ScoreContext) -> torch.Tensor:
+        raise NotExportableError(
+            "the complexity scorer compresses each image as PNG, which an ONNX graph cannot "
+            "express; export a model with nll, knn or nll+knn instead"
+        )
+
     def state_dict(self) -> dict[str, Any]:
         return {"slope": self.slope, "intercept": self.intercept}
 
@@ -332,6 +372,11 @@ class ComboScorer(Scorer):
         for i, scorer in enumerate(self.scorers):
             total += (scorer.score(ctx).double() - self.means[i]) / self.stds[i]
         return total
+
+    def export_score(self, ctx: ScoreContext) -> torch.Tensor:
+        parts = torch.stack([scorer.export_score(ctx).float() for scorer in self.scorers])
+        means, stds = self.means.to(parts), self.stds.to(parts)
+        return ((parts - means[:, None]) / stds[:, None]).sum(0)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"means": self.means, "stds": self.stds}
@@ -395,6 +440,11 @@ class _ScorerAdapter(Scorer):
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         return self.inner.score(ctx)
+
+    def export_score(self, ctx: ScoreContext) -> torch.Tensor:
+        if callable(getattr(self.inner, "export_score", None)):
+            return self.inner.export_score(ctx)
+        return super().export_score(ctx)
 
     def state_dict(self) -> dict[str, Any]:
         own = getattr(self.inner, "state_dict", None)

@@ -12,8 +12,8 @@ import copy
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from flowkit.data.base import to_float
 from flowkit.encoders.base import is_trainable
 from flowkit.errors import ConfigError, DataError, TrainingDivergedError
 from flowkit.flows.base import check_log_prob, initialize_flow
+from flowkit.progress import progress_bar
 
 __all__ = [
     "History",
@@ -79,62 +80,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-class _NullProgress:
-    def add_task(self, *_: Any, **__: Any) -> int:
-        return 0
-
-    def update(self, *_: Any, **__: Any) -> None:
-        pass
-
-    def advance(self, *_: Any, **__: Any) -> None:
-        pass
-
-    def remove_task(self, *_: Any) -> None:
-        pass
-
-
-@contextmanager
-def progress_bar(
-    enabled: bool = True, progress: Any = None, header: Callable[[], Any] | None = None
-) -> Iterator[Any]:
-    """A rich progress display on stderr (or a silent stand-in, or the one given).
-
-    ``header`` returns a renderable drawn above the bars (the bench's live table).
-    """
-    if progress is not None:
-        yield progress
-        return
-    if not enabled:
-        yield _NullProgress()
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    class _Progress(Progress):
-        def get_renderables(self) -> Iterator[Any]:
-            if header is not None:
-                yield header()
-            yield self.make_tasks_table(self.tasks)
-
-    with _Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=header is None,
-    ) as prog:
-        yield prog
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:

@@ -19,11 +19,12 @@ app.command("list")(_components.list_components)
 app.command("plugins")(_components.plugins)
 app.command("train")(_train.train)
 app.command("score")(_train.score)
+app.command("export")(_train.export)
 app.command("bench")(_bench.bench)
 app.command("report")(_bench.report)
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
     version: bool = typer.Option(
         False, "--version", help="Print the version and exit.", is_eager=True

@@ -60,24 +60,24 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def check_output_file(path: Path) -> None:
+def check_output_file(path: Path, option: str = "--out") -> None:
     """Refuse an output path that cannot be written, before any work is done."""
     from flowkit.errors import ConfigError
 
     if path.is_dir():
         raise ConfigError(
-            f"--out {path} is a directory; give a file name, e.g. {path}/model.flowkit"
+            f"{option} {path} is a directory; give a file name, e.g. {path}/model.flowkit"
         )
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise ConfigError(f"--out {path}: {parent} is a file, not a directory")
+        raise ConfigError(f"{option} {path}: {parent} is a file, not a directory")
     try:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as exc:
-        raise ConfigError(f"--out {path}: cannot write in {parent} ({exc.strerror})") from None
+        raise ConfigError(f"{option} {path}: cannot write in {parent} ({exc.strerror})") from None
 
 
 def set_threads(threads: int | None) -> None:

@@ -135,7 +135,7 @@ def bench(
     from flowkit.bench.report import write_report
     from flowkit.bench.runner import run_suite
     from flowkit.bench.suite import load_suite
-    from flowkit.training import progress_bar
+    from flowkit.progress import progress_bar
 
     set_threads(threads)
     s = load_suite(suite).with_overrides(

@@ -1,9 +1,10 @@
-"""``flowkit train`` and ``flowkit score``."""
+"""``flowkit train``, ``flowkit score`` and ``flowkit export``."""
 
 from __future__ import annotations
 
 import csv
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -150,8 +151,7 @@ def train(
 def _files_to_score(paths: list[Path]) -> tuple[list[Path], dict[Path, bool] | None]:
     """The image files to score, and their labels when one folder in a labelled layout
     (MVTec AD, normal/ + anomalous/) is given."""
-    from flowkit.data import find_images
-    from flowkit.data.files import labelled_files
+    from flowkit.images import find_images, labelled_files
 
     if len(paths) == 1 and paths[0].is_dir():
         labelled = labelled_files(paths[0])
@@ -160,14 +160,81 @@ def _files_to_score(paths: list[Path]) -> tuple[list[Path], dict[Path, bool] | N
     return find_images(paths), None
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+
+
+def _open_model(model: Path, backend: Backend, device: str):
+    """A Detector (torch) or an OnnxDetector (onnxruntime, no torch import)."""
+    if backend == Backend.onnx or (backend == Backend.auto and model.suffix.lower() == ".onnx"):
+        from flowkit.runtime import OnnxDetector
+
+        return OnnxDetector(model, device=device)
+    from flowkit import Detector
+
+    return Detector.load(model, device=device)
+
+
+def _row_json(row: tuple[Path, float, float, str], threshold: float) -> str:
+    import json
+
+    f, s, ll, label = row
+    payload = {
+        "path": str(f),
+        "anomaly_score": s,
+        "log_likelihood": ll,
+        "threshold": threshold,
+        "label": label,
+    }
+    return json.dumps(payload) + "\n"
+
+
+def _report_metrics(
+    rows: list[tuple[Path, float, float, str]],
+    truth: dict[Path, bool],
+    threshold: float,
+    metrics_file: Optional[Path],
+) -> None:
+    import json
+
+    y = [truth[r[0]] for r in rows]
+    if not 0 < sum(y) < len(y):
+        err.print("labelled folder, but its images are all of one kind: no metrics")
+        return
+    try:
+        from flowkit.metrics import detection_metrics
+    except ImportError:
+        err.print("[yellow]warning:[/] metrics need scikit-learn: pip install scikit-learn")
+        return
+    metrics = detection_metrics(y, [r[1] for r in rows], threshold)
+    err.print(
+        f"labelled folder: ROC AUC {metrics['auc']:.4f}  AP {metrics['ap']:.4f}  "
+        f"F1 {metrics['f1']:.4f} ({sum(y)} anomalous of {len(y)})"
+    )
+    if metrics_file is not None:
+        payload = {**metrics, "n": len(y), "anomalies": int(sum(y)), "threshold": threshold}
+        metrics_file.write_text(json.dumps(payload, indent=2) + "\n")
+
+
 @handle_errors
 def score(
     model: Annotated[
-        Path, typer.Argument(help="A model file from `flowkit train` or Detector.save.")
+        Path,
+        typer.Argument(
+            help="A model file from `flowkit train` / Detector.save, or an .onnx file from `flowkit export`."
+        ),
     ],
     paths: Annotated[
         list[Path], typer.Argument(help="Image files or folders (searched recursively).")
     ],
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            help="torch (the model file), onnx (an exported .onnx file, run by onnxruntime alone: torch is not imported) or auto (by the file's suffix)."
+        ),
+    ] = Backend.auto,
     csv_out: Annotated[
         bool, typer.Option("--csv", help="Write CSV to stdout instead of a table.")
     ] = False,
@@ -193,17 +260,13 @@ def score(
 
     Images are converted to the model's channels and resized to its size; higher scores are more anomalous. Given one folder in the MVTec AD or normal/ + anomalous/ layout, it also prints ROC AUC, AP and F1 at the stored threshold on stderr.
     """
-    import json
-
-    from flowkit import Detector
-    from flowkit.data import load_images
     from flowkit.errors import DataError
-    from flowkit.metrics import detection_metrics
-    from flowkit.training import progress_bar
+    from flowkit.images import read_images
+    from flowkit.progress import progress_bar
 
     if csv_out and json_out:
         raise ConfigError("choose one of --csv and --json")
-    det = Detector.load(model, device=device)
+    det = _open_model(model, backend, device)
     files, truth = _files_to_score(paths)
     if not files:
         raise ConfigError(f"no image files in {', '.join(map(str, paths))}")
@@ -212,6 +275,7 @@ def score(
             "--metrics needs one folder in a labelled layout (MVTec AD or normal/ + anomalous/)"
         )
     c, h, _ = det.input_shape_
+    threshold = float(det.threshold_)
     rows: list[tuple[Path, float, float, str]] = []
     writer = csv.writer(sys.stdout) if csv_out else None
     if writer is not None:
@@ -221,7 +285,7 @@ def score(
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             try:
-                images, kept = load_images(chunk, h, channels=c, skip_unreadable=skip_unreadable)
+                images, kept = read_images(chunk, h, channels=c, skip_unreadable=skip_unreadable)
             except DataError:
                 if not skip_unreadable:
                     raise
@@ -230,47 +294,58 @@ def score(
                 continue
             result = det.score(images)
             for f, s, ll in zip(kept, result["anomaly_score"], result["log_prob"], strict=True):
-                row = (f, float(s), float(ll), "anomaly" if s > det.threshold_ else "normal")
+                row = (f, float(s), float(ll), "anomaly" if s > threshold else "normal")
                 rows.append(row)
                 if writer is not None:
-                    writer.writerow(
-                        [str(f), f"{s:.6g}", f"{ll:.6g}", f"{det.threshold_:.6g}", row[3]]
-                    )
+                    writer.writerow([str(f), f"{s:.6g}", f"{ll:.6g}", f"{threshold:.6g}", row[3]])
                 elif json_out:
-                    sys.stdout.write(
-                        json.dumps(
-                            {
-                                "path": str(f),
-                                "anomaly_score": row[1],
-                                "log_likelihood": row[2],
-                                "threshold": det.threshold_,
-                                "label": row[3],
-                            }
-                        )
-                        + "\n"
-                    )
+                    sys.stdout.write(_row_json(row, threshold))
             prog.advance(task, len(chunk))
     if not (csv_out or json_out):
         _print_table(model, det, rows)
         n_anom = sum(r[3] == "anomaly" for r in rows)
         err.print(f"{n_anom} of {len(rows)} image(s) flagged as anomalies")
-    y = [truth[r[0]] for r in rows] if truth is not None else []
-    if 0 < sum(y) < len(y):
-        metrics = detection_metrics(y, [r[1] for r in rows], det.threshold_)
-        err.print(
-            f"labelled folder: ROC AUC {metrics['auc']:.4f}  AP {metrics['ap']:.4f}  "
-            f"F1 {metrics['f1']:.4f} ({sum(y)} anomalous of {len(y)})"
-        )
-        if metrics_file is not None:
-            payload = {
-                **metrics,
-                "n": len(y),
-                "anomalies": int(sum(y)),
-                "threshold": det.threshold_,
-            }
-            metrics_file.write_text(json.dumps(payload, indent=2) + "\n")
-    elif truth is not None:
-        err.print("labelled folder, but its images are all of one kind: no metrics")
+    if truth is not None:
+        _report_metrics(rows, truth, threshold, metrics_file)
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+@handle_errors
+def export(
+    model: Annotated[
+        Path, typer.Argument(help="A model file from `flowkit train` or Detector.save.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the graph.")],
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", help="Export format.")
+    ] = ExportFormat.onnx,
+    opset: Annotated[int, typer.Option(min=17, help="ONNX opset version.")] = 18,
+    check: Annotated[
+        bool,
+        typer.Option(
+            help="Run the graph with onnxruntime on noise probes and refuse it unless its scores match PyTorch's within 1e-3 (relative; a broken graph is off by order one)."
+        ),
+    ] = True,
+) -> None:
+    """Export a model to one ONNX graph: uint8 images (N, C, H, W) → anomaly score and log-likelihood.
+
+    The threshold, input shape, components and flowkit version go into the graph's metadata; `flowkit score --backend onnx` and flowkit.OnnxDetector run it with onnxruntime alone. Components without an ONNX form (the nsf flow, the complexity scorer) are named in one line.
+    """
+    from flowkit import Detector
+    from flowkit.export import export_onnx
+
+    check_output_file(output, "--output")
+    det = Detector.load(model, device="cpu")
+    path = export_onnx(det, output, opset=opset, check=check)
+    c, h, w = det.input_shape_
+    checked = "checked against PyTorch with onnxruntime" if check else "not checked"
+    out.print(
+        f"wrote {path} ({fmt.value}, opset {opset}): uint8 {c}×{h}×{w} images → anomaly_score, "
+        f"log_likelihood; threshold {det.threshold_:.6g}; {checked}"
+    )
 
 
 def _print_table(model: Path, det, rows: list[tuple[Path, float, float, str]]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from flowkit.errors import ConfigError, DataError
+from flowkit.images import as_uint8_array, check_value_range
 
 __all__ = [
     "ImageSet",
@@ -151,91 +151,28 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Te
     return out
 
 
-def check_value_range(value_range: object) -> tuple[float, float]:
-    """``(lo, hi)`` of a declared float range: two finite numbers with ``lo < hi``."""
-    if (
-        not isinstance(value_range, (tuple, list))
-        or len(value_range) != 2
-        or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in value_range
-        )
-        or not value_range[0] < value_range[1]
-    ):
-        raise ConfigError(
-            f"value_range must be two finite numbers (lo, hi), lo < hi; got {value_range!r}"
-        )
-    return float(value_range[0]), float(value_range[1])
-
-
-def _bad_images(mask: torch.Tensor, what: str) -> str:
-    """``"2 image(s) <what> (indices [1, 7])"``: which images of a batch are refused."""
-    bad = mask.nonzero().flatten().tolist()
-    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-    return f"{len(bad)} image(s) {what} (indices {bad[:10]}{more})"
-
-
 def as_uint8_images(
     x: object, name: str = "images", value_range: tuple[float, float] = (0.0, 1.0)
 ) -> torch.Tensor:
-    """Images as a uint8 tensor ``(N, C, H, W)``, by a fixed input contract.
+    """Images as a uint8 tensor ``(N, C, H, W)``, by the fixed input contract of
+    :func:`flowkit.images.as_uint8_array` (an :class:`ImageSet` gives its images).
 
     The contract is declared, never guessed from the batch, so an image's pixels (and its
-    score) never depend on the other images beside it:
-
-    - uint8 (and other integer types): ``[0, 255]``;
-    - float: ``value_range`` (default ``[0, 1]``), mapped linearly onto ``[0, 255]``;
-    - an :class:`ImageSet` gives its images; ``(N, H, W)`` is read as one channel.
-
-    Values outside the contract, NaN or inf, empty batches and non-numeric arrays raise a
-    :class:`DataError` naming the offending images.
+    score) never depend on the other images beside it. Values outside it, NaN or inf, empty
+    batches and non-numeric arrays raise a :class:`DataError` naming the offending images.
     """
     if isinstance(x, ImageSet):
         return x.images
     if isinstance(x, torch.Tensor):
         t = x.detach().cpu()
-    else:
-        arr = np.asarray(x)
-        if arr.dtype.kind not in "biuf":
-            raise DataError(
-                f"{name}: expected a numeric image array, got dtype {arr.dtype} "
-                "(decode image files first, e.g. with flowkit.data.load_images)"
-            )
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-    if t.is_complex():
-        raise DataError(f"{name}: complex values are not images")
-    if t.ndim == 3:
-        t = t.unsqueeze(1)
-    if t.ndim != 4:
-        raise DataError(f"{name}: expected images of shape (N, C, H, W), got {tuple(t.shape)}")
-    if len(t) == 0:
-        raise DataError(f"{name}: the batch is empty (0 images)")
-    if t.dtype == torch.uint8:
-        return t
-    if t.dtype == torch.bool:
-        return t.to(torch.uint8) * 255
-    flat = t.flatten(1)
-    if not t.is_floating_point():
-        out = (flat < 0).any(1) | (flat > 255).any(1)
-        if bool(out.any()):
-            raise DataError(
-                f"{name}: integer images must lie in [0, 255]; "
-                f"{_bad_images(out, 'do not')}; rescale 16-bit images to 8 bit first"
-            )
-        return t.to(torch.uint8)
-    lo, hi = check_value_range(value_range)
-    nonfinite = ~torch.isfinite(flat).all(1)
-    if bool(nonfinite.any()):
-        raise DataError(f"{name}: {_bad_images(nonfinite, 'contain NaN or inf values')}")
-    out = (flat < lo).any(1) | (flat > hi).any(1)
-    if bool(out.any()):
-        raise DataError(
-            f"{name}: float images must lie in [{lo:g}, {hi:g}] (the declared value_range); "
-            f"{_bad_images(out, 'do not')}. Pass uint8 images for [0, 255] data, or set "
-            "value_range"
-        )
-    scaled = (t.double() - lo) * (255.0 / (hi - lo))
-    return scaled.round_().clamp_(0, 255).to(torch.uint8)
+        if t.dtype == torch.uint8 and t.ndim == 4 and len(t):
+            return t
+        if t.is_complex():
+            raise DataError(f"{name}: complex values are not images")
+        if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+            t = t.double()  # bf16/fp16 have no numpy dtype
+        x = t.numpy()
+    return torch.from_numpy(as_uint8_array(x, name, value_range))
 
 
 def check_dataset_object(data: object, what: str) -> ImageSet:

@@ -100,7 +100,8 @@ class RotNetEncoder(TrunkEncoder):
 
     def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rotated = torch.cat([rotate90(x, k) for k in range(4)])
-        labels = torch.arange(4, device=x.device).repeat_interleave(len(x))
+        # (4, 1) → (4 * B,) without an int repeat count, so ONNX export keeps B dynamic
+        labels = torch.arange(4, device=x.device)[:, None].expand(4, x.shape[0]).reshape(-1)
         return self.classifier(self.trunk(rotated)), labels
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,8 +111,9 @@ class RotNetEncoder(TrunkEncoder):
     def rotation_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image cross-entropy over the four rotations ``(B,)``: higher = more anomalous."""
         logits, labels = self._logits(x)
-        per = F.cross_entropy(logits, labels, reduction="none")
-        return per.view(4, len(x)).mean(0)
+        # cross-entropy written out: ONNX export mis-shapes aten's reduction="none" form
+        per = -torch.log_softmax(logits, dim=1).gather(1, labels[:, None])[:, 0]
+        return per.view(4, -1).mean(0)
 
 
 def simclr(

@@ -82,7 +82,7 @@ def nsf(
     """
     if bins < 2 or tail_bound <= 0:
         raise ConfigError("nsf needs bins >= 2 and tail_bound > 0")
-    return coupling_flow(
+    flow = coupling_flow(
         features,
         layers,
         hidden,
@@ -94,3 +94,9 @@ def nsf(
             mask, net, num_bins=bins, tails="linear", tail_bound=tail_bound
         ),
     )
+    # read by flowkit.export before it tries (and fails after seconds of tracing)
+    flow.not_exportable = (
+        "nflows' spline transforms pick each latent's bin and tail by boolean masking, a "
+        "data-dependent shape that torch.export cannot trace"
+    )
+    return flow

@@ -39,6 +39,26 @@ class CholeskyAffine(Transform):
         L = self.scale_tril()
         return self.loc + inputs @ L.T, self._logdet(L, inputs.shape[0])
 
+    @torch.no_grad()
+    def for_export(self) -> nn.Module:
+        """The same forward map with ``L⁻¹`` computed now: ONNX has no triangular solve."""
+        return _FixedAffine(self)
+
+
+class _FixedAffine(Transform):
+    """:class:`CholeskyAffine` frozen as ``u = (z − μ) L⁻ᵀ`` with precomputed constants."""
+
+    def __init__(self, affine: CholeskyAffine) -> None:
+        super().__init__()
+        L = affine.scale_tril().double()
+        eye = torch.eye(len(L), dtype=L.dtype, device=L.device)
+        self.register_buffer("loc", affine.loc.detach().clone())
+        self.register_buffer("inv_t", torch.linalg.solve_triangular(L, eye, upper=False).T.float())
+        self.register_buffer("logdet", torch.log(torch.diagonal(L)).sum().float())
+
+    def forward(self, inputs: torch.Tensor, context=None):
+        return (inputs - self.loc) @ self.inv_t, -self.logdet.expand(inputs.shape[0])
+
 
 class GaussianFlow(TransformFlow):
     """``z = μ + L u``, ``u`` standard normal.
@@ -50,6 +70,10 @@ class GaussianFlow(TransformFlow):
     def __init__(self, features: int, shrinkage: float = 1e-3) -> None:
         super().__init__(CholeskyAffine(features), StandardNormal([features]), features)
         self.shrinkage = float(shrinkage)
+
+    def for_export(self) -> TransformFlow:
+        """An ONNX-exportable copy (see :meth:`CholeskyAffine.for_export`)."""
+        return TransformFlow(self.transform.for_export(), self.base, self.features)
 
     @torch.no_grad()
     def initialize(self, z: torch.Tensor) -> None:
