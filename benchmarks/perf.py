@@ -207,6 +207,29 @@ def timed(fn: Callable[[], object], dev: torch.device, reps: int = 3) -> float:
     return (time.perf_counter() - start) / reps
 
 
+def onnx_scoring_row(det: flowkit.Detector, files: list[Path], per: float, path: str) -> Row:
+    """The same files scored by the exported graph with onnxruntime (flowkit score
+    --backend onnx): same decoding, same FLOPs, no torch on the scoring path."""
+    stage = "scoring image files, end to end"
+    try:
+        from flowkit.export import export_onnx
+        from flowkit.images import read_images
+        from flowkit.runtime import OnnxDetector
+
+        export_onnx(det, path)
+        onnx_det = OnnxDetector(path, device="cpu", threads=torch.get_num_threads())
+    except Exception as exc:  # onnx extra not installed: say so, go on
+        return Row(stage, "onnxruntime", float("nan"), "images", per, f"failed: {exc}"[:100])
+
+    def score_files() -> None:
+        images, _ = read_images(files, 32, channels=1)
+        onnx_det.score(images)
+
+    seconds = timed(score_files, torch.device("cpu"), reps=2)
+    note = "exported graph (flowkit export), onnxruntime CPU"
+    return Row(stage, "onnxruntime, fp32", len(files) / seconds, "images", per, note)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data-root", default=None, help="MNIST root (default: embedded digits)")
@@ -306,13 +329,14 @@ def main() -> None:
         rows.append(
             Row(
                 "scoring image files, end to end",
-                "fp32",
+                "PyTorch, fp32",
                 n / seconds,
                 "images",
                 per,
                 "PNG decode + encoder + flow + scorer",
             )
         )
+        rows.append(onnx_scoring_row(det, files, per, f"{tmp}/model.onnx"))
     header = ["stage", "variant", "throughput", "MFLOP/item", "GFLOP/s", "of fp32 peak", "notes"]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table += ["| " + " | ".join(r.cells(fp32)) + " |" for r in rows]
