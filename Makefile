@@ -20,7 +20,7 @@ $(PY):
 
 $(STAMP): pyproject.toml $(PLUGINS) | $(PY)
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[dev,onnx]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	$(PIP) install -q -e '.[dev,onnx,ray]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
 	touch $@
 
 $(RT_STAMP): requirements-runtime.txt pyproject.toml

@@ -34,7 +34,7 @@ from flowkit.plugins import notify
 from flowkit.registry import datasets, encoders, flows, parse_spec, scorers
 from flowkit.training import resolve_device
 
-__all__ = ["run_suite", "BenchData"]
+__all__ = ["run_suite", "run_unit", "units_of", "BenchData", "Sink", "StoreSink"]
 
 
 @dataclass
@@ -154,13 +154,14 @@ class EncodedSplit:
 
 
 def encode_split(
-    cell: Cell, split: Split, store: RunStore, device: str, progress: Any
+    cell: Cell, split: Split, sink: Sink | RunStore, device: str, progress: Any
 ) -> EncodedSplit:
     """The cell's encoder from the cache, or trained now and cached, with its latents."""
+    if isinstance(sink, RunStore):
+        sink = StoreSink(sink, None)
     det = Detector(**cell.detector_params(device))
     train, val = det.split_validation(split.train.images)
-    path = store.encoder_path(cell.encoder_key)
-    cached = store.load_tensors(path)
+    cached = sink.load_encoder(cell.encoder_key)
     encoder = det.build_encoder(tuple(train.shape[1:]))
     if cached is not None:
         encoder.load_state_dict(cached["state"])
@@ -172,8 +173,8 @@ def encode_split(
         det.fit_encoder(train, val, encoder=encoder, progress=progress)
         z_train, z_val = det.embed(train), det.embed(val)
         fit_seconds = time.perf_counter() - start
-        store.save_tensors(
-            path,
+        sink.save_encoder(
+            cell.encoder_key,
             {
                 "state": {k: v.cpu() for k, v in det.encoder_.state_dict().items()},
                 "history": det.history_["encoder"],
@@ -203,30 +204,24 @@ def _run_flow_group(
     cells: list[Cell],
     enc: EncodedSplit,
     split: Split,
-    store: RunStore,
+    sink: Sink,
     device: str,
     progress: Any,
-    record: Callable[..., None],
 ) -> None:
     first = cells[0]
     det = Detector(**first.detector_params(device))
     det.set_encoder(enc.encoder, tuple(enc.train_images.shape[1:]), enc.history)
-    flow_path = store.flow_path(first.flow_key)
-    flow_cached = False
     start = time.perf_counter()
-    if flow_path.exists():
-        try:
-            loaded = Detector.load(flow_path, device=device)
-            det.pipeline_, det.flow_ = loaded.pipeline_, loaded.flow_
-            det.history_["flow"] = loaded.history_.get("flow", {})
-            flow_cached = True
-        except FlowkitError:
-            flow_cached = False
-    if not flow_cached:
+    loaded = sink.load_flow(first.flow_key, device)
+    flow_cached = loaded is not None
+    if loaded is not None:
+        det.pipeline_, det.flow_ = loaded.pipeline_, loaded.flow_
+        det.history_["flow"] = loaded.history_.get("flow", {})
+    else:
         det.fit_from_latents(
             enc.z_train, enc.z_val, enc.train_images, enc.val_images, progress=progress
         )
-        det.save(flow_path)
+        sink.save_flow(first.flow_key, det)
     flow_seconds = time.perf_counter() - start
     for cell in cells:
         try:
@@ -240,7 +235,7 @@ def _run_flow_group(
             metrics = detection_metrics(y, s, det.threshold_)
             if cell.protocol == "ood":
                 metrics.update(ood_metrics(y, s))
-            store.save_scores(
+            sink.save_scores(
                 cell.cell_id,
                 anomaly_score=s,
                 log_prob=out["log_prob"],
@@ -248,7 +243,7 @@ def _run_flow_group(
                 labels=split.test.labels.numpy(),
             )
             fh = det.history_.get("flow", {})
-            record(
+            sink.record(
                 cell,
                 "ok",
                 metrics=metrics,
@@ -276,7 +271,7 @@ def _run_flow_group(
                 },
             )
         except Exception as exc:  # a failed cell is recorded; the grid goes on
-            record(cell, "failed", error=_error_text(exc))
+            sink.record(cell, "failed", error=_error_text(exc))
 
 
 def state_digest(state: dict[str, Any]) -> str:
@@ -297,6 +292,61 @@ def _error_text(exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+class Sink:
+    """Where a unit's products go: cached encoders and flows, score arrays, records."""
+
+    def load_encoder(self, key: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def save_encoder(self, key: str, payload: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def load_flow(self, key: str, device: str) -> Detector | None:
+        raise NotImplementedError
+
+    def save_flow(self, key: str, det: Detector) -> None:
+        raise NotImplementedError
+
+    def save_scores(self, cell_id: str, **arrays: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def record(self, cell: Cell, status: str, **fields: Any) -> None:
+        raise NotImplementedError
+
+
+class StoreSink(Sink):
+    """Straight into the run directory and its cache (the driver, the local executor)."""
+
+    def __init__(self, store: RunStore, recorder: Callable[..., None] | None) -> None:
+        self.store, self.recorder = store, recorder
+
+    def load_encoder(self, key: str) -> dict[str, Any] | None:
+        return self.store.load_tensors(self.store.encoder_path(key))
+
+    def save_encoder(self, key: str, payload: dict[str, Any]) -> None:
+        self.store.save_tensors(self.store.encoder_path(key), payload)
+
+    def load_flow(self, key: str, device: str) -> Detector | None:
+        path = self.store.flow_path(key)
+        if not path.exists():
+            return None
+        try:
+            return Detector.load(path, device=device)
+        except FlowkitError:
+            return None  # unreadable cache entry: retrain it
+
+    def save_flow(self, key: str, det: Detector) -> None:
+        det.save(self.store.flow_path(key))
+
+    def save_scores(self, cell_id: str, **arrays: np.ndarray) -> None:
+        self.store.save_scores(cell_id, **arrays)
+
+    def record(self, cell: Cell, status: str, **fields: Any) -> None:
+        if self.recorder is None:
+            raise RuntimeError("this sink records nothing")
+        self.recorder(cell, status, **fields)
 
 
 class _Recorder:
@@ -348,29 +398,31 @@ class _Recorder:
             self.on_cell(rec)
 
 
-def _run_encoder_group(
-    group: list[Cell],
-    bench_data: BenchData,
-    store: RunStore,
-    device: str,
-    progress: Any,
-    record: _Recorder,
+def run_unit(
+    group: list[Cell], bench_data: BenchData, sink: Sink, device: str, progress: Any = None
 ) -> None:
-    """One encoder (trained or cached) with every flow and scorer that shares it."""
+    """One unit of work: an encoder (trained or cached) for a (dataset, held-out class,
+    seed), with every flow and scorer that shares it. Everything it produces goes to
+    ``sink``; exceptions become failed records, so a unit always finishes."""
     try:
         split = bench_data.split(group[0])
-        enc = encode_split(group[0], split, store, device, progress)
+        enc = encode_split(group[0], split, sink, device, progress)
     except Exception as exc:  # a failed cell is recorded; the grid goes on
         for cell in group:
-            record(cell, "failed", error=_error_text(exc))
+            sink.record(cell, "failed", error=_error_text(exc))
         return
     for _, flow_iter in groupby(group, key=lambda c: c.flow_key):
         flow_cells = list(flow_iter)
         try:
-            _run_flow_group(flow_cells, enc, split, store, device, progress, record)
+            _run_flow_group(flow_cells, enc, split, sink, device, progress)
         except Exception as exc:  # a failed cell is recorded; the grid goes on
             for cell in flow_cells:
-                record(cell, "failed", error=_error_text(exc))
+                sink.record(cell, "failed", error=_error_text(exc))
+
+
+def units_of(cells: list[Cell]) -> list[list[Cell]]:
+    """The cells grouped into units: one encoder fit per (encoder, held-out class, seed)."""
+    return [list(g) for _, g in groupby(cells, key=lambda c: (c.encoder_key, str(c.target)))]
 
 
 def run_suite(
@@ -385,13 +437,19 @@ def run_suite(
     on_cell: Callable[[dict[str, Any]], None] | None = None,
     progress: Any = None,
     data: BenchData | None = None,
+    executor: Any = None,
 ) -> RunStore:
     """Run (or resume) ``suite`` into ``out_dir``; returns the store holding its results.
 
     One process at a time holds ``out_dir`` (a second raises :class:`RunLockedError` naming
     the holder's pid). Every component of the grid is built once, untrained, before anything
     trains. ``on_cell`` is called with each record as it is written (the CLI's live table).
+    ``executor`` (:mod:`flowkit.bench.executors`: local, process, ray) runs the units; only
+    this process writes the run directory and the cache, whatever the executor.
     """
+    from flowkit.bench.executors import LocalExecutor
+
+    executor = executor or LocalExecutor()
     dev = str(resolve_device(device))
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"--out {out_dir} is a file, not a run directory")
@@ -413,8 +471,7 @@ def run_suite(
             else None
         )
         record = _Recorder(suite, store, bench_data, dev, progress, task, on_cell)
-        for _, group in groupby(todo, key=lambda c: (c.encoder_key, str(c.target))):
-            _run_encoder_group(list(group), bench_data, store, dev, progress, record)
+        executor.run(units_of(todo), bench_data, StoreSink(store, record), dev, progress)
     return store
 
 

@@ -127,17 +127,45 @@ def bench(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No live table or progress bars.")
     ] = False,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="Where units (one encoder fit with its flows and scorers) run: local (here, one at a time), process (--workers spawned processes, cores/N torch threads each) or ray (a Ray cluster at --ray-address, or a local Ray instance with --workers CPUs; pip install 'flowkit[ray]'). Only this process writes --out and the cache."
+        ),
+    ] = "local",
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="Workers for --executor process or ray (default 2, or one per --devices entry).",
+        ),
+    ] = None,
+    devices: Annotated[
+        Optional[str],
+        typer.Option(
+            help="One device per worker, e.g. cuda:0,cuda:1 (process; with ray each task gets one GPU)."
+        ),
+    ] = None,
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Ray cluster to join: auto or HOST:PORT (default: start a local instance)."
+        ),
+    ] = None,
 ) -> None:
     """Run a benchmark suite (GANomaly protocol), resumably, then write its report.
 
     Each encoder is trained once per (dataset, held-out class, seed) and cached with its latents; finished cells are appended to <out>/results.jsonl and skipped on rerun.
     """
+    from flowkit.bench.executors import make_executor
     from flowkit.bench.report import write_report
     from flowkit.bench.runner import run_suite
     from flowkit.bench.suite import load_suite
     from flowkit.progress import progress_bar
 
     set_threads(threads)
+    device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
+    runner = make_executor(executor, workers, device_list, ray_address)
     s = load_suite(suite).with_overrides(
         dataset=dataset,
         classes=_int_list(classes, "--classes"),
@@ -167,6 +195,7 @@ def bench(
             retry_failed=retry_failed,
             on_cell=live_table,
             progress=None if quiet else prog,
+            executor=runner,
         )
     _summary(store.records())
     paths = write_report(run_dir, plots=plots)

@@ -1,0 +1,131 @@
+"""bench executors: local, process and ray give the same results; only the driver writes;
+dead workers are retried once, then recorded as failed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from flowkit.bench.executors import ProcessExecutor, RayExecutor, make_executor
+from flowkit.bench.report import write_report
+from flowkit.bench.runner import run_suite
+from flowkit.bench.suite import Suite
+from flowkit.cli import app
+from flowkit.errors import ConfigError
+
+GRID = dict(
+    name="x",
+    dataset="fake:per_class=30",
+    classes=[0, 1, 2],
+    encoders=["dcgan_ae:width=8,latent_dim=8"],
+    flows=["realnvp:hidden=16,layers=2,blocks=1", "gaussian"],
+    scorers=["nll", "knn"],
+    epochs_encoder=1,
+    epochs_flow=3,
+)
+
+
+def _aucs(store) -> dict[str, float]:
+    recs = [json.loads(line) for line in store.results_path.read_text().splitlines()]
+    assert all(r["status"] == "ok" for r in recs), [r.get("error") for r in recs]
+    return {r["cell_id"]: r["metrics"]["auc"] for r in recs}
+
+
+@pytest.fixture(scope="module")
+def local_aucs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    return _aucs(run_suite(Suite(**GRID).validate(), out, device="cpu"))
+
+
+def _same(got: dict[str, float], want: dict[str, float]) -> None:
+    assert set(got) == set(want) and len(want) == 12
+    assert max(abs(got[k] - want[k]) for k in want) <= 1e-6
+
+
+def test_process_executor_gives_the_local_results_and_resumes(tmp_path, local_aucs):
+    store = run_suite(Suite(**GRID).validate(), tmp_path, device="cpu", executor=ProcessExecutor(2))
+    _same(_aucs(store), local_aucs)
+    # the driver wrote the cache and the scores the workers sent back
+    assert len(list(store.cache.glob("encoders/*.pt"))) == 3
+    assert len(list(store.cache.glob("flows/*.flowkit"))) == 6
+    assert len(list((store.root / "scores").glob("*.npz"))) == 12
+    mtimes = {p: p.stat().st_mtime_ns for p in store.cache.rglob("*.*")}
+    run_suite(Suite(**GRID).validate(), tmp_path, device="cpu", executor=ProcessExecutor(2))
+    assert len(store.results_path.read_text().splitlines()) == 12  # nothing rerun
+    assert {p: p.stat().st_mtime_ns for p in store.cache.rglob("*.*")} == mtimes
+
+
+def test_ray_executor_gives_the_local_results(tmp_path, local_aucs):
+    store = run_suite(Suite(**GRID).validate(), tmp_path, device="cpu", executor=RayExecutor(2))
+    _same(_aucs(store), local_aucs)
+    assert len(list(store.cache.glob("encoders/*.pt"))) == 3
+
+
+def test_a_worker_that_dies_is_retried_once_then_recorded_failed(tmp_path):
+    from . import crashing_encoder
+
+    crashing_encoder.register()
+    grid = dict(GRID, encoders=["dcgan_ae:width=8,latent_dim=8", "crash_test"], classes=[0, 1])
+    grid.update(flows=["gaussian"], scorers=["nll"])
+    store = run_suite(Suite(**grid).validate(), tmp_path, device="cpu", executor=ProcessExecutor(2))
+    recs = [json.loads(line) for line in store.results_path.read_text().splitlines()]
+    by_status = {s: [r for r in recs if r["status"] == s] for s in ("ok", "failed")}
+    assert len(recs) == 4 and len(by_status["ok"]) == 2
+    assert {r["config"]["encoder"] for r in by_status["ok"]} == {"dcgan_ae:latent_dim=8,width=8"}
+    assert all("worker died twice" in r["error"] for r in by_status["failed"])
+    report = write_report(tmp_path, plots=False)["markdown"].read_text()
+    assert "crash_test" in report and "worker died twice" in report
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workers", "2"], "--workers and --devices need --executor process or ray"),
+        (["--devices", "cuda:0"], "--workers and --devices need"),
+        (["--ray-address", "auto"], "--ray-address needs --executor ray"),
+        (["--executor", "process", "--ray-address", "auto"], "--ray-address needs"),
+        (["--executor", "dask"], "unknown executor 'dask'; use one of local, process, ray"),
+    ],
+)
+def test_bad_executor_options_fail_in_one_line(args, message, tmp_path):
+    res = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "r"), *args])
+    assert res.exit_code == 2 and message in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_ray_missing_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigError, match=r"pip install 'flowkit\[ray\]'"):
+        make_executor("ray", 2)
+
+
+def test_bench_cli_runs_on_process_workers(tmp_path, local_aucs):
+    suite = tmp_path / "x.toml"
+    suite.write_text(
+        "\n".join(f"{k} = {json.dumps(v)}" for k, v in GRID.items() if k != "name") + "\n"
+    )
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--suite",
+            str(suite),
+            "--out",
+            str(tmp_path / "r"),
+            "--executor",
+            "process",
+            "--workers",
+            "2",
+            "--device",
+            "cpu",
+            "-q",
+            "--no-plots",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(x) for x in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
+    assert {r["cell_id"]: r["metrics"]["auc"] for r in recs} == pytest.approx(local_aucs, abs=1e-6)
