@@ -447,9 +447,6 @@ def run_suite(
     ``executor`` (:mod:`flowkit.bench.executors`: local, process, ray) runs the units; only
     this process writes the run directory and the cache, whatever the executor.
     """
-    from flowkit.bench.executors import LocalExecutor
-
-    executor = executor or LocalExecutor()
     dev = str(resolve_device(device))
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"--out {out_dir} is a file, not a run directory")
@@ -471,7 +468,12 @@ def run_suite(
             else None
         )
         record = _Recorder(suite, store, bench_data, dev, progress, task, on_cell)
-        executor.run(units_of(todo), bench_data, StoreSink(store, record), dev, progress)
+        sink = StoreSink(store, record)
+        if executor is None:  # local: one unit after another, here
+            for unit in units_of(todo):
+                run_unit(unit, bench_data, sink, dev, progress)
+        else:
+            executor.run(units_of(todo), bench_data, sink, dev, progress)
     return store
 
 
