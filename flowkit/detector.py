@@ -30,6 +30,7 @@ from flowkit.errors import (
     UnknownComponentError,
 )
 from flowkit.flows.base import check_log_prob
+from flowkit.images import check_input_shape
 from flowkit.preprocess import LatentPipeline, parse_pipeline
 from flowkit.registry import accepted_options, coerce_options, encoders, flows, parse_spec, scorers
 from flowkit.scorers import ScoreContext, Scorer
@@ -397,14 +398,7 @@ class Detector:
 
     def _check_images(self, X: Any) -> torch.Tensor:
         images = as_uint8_images(X, value_range=self.value_range)
-        c, h, w = self.input_shape_
-        got = tuple(images.shape[1:])
-        if got != (c, h, w):
-            raise DataError(
-                f"this model expects {c}-channel {h}×{w} images, got {got[0]}-channel "
-                f"{got[1]}×{got[2]}; convert or resize them first (flowkit score does this "
-                "for image files)"
-            )
+        check_input_shape(tuple(images.shape[1:]), self.input_shape_)
         return images
 
     def embed(self, X: Any) -> torch.Tensor:

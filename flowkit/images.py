@@ -49,6 +49,7 @@ from flowkit.errors import ConfigError, DataError
 __all__ = [
     "IMAGE_SUFFIXES",
     "as_uint8_array",
+    "check_input_shape",
     "check_value_range",
     "find_images",
     "decode_image",
@@ -217,6 +218,17 @@ def as_uint8_array(
         )
     scaled = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def check_input_shape(got: tuple[int, ...], expected: tuple[int, int, int]) -> None:
+    """Refuse images of another ``(C, H, W)`` than a fitted model's, in one line."""
+    if tuple(got) != tuple(expected):
+        c, h, w = expected
+        raise DataError(
+            f"this model expects {c}-channel {h}×{w} images, got {got[0]}-channel "
+            f"{got[1]}×{got[2]}; convert or resize them first (flowkit score does this "
+            "for image files)"
+        )
 
 
 def read_images(

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from flowkit.errors import ConfigError, DataError, ModelFileError
-from flowkit.images import as_uint8_array
+from flowkit.errors import ConfigError, ModelFileError
+from flowkit.images import as_uint8_array, check_input_shape
 from flowkit.registry import parse_spec
 
 __all__ = ["OnnxDetector"]
@@ -103,14 +103,7 @@ class OnnxDetector:
 
     def _check_images(self, X: Any) -> np.ndarray:
         images = as_uint8_array(X, value_range=self.value_range)
-        if tuple(images.shape[1:]) != self.input_shape_:
-            c, h, w = self.input_shape_
-            got = images.shape[1:]
-            raise DataError(
-                f"this model expects {c}-channel {h}×{w} images, got {got[0]}-channel "
-                f"{got[1]}×{got[2]}; convert or resize them first (flowkit score does this "
-                "for image files)"
-            )
+        check_input_shape(images.shape[1:], self.input_shape_)
         return images
 
     def score(self, X: Any, batch_size: int = 256) -> dict[str, np.ndarray]:
