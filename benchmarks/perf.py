@@ -38,7 +38,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import flowkit
 from flowkit.data import leave_one_class_out, load_images, to_float
-from flowkit.training import embed, fit_encoder, fit_flow, resolve_device
+from flowkit.training import (
+    embed,
+    fit_encoder,
+    fit_flow,
+    resolve_device,
+    resolve_flow_batch_size,
+)
 
 README = Path(__file__).resolve().parent / "README.md"
 BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
@@ -165,9 +171,19 @@ def compiled_encoder_row(train, dev, steps: int = 60) -> Row:
     )
 
 
-def flow_rows(
-    spec: str, z_train, z_val, dev, batch_size: int, lr: float, precision: str, label: str
-) -> Row:
+# Flow training settings compared: flowkit's defaults before issue #10 (a 256-wide Real-NVP,
+# batch 128, lr 1e-3, weight decay 1e-5), and today's (64 wide, batch "auto", lr 1e-2, weight
+# decay 1e-3). Both with the default patience of 20 epochs and budget of 200.
+OLD_FLOW = ("realnvp:hidden=256,blocks=2", 128, 1e-3, 1e-5)
+NEW_FLOW = ("realnvp", "auto", 1e-2, 1e-3)
+
+
+def flow_row(
+    settings: tuple, z_train, z_val, dev, precision: str, label: str, reference: float | None
+) -> tuple[Row, float]:
+    """One flow-training row and its best validation NLL/dim. ``reference``: a best NLL to
+    reach; the note says when (epoch count × the run's mean epoch time) this run got there."""
+    spec, batch_size, lr, weight_decay = settings
     torch.manual_seed(1)
     flow = flowkit.create_flow(spec, features=z_train.shape[1])
     start = time.perf_counter()
@@ -178,23 +194,27 @@ def flow_rows(
         epochs=200,
         batch_size=batch_size,
         lr=lr,
-        patience=10,
+        weight_decay=weight_decay,
         device=dev,
         precision=precision,
     )
     took = time.perf_counter() - start
-    z = z_train[:batch_size].to(dev)
+    size = resolve_flow_batch_size(batch_size, len(z_train))
+    z = z_train[:size].to(dev)
     flow.train()
     per = flops_of(lambda: (-flow.log_prob(z).mean()).backward()) / len(z)
-    return Row(
-        "flow training",
-        label,
-        hist.samples_per_second,
-        "latents",
-        per,
-        f"val NLL/dim {min(hist.val_loss):.4f}, best epoch {hist.best_epoch}/"
-        f"{hist.epochs_run}, {took:.1f} s",
-    )
+    best = min(hist.val_loss)
+    note = f"batch {size}; val NLL/dim {best:.4f}, best epoch {hist.best_epoch}/{hist.epochs_run}"
+    note += f", {took:.1f} s"
+    if reference is not None:
+        reached = next((i + 1 for i, v in enumerate(hist.val_loss) if v <= reference), None)
+        note += (
+            f"; reaches the old default's best NLL at epoch {reached} "
+            f"(≈{took * reached / hist.epochs_run:.1f} s)"
+            if reached
+            else "; never reaches the old default's best NLL"
+        )
+    return Row("flow training", label, hist.samples_per_second, "latents", per, note), best
 
 
 def timed(fn: Callable[[], object], dev: torch.device, reps: int = 3) -> float:
@@ -306,8 +326,12 @@ def main() -> None:
     z_train, z_val = embed(enc, train, device=dev), embed(enc, val, device=dev)
     pipe = flowkit.preprocess.LatentPipeline("standardize", in_dim=z_train.shape[1]).fit(z_train)
     zt, zv = pipe(z_train), pipe(z_val)
-    for bs, prec in ((128, "fp32"), (128, "bf16"), (1024, "bf16")):
-        rows.append(flow_rows("realnvp", zt, zv, dev, bs, 1e-3, prec, f"batch {bs}, {prec}"))
+    row, old_best = flow_row(OLD_FLOW, zt, zv, dev, "fp32", "before #10: 256 wide, fp32", None)
+    rows.append(row)
+    rows.append(flow_row(NEW_FLOW, zt, zv, dev, "fp32", "default: 64 wide, fp32", old_best)[0])
+    wide = (NEW_FLOW[0], 1024, *NEW_FLOW[2:])
+    rows.append(flow_row(wide, zt, zv, dev, "fp32", "default, batch 1024, fp32", old_best)[0])
+    rows.append(flow_row(NEW_FLOW, zt, zv, dev, "bf16", "default, bf16", old_best)[0])
 
     det = flowkit.Detector(epochs_encoder=args.epochs_encoder, epochs_flow=5, device=str(dev))
     det.fit(train[:1000])

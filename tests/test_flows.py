@@ -123,3 +123,28 @@ def test_strided_coupling_equals_the_indexed_one(features):
         (a, la), (b, lb) = fast(x), slow(x)
         assert torch.equal(a, b) and torch.equal(la, lb)
         assert torch.allclose(fast.inverse(a)[0], x, atol=1e-6)
+
+
+@pytest.mark.parametrize("features", [5, 6])
+def test_halves_path_equals_layer_by_layer(features):
+    """AlternatingCouplings splits once and merges once: the same outputs, log-determinants
+    and inverse as nflows' CompositeTransform running the same couplings one by one."""
+    from nflows.transforms.base import CompositeTransform
+
+    torch.manual_seed(0)
+    flow = flowkit.create_flow("realnvp", features=features, hidden=8, layers=3)
+    stack = flow.transform
+    assert stack._halves_path()
+    plain = CompositeTransform(list(stack._transforms))
+    x = torch.randn(9, features) * 2
+    (a, la), (b, lb) = stack(x), plain(x)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(la, lb)
+    (xa, ia), (xb, ib) = stack.inverse(a), plain.inverse(b)
+    torch.testing.assert_close(xa, xb)
+    torch.testing.assert_close(ia, ib)
+    torch.testing.assert_close(xa, x, atol=1e-5, rtol=1e-5)
+    # with BatchNorm between the couplings it runs layer by layer (and is still a flow)
+    bn = flowkit.create_flow("realnvp", features=features, hidden=8, layers=2, batch_norm=True)
+    assert not bn.transform._halves_path()
+    assert bn.log_prob(x).shape == (9,)

@@ -73,12 +73,28 @@ def test_early_stopping_restores_best_epoch():
     z_train = torch.randn(64, 2) * 0.1
     z_val = torch.randn(64, 2) * 5
     flow = flowkit.create_flow("realnvp", features=2, hidden=16, layers=2, blocks=1)
+    with torch.no_grad():
+        start = float(-flow.log_prob(z_val).mean() / 2)
     hist = fit_flow(flow, z_train, z_val, epochs=200, lr=1e-2, patience=4, device="cpu")
     assert hist.stopped_early and hist.epochs_run < 200
+    # the initialisation competes as epoch 0: every epoch was worse, so it is what is kept
+    best = min([start, *hist.val_loss])
+    assert best == start and hist.best_epoch == 0
+    with torch.no_grad():
+        now = float(-flow.log_prob(z_val).mean() / 2)
+    assert now == pytest.approx(best, rel=1e-4)
+
+
+def test_early_stopping_keeps_the_best_epoch_after_training_helped():
+    torch.manual_seed(0)
+    z = torch.randn(400, 2) @ torch.tensor([[2.0, 0.0], [1.5, 0.3]])
+    flow = flowkit.create_flow("realnvp", features=2, hidden=16, layers=2, blocks=1)
+    hist = fit_flow(flow, z[:300], z[300:], epochs=40, lr=1e-2, patience=5, device="cpu")
+    assert hist.best_epoch >= 1
     best = min(hist.val_loss)
     assert hist.val_loss[hist.best_epoch - 1] == best
     with torch.no_grad():
-        now = float(-flow.log_prob(z_val).mean() / 2)
+        now = float(-flow.log_prob(z[300:]).mean() / 2)
     assert now == pytest.approx(best, rel=1e-4)
 
 
@@ -113,3 +129,92 @@ def test_auto_precision_picks_bf16_only_where_it_is_fast(monkeypatch):
     assert training.resolve_precision(cpu, "fp32") == "fp32"
     with pytest.raises(flowkit.ConfigError, match="precision must be one of"):
         training.resolve_precision(cpu, "half")
+
+
+@pytest.mark.parametrize(
+    ("n", "size"),
+    [(10, 128), (600, 128), (1_100, 256), (3_240, 512), (6_500, 1024), (50_000, 1024)],
+)
+def test_auto_flow_batch_size_keeps_four_steps_per_epoch_within_range(n, size):
+    from flowkit.training import auto_flow_batch_size
+
+    assert auto_flow_batch_size(n) == size
+
+
+def test_flow_batch_size_is_auto_or_an_integer():
+    from flowkit.errors import ConfigError
+    from flowkit.training import resolve_flow_batch_size
+
+    assert resolve_flow_batch_size("auto", 3_240) == 512
+    assert resolve_flow_batch_size(64, 3_240) == 64
+    with pytest.raises(ConfigError, match="'auto' or an integer"):
+        resolve_flow_batch_size("big", 100)
+    with pytest.raises(ConfigError, match="flow_batch_size"):
+        flowkit.Detector(flow_batch_size="big").check_config()
+
+
+def test_flow_epochs_drop_the_remainder_batch():
+    """Flow epochs are full batches only (the shuffled remainder is left to other epochs):
+    a step over a few latents costs a full step's overhead."""
+    from flowkit.training import _batches
+
+    gen = torch.Generator().manual_seed(0)
+    sizes = [len(b) for b in _batches(1_000, 256, gen, drop_last=True)]
+    assert sizes == [256, 256, 256]
+    assert [len(b) for b in _batches(1_000, 256, gen)] == [256, 256, 256, 232]
+    assert [len(b) for b in _batches(100, 256, gen, drop_last=True)] == [100]  # no full batch
+    torch.manual_seed(0)
+    z = torch.randn(300, 2)
+    hist = fit_flow(
+        flowkit.create_flow("gaussian", features=2),
+        z,
+        z[:50],
+        epochs=3,
+        batch_size=128,
+        patience=10,
+        device="cpu",
+    )
+    assert hist.epochs_run == 3
+    assert round(hist.samples_per_second * hist.seconds) == 3 * 256  # 2 full batches per epoch
+
+
+def test_patience_counts_only_gains_above_min_delta():
+    """A loss that creeps down forever: without min_delta training runs to the budget, with it
+    training stops after ``patience`` epochs; either way the lowest-loss weights are kept."""
+    from flowkit.progress import progress_bar
+    from flowkit.training import _train_loop
+
+    def run(min_delta):
+        torch.manual_seed(0)
+        model = nn.Linear(1, 1, bias=False)
+        nn.init.constant_(model.weight, 0.0)
+
+        def loss_fn(x):  # minimum at weight 1; each epoch gains about 1e-5
+            return ((model.weight - 1.0) ** 2).sum() * 1e-3 + x.mean() * 0
+
+        data = torch.zeros(8, 1)
+        with progress_bar(False, None) as prog:
+            return _train_loop(
+                "flow",
+                model,
+                loss_fn,
+                data,
+                data,
+                lambda b: b,
+                epochs=60,
+                batch_size=4,
+                lr=1e-3,
+                weight_decay=0.0,
+                betas=(0.9, 0.999),
+                patience=5,
+                clip_norm=5.0,
+                generator=torch.Generator().manual_seed(0),
+                progress=prog,
+                min_delta=min_delta,
+            )
+
+    creeping = run(0.0)
+    assert creeping.epochs_run == 60 and not creeping.stopped_early
+    stopped = run(1e-3)
+    assert stopped.stopped_early and stopped.epochs_run == 1 + 5  # the first epoch, then patience
+    assert stopped.best_epoch == 6  # the tiny gains still pick the weights kept

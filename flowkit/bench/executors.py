@@ -16,8 +16,10 @@ assumed). Resume and the one-writer lock therefore hold unchanged.
   ``"HOST:PORT"``), or on a local Ray instance with ``workers`` CPUs; the data goes through
   Ray's object store once.
 
-A worker that dies (killed, out of memory, a lost Ray node) gets its unit retried once; a
-second death records every cell of the unit as failed with the reason, and the run goes on.
+A worker that dies (killed, out of memory, a lost Ray node) gets its unit retried once (in the
+process pool, alone: a dead worker breaks the whole pool, so units running beside the culprit
+are retried too, and must not die with it twice); a second death records every cell of the
+unit as failed with the reason, and the run goes on.
 Ctrl-C stops the workers; every finished cell is already written.
 """
 
@@ -240,6 +242,10 @@ def _died(exc: BaseException) -> str:
     return f"its worker died twice ({type(exc).__name__}: killed, or out of memory?)"
 
 
+def _retrying(inflight: dict[Any, tuple[list[Cell], int]]) -> bool:
+    return any(tries for _, tries in inflight.values())
+
+
 class ProcessExecutor:
     """Units on ``workers`` spawned processes (``concurrent.futures``)."""
 
@@ -283,9 +289,12 @@ class ProcessExecutor:
                 try:
                     while pending or inflight:
                         # at most one unit per worker in flight: a dead worker's units are
-                        # exactly the ones that were running
+                        # exactly the ones that were running. A retry runs alone, so a unit
+                        # that kills its worker again takes no other unit down with it.
                         while pending and len(inflight) < self.workers and not broken:
                             unit, tries = pending[0]
+                            if tries and inflight or _retrying(inflight):
+                                break
                             try:
                                 fut = pool.submit(_work, unit, pack_cache(sink, unit))
                             except BrokenProcessPool as exc:  # broke before a future said so

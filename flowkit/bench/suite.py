@@ -79,9 +79,9 @@ class Suite:
     patience: int = 20
     patience_encoder: int = 5
     batch_size: int = 64
-    flow_batch_size: int = 128
+    flow_batch_size: int | str = "auto"
     lr_encoder: float = 2e-4
-    lr_flow: float = 1e-3
+    lr_flow: float = 1e-2
     val_fraction: float = 0.1
     image_size: int = 32
     confidence: float = 0.95
@@ -211,7 +211,7 @@ class Cell:
     patience: int
     patience_encoder: int
     batch_size: int
-    flow_batch_size: int
+    flow_batch_size: int | str
     lr_encoder: float
     lr_flow: float
     val_fraction: float

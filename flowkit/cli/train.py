@@ -68,7 +68,13 @@ def train(
         int, typer.Option(help="Maximum flow epochs (early stopping on validation).")
     ] = 200,
     batch_size: Annotated[int, typer.Option(help="Encoder minibatch size (at least 2).")] = 64,
-    flow_batch_size: Annotated[int, typer.Option(help="Flow minibatch size (at least 2).")] = 128,
+    flow_batch_size: Annotated[
+        str,
+        typer.Option(
+            help="Flow minibatch size (at least 2), or 'auto': a power of two within a "
+            "quarter of the training latents, 128 to 1024."
+        ),
+    ] = "auto",
     confidence: Annotated[
         float, typer.Option(help="Threshold = this quantile of normal validation scores.")
     ] = 0.95,
@@ -108,7 +114,7 @@ def train(
         epochs_encoder=epochs_encoder,
         epochs_flow=epochs_flow,
         batch_size=batch_size,
-        flow_batch_size=flow_batch_size,
+        flow_batch_size=_batch_option(flow_batch_size),
         device=device,
         precision=precision,
         seed=seed,
@@ -146,6 +152,18 @@ def train(
         m = detection_metrics(split.is_anomaly.numpy(), scores, det.threshold_)
         out.print(f"test ROC AUC {m['auc']:.4f}  AP {m['ap']:.4f}  F1 {m['f1']:.4f}")
     out.print(f"saved {path}")
+
+
+def _batch_option(value: str) -> int | str:
+    """``--flow-batch-size``: ``auto`` or an integer (the Detector checks its range)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(
+            f"--flow-batch-size must be 'auto' or an integer, got {value!r}"
+        ) from None
 
 
 def _files_to_score(paths: list[Path]) -> tuple[list[Path], dict[Path, bool] | None]:

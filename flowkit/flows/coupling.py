@@ -29,6 +29,7 @@ __all__ = [
     "ACTIVATIONS",
     "SCALE_ACTIVATIONS",
     "AffineCoupling",
+    "AlternatingCouplings",
     "activation_fn",
     "check_dropout",
     "coupling_flow",
@@ -39,7 +40,11 @@ ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "gelu": F.gelu, "tanh": torch.tanh}
 
 def _tanh_scale(x: torch.Tensor) -> torch.Tensor:
     # log-scale bounded by tanh, as in the Real NVP paper: scales in (e^-2, e^2), 1 at zero.
-    return torch.exp(2.0 * torch.tanh(x / 2.0))
+    return torch.exp(_tanh_log_scale(x))
+
+
+def _tanh_log_scale(x: torch.Tensor) -> torch.Tensor:
+    return 2.0 * torch.tanh(x / 2.0)
 
 
 def _softplus_scale(x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +59,8 @@ def _sigmoid_scale(x: torch.Tensor) -> torch.Tensor:
 
 # Module-level functions, not lambdas: a fitted Detector must pickle (joblib, multiprocessing).
 SCALE_ACTIVATIONS = {"tanh": _tanh_scale, "softplus": _softplus_scale, "sigmoid": _sigmoid_scale}
+# Where the log-scale has a closed form, the coupling uses it (one exp instead of exp + log).
+_LOG_SCALES = {"tanh": _tanh_log_scale}
 
 
 class AffineCoupling(Transform):
@@ -85,10 +92,33 @@ class AffineCoupling(Transform):
             ):
                 self._identity_offset = offset
 
-    def _scale_shift(self, identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _log_scale_shift(self, identity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         params = self.transform_net(identity)
         n = len(self.transform_features)
-        return SCALE_ACTIVATIONS[self.scale](params[:, n:]), params[:, :n]
+        raw, shift = params[:, n:], params[:, :n]
+        log_scale = _LOG_SCALES.get(self.scale)
+        if log_scale is not None:
+            return log_scale(raw), shift
+        return torch.log(SCALE_ACTIVATIONS[self.scale](raw)), shift
+
+    def couple(
+        self, identity: torch.Tensor, other: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformed half and the log-determinant, given the two halves."""
+        log_scale, shift = self._log_scale_shift(identity)
+        return other * torch.exp(log_scale) + shift, log_scale.sum(1)
+
+    def uncouple(
+        self, identity: torch.Tensor, other: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverse of :meth:`couple`."""
+        log_scale, shift = self._log_scale_shift(identity)
+        return (other - shift) * torch.exp(-log_scale), -log_scale.sum(1)
+
+    @property
+    def identity_offset(self) -> int | None:
+        """0 or 1 where the mask alternates (identity = even or odd features), else None."""
+        return self._identity_offset
 
     def _split(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = self._identity_offset
@@ -114,15 +144,47 @@ class AffineCoupling(Transform):
 
     def forward(self, inputs: torch.Tensor, context: Any = None):
         identity, other = self._split(inputs)
-        scale, shift = self._scale_shift(identity)
-        outputs = other * scale + shift
-        return self._merge(identity, outputs), torch.log(scale).sum(1)
+        outputs, logabsdet = self.couple(identity, other)
+        return self._merge(identity, outputs), logabsdet
 
     def inverse(self, inputs: torch.Tensor, context: Any = None):
         identity, other = self._split(inputs)
-        scale, shift = self._scale_shift(identity)
-        outputs = (other - shift) / scale
-        return self._merge(identity, outputs), -torch.log(scale).sum(1)
+        outputs, logabsdet = self.uncouple(identity, other)
+        return self._merge(identity, outputs), logabsdet
+
+
+class AlternatingCouplings(CompositeTransform):
+    """nflows' ``CompositeTransform`` over couplings with alternating masks, which splits the
+    input into its even and odd features once and merges them once, instead of in every
+    layer (the same function and parameters; a stack with anything else in it, such as
+    BatchNorm, runs layer by layer as usual)."""
+
+    def _halves_path(self) -> bool:
+        return all(
+            isinstance(t, AffineCoupling) and t.identity_offset is not None
+            for t in self._transforms
+        )
+
+    def _run(self, inputs: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        halves = [inputs[:, 0::2], inputs[:, 1::2]]
+        total = inputs.new_zeros(inputs.shape[0])
+        layers = list(self._transforms)
+        for t in reversed(layers) if inverse else layers:
+            k = t.identity_offset
+            step = t.uncouple if inverse else t.couple
+            halves[1 - k], logabsdet = step(halves[k], halves[1 - k])
+            total = total + logabsdet
+        return _interleave(halves[0], halves[1]), total
+
+    def forward(self, inputs: torch.Tensor, context: Any = None):
+        if context is None and self._halves_path():
+            return self._run(inputs, inverse=False)
+        return super().forward(inputs, context)
+
+    def inverse(self, inputs: torch.Tensor, context: Any = None):
+        if context is None and self._halves_path():
+            return self._run(inputs, inverse=True)
+        return super().inverse(inputs, context)
 
 
 def _interleave(evens: torch.Tensor, odds: torch.Tensor) -> torch.Tensor:
@@ -180,4 +242,4 @@ def coupling_flow(
         mask *= -1
         if batch_norm:
             transforms.append(BatchNorm(features))
-    return TransformFlow(CompositeTransform(transforms), StandardNormal([features]), features)
+    return TransformFlow(AlternatingCouplings(transforms), StandardNormal([features]), features)

@@ -16,8 +16,8 @@ __all__ = ["realnvp"]
 def realnvp(
     features: int,
     layers: int = 8,
-    hidden: int = 256,
-    blocks: int = 2,
+    hidden: int = 64,
+    blocks: int = 1,
     batch_norm: bool = False,
     dropout: float = 0.0,
     activation: str = "relu",
