@@ -1,0 +1,171 @@
+"""flowkit beside anomalib's GANomaly on the same MNIST-format data, classes and splits.
+
+For each held-out digit (GANomaly protocol: that digit is the anomaly, the other nine are
+normal), one run trains and scores, on the same leave-one-out split (``seed 0``):
+
+- anomalib's ``Ganomaly`` (its defaults: 64 features, latent 100, Adam 2e-4; ``--epochs``
+  epochs at 32×32), trained by anomalib's ``Engine`` from PNG files in its ``Folder`` layout;
+- flowkit's paper pair (``dcgan_ae:latent_dim=100`` + ``realnvp``, the ``paper-mnist`` suite's
+  settings) and its recommended pipeline (the ``recommended`` suite: ``simclr``, ``l2+pca:32``,
+  ``realnvp``, cosine kNN score);
+
+and prints, per digit and method, the training time, scoring throughput (images/s, the
+test PNG files read, decoded and scored) and ROC AUC (scikit-learn, on raw scores). anomalib
+is an optional dependency: without it the script says how to install it and exits.
+
+    python benchmarks/compare_anomalib.py --data-root ../shared/data/mnist-dev --classes 1,7
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+import flowkit
+from flowkit.bench.suite import load_suite
+from flowkit.data import leave_one_class_out, load_images
+
+
+def _write_pngs(images: torch.Tensor, folder: Path) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images):
+        path = folder / f"{i:05d}.png"
+        Image.fromarray(img[0].numpy()).save(path)
+        paths.append(path)
+    return paths
+
+
+def _ganomaly(split, root: Path, epochs: int, test_files: list[Path]) -> dict[str, float]:
+    from anomalib.data import Folder
+    from anomalib.engine import Engine
+    from anomalib.models import Ganomaly
+
+    _write_pngs(split.train.images, root / "train" / "good")
+    datamodule = Folder(
+        name="mnist",
+        root=root,
+        normal_dir="train/good",
+        normal_test_dir="test/good",
+        abnormal_dir="test/bad",
+        train_batch_size=32,
+        eval_batch_size=256,
+        num_workers=0,
+        val_split_mode="from_train",  # like flowkit: 10% of the normal training images
+        val_split_ratio=0.1,
+        seed=0,
+    )
+    model = Ganomaly(pre_processor=Ganomaly.configure_pre_processor(image_size=(32, 32)))
+    engine = Engine(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=root / "anomalib",
+    )
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    fit_s = time.perf_counter() - start
+
+    # Raw GANomaly scores (mean squared latent distance), from the same PNG files: anomalib's
+    # own predictions min-max normalise batch by batch with running extremes.
+    model.eval()
+
+    def score() -> np.ndarray:
+        images, _ = load_images(test_files, 32, channels=3)
+        x = model.pre_processor.transform(images.float() / 255.0)
+        with torch.inference_mode():
+            return torch.cat([model.model(b).pred_score for b in x.split(256)]).numpy()
+
+    start = time.perf_counter()
+    scores = score()
+    score_s = time.perf_counter() - start
+    return {"fit_s": fit_s, "images_per_s": len(test_files) / score_s, "scores": scores}
+
+
+def _flowkit(split, digit: int, suite_name: str, test_files: list[Path]) -> dict[str, float]:
+    suite = load_suite(suite_name)
+    # the suite's first encoder x flow with its last scorer (recommended: the cosine kNN), seed 0
+    cell = next(
+        c
+        for c in suite.cells(targets=[digit])
+        if c.seed == suite.seeds[0] and c.scorer == suite.scorers[-1]
+    )
+    params = cell.detector_params(device="cpu")
+    det = flowkit.Detector(**params)
+    start = time.perf_counter()
+    det.fit(split.train)
+    fit_s = time.perf_counter() - start
+
+    def score() -> np.ndarray:
+        images, _ = load_images(test_files, 32, channels=1)
+        return det.anomaly_score(images)
+
+    start = time.perf_counter()
+    scores = score()
+    score_s = time.perf_counter() - start
+    return {"fit_s": fit_s, "images_per_s": len(test_files) / score_s, "scores": scores}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data-root", required=True, help="MNIST in torchvision's raw layout")
+    ap.add_argument("--classes", default="1,7", help="held-out digits, comma-separated")
+    ap.add_argument("--epochs", type=int, default=6, help="GANomaly epochs")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    try:
+        import anomalib  # noqa: F401
+    except ImportError:
+        print("anomalib is not installed: pip install anomalib  (then run this again)")
+        return
+    warnings.simplefilter("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = flowkit.load_dataset("mnist", root=args.data_root, download=False)
+    print(
+        f"Data: real MNIST ({args.data_root}, {len(data)} digits), leave-one-digit-out, seed 0; "
+        f"{torch.get_num_threads()} torch threads, CPU."
+    )
+    rows = []
+    for digit in (int(c) for c in args.classes.split(",")):
+        split = leave_one_class_out(data, digit, seed=0)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            y = split.is_anomaly.numpy().astype(bool)
+            good = _write_pngs(split.test.images[~y], root / "test" / "good")
+            bad = _write_pngs(split.test.images[y], root / "test" / "bad")
+            files, labels = good + bad, np.r_[np.zeros(len(good)), np.ones(len(bad))]
+            runs = [
+                (f"anomalib GANomaly ({args.epochs} epochs)", _ganomaly, (root, args.epochs)),
+                ("flowkit paper pair (paper-mnist)", _flowkit, (digit, "paper-mnist")),
+                ("flowkit recommended", _flowkit, (digit, "recommended")),
+            ]
+            for name, fn, extra in runs:
+                r = fn(split, *extra, files)
+                auc = roc_auc_score(labels, r["scores"])
+                rows.append((digit, name, r["fit_s"], r["images_per_s"], auc))
+                print(
+                    f"digit {digit}  {name:38s} train {r['fit_s']:7.1f} s  "
+                    f"score {r['images_per_s']:7,.0f} images/s  AUC {auc:.3f}",
+                    flush=True,
+                )
+    print("\n| held-out digit | method | train s/class | scoring images/s | ROC AUC |")
+    print("|---|---|---|---|---|")
+    for digit, name, fit_s, ips, auc in rows:
+        print(f"| {digit} | {name} | {fit_s:.0f} | {ips:,.0f} | {auc:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
