@@ -229,3 +229,90 @@ def test_paper_mnist_suite_runs_on_files_in_torchvision_layout(tmp_path):
     assert rec["sizes"]["anomalies"] == 12  # every image of digit 3, from both splits
     md = (tmp_path / "run" / "report.md").read_text()
     assert "chart only" in md  # GANomaly's MNIST figures exist only as a chart
+
+
+def test_compare_anomalib_says_how_to_install_it_when_missing(tmp_path):
+    """The anomalib comparison is optional: without anomalib it says so and exits cleanly
+    (before touching the data root, so any path will do)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "compare_anomalib.py"
+    blocker = tmp_path / "anomalib.py"
+    blocker.write_text("raise ImportError('blocked for this test')\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    res = subprocess.run(
+        [sys.executable, str(script), "--data-root", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "anomalib is not installed: pip install anomalib" in res.stdout
+
+
+def test_recommended_suite_runs_unchanged_on_3_channel_cifar_files(tmp_path, monkeypatch):
+    """The generalization guard's second half: nothing in the recommended pipeline is
+    specific to 1-channel digits (CIFAR-10 python batches, 3 channels, written offline)."""
+    from .test_data import write_cifar10
+
+    (tmp_path / "data").mkdir()
+    write_cifar10(tmp_path / "data", monkeypatch)
+    args = ["bench", "--suite", "recommended", "--dataset", "cifar10"]
+    args += ["--data-root", str(tmp_path / "data"), "--no-download", "--classes", "9"]
+    args += ["--epochs-encoder", "1", "--epochs-flow", "2", "--out", str(tmp_path / "run"), "-q"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    recs = lines(tmp_path / "run" / "results.jsonl")
+    assert len(recs) == 3 and all(r["status"] == "ok" for r in recs), recs
+    assert {r["config"]["preprocess"] for r in recs} == {"l2+pca:32"}
+    assert all(r["config"]["dataset"] == "cifar10" for r in recs)
+
+
+def _rec(combination, seed, target, auc, **timings):
+    return {
+        "status": "ok",
+        "combination": combination,
+        "config": {"seed": seed, "target": target},
+        "metrics": {"auc": auc},
+        "timings": timings,
+    }
+
+
+def test_ranking_says_whether_the_lead_is_beyond_seed_noise():
+    from flowkit.bench.report import _seed_noise_verdict
+
+    one = [_rec("a", 0, 0, 0.95), _rec("b", 0, 0, 0.945)]
+    assert "within seed noise" in _seed_noise_verdict(["a", "b"], {"a": 0.95, "b": 0.945}, one)
+    assert "more than the" in _seed_noise_verdict(["a", "b"], {"a": 0.95, "b": 0.90}, one)
+    # three seeds: a lead of 0.02 against a per-seed spread of ~0.05 is noise, against ~0.001 not
+    noisy = [_rec("a", s, 0, v) for s, v in enumerate([0.90, 1.00, 0.95])]
+    noisy += [_rec("b", s, 0, v) for s, v in enumerate([0.93, 0.93, 0.93])]
+    assert "within seed noise" in _seed_noise_verdict(["a", "b"], {"a": 0.95, "b": 0.93}, noisy)
+    steady = [_rec("a", s, 0, 0.95 + s * 0.001) for s in range(3)]
+    steady += [_rec("b", s, 0, 0.93) for s in range(3)]
+    verdict = _seed_noise_verdict(["a", "b"], {"a": 0.951, "b": 0.93}, steady)
+    assert "over 3 seeds: beyond seed noise" in verdict
+
+
+def test_report_times_each_combination_without_cached_stages():
+    from flowkit.bench.report import _timing_table
+
+    recs = [
+        _rec("a", 0, 0, 0.9, encoder_fit_s=100.0, flow_fit_s=10.0, score_images_per_s=1000.0),
+        _rec("a", 0, 1, 0.9, encoder_fit_s=50.0, encoder_cached=True, flow_fit_s=20.0),
+    ]
+    table = "\n".join(_timing_table(["a"], recs))
+    assert "| a | 100 | 15.0 | 115 | 1,000 |" in table  # the cached encoder is not averaged in
+
+
+def test_figures_say_which_data_they_show():
+    from flowkit.bench.plots import data_label
+
+    label = data_label("digits", [{"status": "ok", "sizes": {"train": 1_047, "test": 360}}])
+    assert (
+        label == "Data: embedded scikit-learn digits (8×8, upscaled), 1,047 train / 360 test images"
+    )
+    assert data_label("mnist", []) == "Data: mnist"

@@ -32,6 +32,19 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-")[:60]
 
 
+DATA_NAMES = {"digits": "embedded scikit-learn digits (8×8, upscaled)"}
+
+
+def data_label(dataset: str, records: list[dict[str, Any]]) -> str:
+    """Which data a figure shows: the dataset and how many images each target trained and
+    tested on (a development sample and the full set share a dataset name)."""
+    name = DATA_NAMES.get(dataset, dataset)
+    sizes = next((r["sizes"] for r in records if r.get("sizes")), None)
+    if not sizes:
+        return f"Data: {name}"
+    return f"Data: {name}, {sizes['train']:,} train / {sizes['test']:,} test images"
+
+
 def plot_dataset(
     store: RunStore,
     dataset: str,
@@ -45,7 +58,6 @@ def plot_dataset(
 
     matplotlib.use("Agg", force=True)
     combos = sorted({a.combination for a in group})
-    paths = {f"{dataset}-{protocol}-auc": _auc_bars(store, dataset, protocol, group, reference)}
     ok = [
         r
         for r in records
@@ -53,6 +65,10 @@ def plot_dataset(
         and r["config"]["dataset"] == dataset
         and r["config"]["protocol"] == protocol
     ]
+    label = data_label(dataset, ok)
+    paths = {
+        f"{dataset}-{protocol}-auc": _auc_bars(store, dataset, protocol, group, reference, label)
+    }
     for combo in combos:
         recs = sorted(
             (r for r in ok if combination_label(r) == combo),
@@ -60,7 +76,7 @@ def plot_dataset(
         )
         if recs:
             key = f"{dataset}-{protocol}-hist-{_slug(combo)}"
-            paths[key] = _histograms(store, dataset, protocol, combo, recs, key)
+            paths[key] = _histograms(store, dataset, protocol, combo, recs, key, label)
     return paths
 
 
@@ -70,6 +86,7 @@ def _auc_bars(
     protocol: str,
     group: list[Aggregate],
     reference: dict[str, Any] | None,
+    data: str,
 ) -> Path:
     """Figure 2 style: AUC per held-out class for every combination (and GANomaly)."""
     import matplotlib.pyplot as plt
@@ -111,7 +128,7 @@ def _auc_bars(
     ax.set_ylabel("ROC AUC")
     what = PROTOCOL_TITLES.get(protocol, (protocol, "target"))[1]
     ax.set_xlabel(what)
-    ax.set_title(f"{dataset}: AUC per {what}")
+    ax.set_title(f"{data}: AUC per {what}", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
     return atomic_write_bytes(store.root / f"{dataset}-{protocol}-auc.png", _figure_bytes(fig))
 
@@ -123,6 +140,7 @@ def _histograms(
     combo: str,
     recs: list[dict[str, Any]],
     key: str,
+    data: str,
 ) -> Path:
     """Figure 1 style: log-likelihood of normal vs anomalous test images, one panel per
     target of the first seed."""
@@ -155,5 +173,5 @@ def _histograms(
     axes.flat[0].legend(fontsize=6)
     fig.subplots_adjust(hspace=0.45)
     what = "log-likelihood" if raw else "score"
-    fig.suptitle(f"{dataset}: {what}, {combo} (seed {first_seed})", fontsize=9)
+    fig.suptitle(f"{data}. {what}, {combo} (seed {first_seed})", fontsize=9)
     return atomic_write_bytes(store.root / f"{key}.png", _figure_bytes(fig))

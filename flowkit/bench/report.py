@@ -202,6 +202,9 @@ def _dataset_section(
     if len(combos) > 1:
         ranking = ", ".join(f"{c} {fair[c]:.3f}" for c in sorted(combos, key=lambda c: -fair[c]))
         md += [f"Ranking: {ranking}."]
+        top = sorted(combos, key=lambda c: -fair[c])[:2]
+        md += ["", _seed_noise_verdict(top, fair, records)]
+    md += ["", *_timing_table(combos, records)]
     md += _scorer_verdicts(group, targets, lookup)
     md += [""] + [f"_{n}_" for n in ref_notes if n] + [""]
     if plots:
@@ -224,6 +227,68 @@ def _dataset_section(
             if key.startswith(f"{dataset}-{protocol}"):
                 md += [f"![{key}]({p.name})", ""]
     return md, paths
+
+
+SEED_NOISE = 0.01  # one seed's AUC moves by about this much between seeds (measured)
+
+
+def _seed_noise_verdict(
+    top: list[str], fair: dict[str, float], records: list[dict[str, Any]]
+) -> str:
+    """Whether the winner's lead over the runner-up is beyond seed noise: with one seed, a
+    lead under :data:`SEED_NOISE` is not; with several, the lead must exceed the spread of
+    either combination's per-seed mean AUC."""
+    best, second = top
+    gap = fair[best] - fair[second]
+    per_seed: dict[str, dict[int, list[float]]] = {best: {}, second: {}}
+    for r in records:
+        if r.get("status") == "ok" and r["combination"] in per_seed:
+            seeds = per_seed[r["combination"]]
+            seeds.setdefault(r["config"]["seed"], []).append(r["metrics"]["auc"])
+    n_seeds = min(len(v) for v in per_seed.values())
+    head = f"**{best}** leads **{second}** by {gap:.3f}"
+    if n_seeds < 2:
+        if gap < SEED_NOISE:
+            return (
+                f"{head}, one seed: within seed noise (under {SEED_NOISE}); run "
+                "`--seeds 0,1,2` to separate them."
+            )
+        return f"{head}, one seed: more than the ±{SEED_NOISE} one seed moves."
+    spread = max(float(np.std([np.mean(v) for v in per_seed[c].values()], ddof=1)) for c in top)
+    beyond = "beyond" if gap > spread else "within"
+    return f"{head} over {n_seeds} seeds: {beyond} seed noise (per-seed spread {spread:.3f})."
+
+
+def _mean(values: list[float], fmt: str) -> str:
+    return fmt.format(float(np.mean(values))) if values else "cached"
+
+
+def _timing_table(combos: list[str], records: list[dict[str, Any]]) -> list[str]:
+    """Time per target beside the AUC tables: mean encoder and flow training seconds (cells
+    that trained them; cached stages are not counted) and scoring throughput."""
+    rows = []
+    for c in combos:
+        recs = [r for r in records if r.get("status") == "ok" and r["combination"] == c]
+        t = [r.get("timings", {}) for r in recs]
+        enc = [
+            x["encoder_fit_s"] for x in t if "encoder_fit_s" in x and not x.get("encoder_cached")
+        ]
+        flo = [x["flow_fit_s"] for x in t if "flow_fit_s" in x and not x.get("flow_cached")]
+        ips = [x["score_images_per_s"] for x in t if x.get("score_images_per_s")]
+        if not (enc or flo or ips):
+            continue
+        total = (np.mean(enc) if enc else 0.0) + (np.mean(flo) if flo else 0.0)
+        rows.append(
+            [c, _mean(enc, "{:.0f}"), _mean(flo, "{:.1f}"), f"{total:.0f}", _mean(ips, "{:,.0f}")]
+        )
+    if not rows:
+        return []
+    header = ["combination", "encoder s", "flow s", "s per target", "scoring images/s"]
+    note = (
+        "Time per target (mean over the cells that trained each stage; a stage shared by "
+        "several scorers is trained once):"
+    )
+    return [note, "", _markdown_table(header, rows), ""]
 
 
 def _common_means(
