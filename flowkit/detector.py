@@ -497,7 +497,8 @@ class Detector:
             },
             "flow": {
                 "name": self.flow_spec_[0],
-                "options": self.flow_spec_[1],
+                # every option, defaults included: a later default must not change this model
+                "options": _resolved_options(flows, *self.flow_spec_),
                 "features": self.pipeline_.out_dim,
                 "state": _cpu_state(self.flow_),
             },
@@ -533,7 +534,8 @@ class Detector:
             det.encoder_.eval()
             det.pipeline_ = LatentPipeline(pipe["spec"], in_dim=pipe["in_dim"])
             det.pipeline_.load_state_dict(pipe["state"])
-            det.flow_ = _build(flows, flw["name"], flw["options"], path, features=flw["features"])
+            flow_options = _legacy_flow_options(flw["name"], flw["options"], flw["state"])
+            det.flow_ = _build(flows, flw["name"], flow_options, path, features=flw["features"])
             det.flow_.load_state_dict(flw["state"])
             det.flow_.eval()
             det.scorer_ = _build(scorers, scr["name"], scr["options"], path)
@@ -570,6 +572,44 @@ def _check_number(name: str, value: Any, low: float, high: float) -> None:
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+_SIMPLE = (bool, int, float, str)
+
+
+def _resolved_options(registry: Any, name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the factory's other keyword defaults filled in (simple values only),
+    so that a saved model rebuilds the same network after a default changes."""
+    try:
+        entry = registry.get(name)
+        params = list(inspect.signature(entry.factory).parameters.values())
+    except (TypeError, ValueError, UnknownComponentError):
+        return dict(options)
+    if entry.namespace:  # the first parameter is the sub-name (timm/<model>), not an option
+        params = params[1:]
+    defaults = {
+        p.name: p.default
+        for p in params
+        if p.name != "features"
+        and isinstance(p.default, _SIMPLE)
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    return {**defaults, **options}
+
+
+def _legacy_flow_options(
+    name: str, options: dict[str, Any], state: dict[str, Any]
+) -> dict[str, Any]:
+    """Models saved before flowkit recorded every option (``realnvp`` then defaulted to
+    ``hidden=256, blocks=2``): read the coupling width and depth off the saved weights."""
+    if name != "realnvp" or ("hidden" in options and "blocks" in options):
+        return options
+    prefix = "transform._transforms.0.transform_net."
+    first = state.get(prefix + "initial_layer.weight")
+    if first is None:
+        return options
+    blocks = {k[len(prefix) :].split(".")[1] for k in state if k.startswith(prefix + "blocks.")}
+    return {"hidden": int(first.shape[0]), "blocks": len(blocks), **options}
 
 
 def _build(registry: Any, name: str, options: dict[str, Any], path: Any, **kwargs: Any) -> Any:

@@ -293,3 +293,30 @@ def test_bad_configuration_is_refused_before_any_training(params, match, monkeyp
 def test_bad_batches_are_clear_errors(tiny_detector, bad, match):
     with pytest.raises(DataError, match=match):
         tiny_detector.decision_function(bad)
+
+
+def test_saved_models_record_every_flow_option_and_old_files_still_load(tiny_detector, tmp_path):
+    """A saved model keeps the flow's defaults of its day, so a later default change cannot
+    break it; files saved before that (realnvp then defaulted to hidden=256, blocks=2) have
+    their width and depth read off the weights."""
+    import torch
+
+    import flowkit
+    from flowkit.artifact import read
+    from flowkit.detector import _legacy_flow_options
+
+    path = tiny_detector.save(tmp_path / "m.flowkit")
+    saved = read(path)["flow"]["options"]
+    assert saved["hidden"] == 16 and saved["scale"] == "tanh" and saved["dropout"] == 0.0
+    assert flowkit.Detector.load(path).flow_.transform._transforms[0].scale == "tanh"
+    old = flowkit.create_flow("realnvp", features=6, hidden=16, blocks=2, layers=2)
+    opts = _legacy_flow_options("realnvp", {"layers": 2}, old.state_dict())
+    assert opts == {"hidden": 16, "blocks": 2, "layers": 2}
+    rebuilt = flowkit.create_flow("realnvp", features=6, **opts)
+    rebuilt.load_state_dict(old.state_dict())  # the same network: loads strictly
+    z = torch.randn(4, 6)
+    torch.testing.assert_close(rebuilt.log_prob(z), old.log_prob(z))
+    assert _legacy_flow_options("realnvp", {"hidden": 8, "blocks": 1}, {}) == {
+        "hidden": 8,
+        "blocks": 1,
+    }
