@@ -200,10 +200,9 @@ def _dataset_section(
     best = max(combos, key=lambda c: fair[c])
     md += [f"Best mean AUC on {dataset}{note}: **{best}** ({fair[best]:.3f})."]
     if len(combos) > 1:
-        ranking = ", ".join(f"{c} {fair[c]:.3f}" for c in sorted(combos, key=lambda c: -fair[c]))
-        md += [f"Ranking: {ranking}."]
-        top = sorted(combos, key=lambda c: -fair[c])[:2]
-        md += ["", _seed_noise_verdict(top, fair, records)]
+        order = sorted(combos, key=lambda c: -fair[c])
+        ranking = ", ".join(f"{c} {fair[c]:.3f}" for c in order)
+        md += [f"Ranking: {ranking}.", "", _seed_noise_verdict(order[:2], fair, records)]
     md += ["", *_timing_table(combos, records)]
     md += _scorer_verdicts(group, targets, lookup)
     md += [""] + [f"_{n}_" for n in ref_notes if n] + [""]
