@@ -67,6 +67,49 @@ def test_embed_names_images_with_non_finite_latents():
         embed(NaNEncoder(), images, device="cpu")
 
 
+class ViewEncoder(Encoder):
+    """A conv encoder that flattens with ``.view``, which NHWC activations refuse."""
+
+    trainable = False
+
+    def __init__(self):
+        super().__init__()
+        self.embed_dim, self.input_shape = 4, (1, 8, 8)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.lin = nn.Linear(128, 4)
+
+    def encode(self, x):
+        h = self.conv(x)
+        return self.lin(h.view(h.shape[0], -1))
+
+
+def test_embed_runs_conv_encoders_channels_last_with_the_same_latents():
+    torch.manual_seed(0)
+    enc = flowkit.create_encoder("dcgan_ae:width=8,latent_dim=6", in_channels=1, image_size=32)
+    images = torch.randint(0, 255, (70, 1, 32, 32), dtype=torch.uint8)
+    nchw = embed(enc, images, batch_size=32, device="cpu", channels_last=False)
+    nhwc = embed(enc, images, batch_size=32, device="cpu")  # the CPU default for conv encoders
+    torch.testing.assert_close(nhwc, nchw, rtol=1e-4, atol=1e-5)
+    # handed back in the usual layout, with weights that can still be trained
+    conv = next(m for m in enc.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous() and not conv.weight.is_inference()
+    hist = fit_encoder(enc, images[:40], images[40:], epochs=1, device="cpu")
+    assert hist.epochs_run == 1
+
+
+def test_embed_falls_back_to_nchw_for_encoders_that_need_it():
+    enc = ViewEncoder()
+    images = torch.randint(0, 255, (5, 1, 8, 8), dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="view"):  # the encoder really refuses NHWC
+        with torch.no_grad():
+            enc.to(memory_format=torch.channels_last)
+            enc.encode(torch.zeros(2, 1, 8, 8).contiguous(memory_format=torch.channels_last))
+    enc.to(memory_format=torch.contiguous_format)
+    z = embed(enc, images, batch_size=2, device="cpu")
+    torch.testing.assert_close(z, embed(enc, images, device="cpu", channels_last=False))
+    assert enc.conv.weight.is_contiguous()
+
+
 def test_early_stopping_restores_best_epoch():
     torch.manual_seed(0)
     # Training data unlike validation data: validation NLL worsens while training improves.
