@@ -18,6 +18,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "dcgan_ae": "flowkit.encoders.dcgan:dcgan_ae",
         "simclr": "flowkit.encoders.selfsup:simclr",
         "rotnet": "flowkit.encoders.selfsup:rotnet",
+        "csi": "flowkit.encoders.selfsup:csi",
     },
     "flows": {
         "realnvp": "flowkit.flows.realnvp:realnvp",

@@ -200,11 +200,12 @@ class ReconScorer(_EncoderMethodScorer):
 
 
 class RotationScorer(_EncoderMethodScorer):
-    """The rotation-prediction loss of a ``rotnet`` encoder (Golan & El-Yaniv 2018)."""
+    """The rotation-prediction loss of a ``rotnet`` or ``csi`` encoder (Golan & El-Yaniv 2018;
+    CSI's shifting-transformation classifier)."""
 
     name = "rotation"
     method = "rotation_loss"
-    requirement = "a rotation-prediction encoder (rotnet)"
+    requirement = "a rotation-prediction encoder (rotnet, csi)"
 
 
 @torch.inference_mode()

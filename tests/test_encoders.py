@@ -73,3 +73,38 @@ def test_rotnet_learns_rotations():
     with torch.no_grad():
         loss = float(enc.rotation_loss(x).mean())
     assert loss < 0.3 < float(torch.log(torch.tensor(4.0)))
+
+
+def test_csi_contrasts_each_rotation_as_its_own_instance():
+    from flowkit.encoders.selfsup import nt_xent
+
+    torch.manual_seed(0)
+    enc = flowkit.create_encoder("csi:width=8,latent_dim=16,affine=false,rotation_weight=0")
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    rotated = torch.cat([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)])  # 12 instances
+    enc.eval()  # BatchNorm in eval: both sides see the same statistics
+    with torch.no_grad():
+        proj = enc.head(enc.trunk(rotated))
+        # without views' noise, a rotation's only positive is itself; the other 11 are negatives
+        torch.testing.assert_close(enc.loss(x), nt_xent(proj, proj.clone(), enc.temperature))
+    with pytest.raises(flowkit.ConfigError, match="rotation_weight"):
+        flowkit.create_encoder("csi:rotation_weight=-1")
+
+
+def test_csi_learns_rotations():
+    torch.manual_seed(0)
+    enc = flowkit.create_encoder("csi:width=8,latent_dim=16,affine=false")
+    x = torch.zeros(16, 1, 32, 32) - 1
+    x[:, :, 4:10, 4:28] = 1
+    x += torch.rand_like(x) * 0.2  # distinct images, so the contrastive part has work to do
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = enc.loss(x.clamp(-1, 1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    enc.eval()
+    with torch.no_grad():
+        per = enc.rotation_loss(x.clamp(-1, 1))
+    assert per.shape == (16,)
+    assert float(per.mean()) < 0.3 < float(torch.log(torch.tensor(4.0)))

@@ -107,8 +107,9 @@ def test_scorers_never_see_the_test_set(tmp_path):
     assert len({r["metrics"]["auc"] for r in recs if r["config"]["scorer"] == "knn"}) == 2
 
 
-def test_rotation_scorer_with_rotnet_round_trips(fake_split, tmp_path):
-    det = Detector(**{**TINY, "encoder": "rotnet:width=8,latent_dim=8", "scorer": "rotation+nll"})
+@pytest.mark.parametrize("encoder", ["rotnet:width=8,latent_dim=8", "csi:width=8,latent_dim=8"])
+def test_rotation_scorer_with_rotnet_round_trips(fake_split, tmp_path, encoder):
+    det = Detector(**{**TINY, "encoder": encoder, "scorer": "rotation+nll"})
     det.fit(fake_split.train)
     x = fake_split.test.images
     score = det.anomaly_score(x)

@@ -17,7 +17,7 @@ from flowkit.encoders.blocks import dcgan_trunk
 from flowkit.errors import ConfigError
 from flowkit.registry import check_positive
 
-__all__ = ["SimCLREncoder", "RotNetEncoder", "simclr", "rotnet", "nt_xent"]
+__all__ = ["CSIEncoder", "SimCLREncoder", "RotNetEncoder", "csi", "simclr", "rotnet", "nt_xent"]
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -81,6 +81,71 @@ class SimCLREncoder(TrunkEncoder):
         return nt_xent(proj[: len(x)], proj[len(x) :], self.temperature)
 
 
+def _rotation_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The four 90° rotations of every image, stacked rotation by rotation ``(4B, ...)``, and
+    their rotation labels ``(4B,)``."""
+    rotated = torch.cat([rotate90(x, k) for k in range(4)])
+    # (4, 1) → (4 * B,) without an int repeat count, so ONNX export keeps B dynamic
+    labels = torch.arange(4, device=x.device)[:, None].expand(4, x.shape[0]).reshape(-1)
+    return rotated, labels
+
+
+def _rotation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-image cross-entropy over the four rotations ``(B,)`` from ``(4B, 4)`` logits."""
+    # cross-entropy written out: ONNX export mis-shapes aten's reduction="none" form
+    per = -torch.log_softmax(logits, dim=1).gather(1, labels[:, None])[:, 0]
+    return per.view(4, -1).mean(0)
+
+
+class CSIEncoder(SimCLREncoder):
+    """Contrasting shifted instances (CSI; Tack et al., NeurIPS 2020).
+
+    SimCLR in which each of the four 90° rotations of an image is an instance of its own: a
+    *shifted* distribution, so an image's rotated copies are pushed away from it like any other
+    image, while two augmented views of the same rotation are pulled together. A linear head
+    on the trunk's features also predicts the rotation (CSI's shifting-transformation
+    classifier), weighted by ``rotation_weight``. ``encode`` gives the upright image's
+    features; :meth:`rotation_loss` the per-image rotation loss (the ``rotation`` scorer).
+    An epoch costs four times a SimCLR epoch.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 32,
+        latent_dim: int = 128,
+        width: int = 64,
+        projection_dim: int = 128,
+        temperature: float = 0.2,
+        augment: Augment | None = None,
+        rotation_weight: float = 1.0,
+    ) -> None:
+        if rotation_weight < 0:
+            raise ConfigError(f"rotation_weight must be >= 0, got {rotation_weight}")
+        super().__init__(
+            in_channels, image_size, latent_dim, width, projection_dim, temperature, augment
+        )
+        self.rotation_head = nn.Linear(latent_dim, 4)
+        self.rotation_weight = float(rotation_weight)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        rotated, labels = _rotation_batch(x)
+        n = len(rotated)
+        feats = self.trunk(torch.cat([self.augment(rotated), self.augment(rotated)]))
+        proj = self.head(feats)
+        contrastive = nt_xent(proj[:n], proj[n:], self.temperature)
+        if self.rotation_weight == 0:
+            return contrastive
+        shift = F.cross_entropy(self.rotation_head(feats), torch.cat([labels, labels]))
+        return contrastive + self.rotation_weight * shift
+
+    def rotation_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-image cross-entropy of the rotation head over the four rotations ``(B,)``:
+        higher = more anomalous."""
+        rotated, labels = _rotation_batch(x)
+        return _rotation_loss(self.rotation_head(self.trunk(rotated)), labels)
+
+
 class RotNetEncoder(TrunkEncoder):
     """Predicts which of four rotations was applied (Gidaris et al., ICLR 2018; used for
     anomaly detection by Golan & El-Yaniv, NeurIPS 2018). ``encode`` gives the trunk's
@@ -99,9 +164,7 @@ class RotNetEncoder(TrunkEncoder):
         self.augment = Augment(affine=affine)
 
     def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rotated = torch.cat([rotate90(x, k) for k in range(4)])
-        # (4, 1) → (4 * B,) without an int repeat count, so ONNX export keeps B dynamic
-        labels = torch.arange(4, device=x.device)[:, None].expand(4, x.shape[0]).reshape(-1)
+        rotated, labels = _rotation_batch(x)
         return self.classifier(self.trunk(rotated)), labels
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,10 +173,7 @@ class RotNetEncoder(TrunkEncoder):
 
     def rotation_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Per-image cross-entropy over the four rotations ``(B,)``: higher = more anomalous."""
-        logits, labels = self._logits(x)
-        # cross-entropy written out: ONNX export mis-shapes aten's reduction="none" form
-        per = -torch.log_softmax(logits, dim=1).gather(1, labels[:, None])[:, 0]
-        return per.view(4, -1).mean(0)
+        return _rotation_loss(*self._logits(x))
 
 
 def simclr(
@@ -144,6 +204,40 @@ def simclr(
         projection_dim,
         temperature,
         Augment(affine=affine, hflip=hflip, jitter=jitter, noise=noise),
+    )
+
+
+def csi(
+    in_channels: int = 1,
+    image_size: int = 32,
+    latent_dim: int = 128,
+    width: int = 64,
+    projection_dim: int = 128,
+    temperature: float = 0.2,
+    rotation_weight: float = 1.0,
+    affine: bool = True,
+    hflip: bool = False,
+    jitter: float = 0.0,
+    noise: float = 0.0,
+) -> CSIEncoder:
+    """CSI: SimCLR with 90° rotations as shifted instances and a rotation head (pairs with
+    the rotation scorer); the same trunk and views as simclr."""
+    check_positive(
+        "csi",
+        in_channels=in_channels,
+        latent_dim=latent_dim,
+        width=width,
+        projection_dim=projection_dim,
+    )
+    return CSIEncoder(
+        in_channels,
+        image_size,
+        latent_dim,
+        width,
+        projection_dim,
+        temperature,
+        Augment(affine=affine, hflip=hflip, jitter=jitter, noise=noise),
+        rotation_weight,
     )
 
 
