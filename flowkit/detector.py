@@ -22,6 +22,7 @@ import torch
 
 from flowkit import artifact
 from flowkit.data.base import as_uint8_images, check_value_range
+from flowkit.encoders.augment import Augment
 from flowkit.errors import (
     ConfigError,
     DataError,
@@ -73,6 +74,13 @@ class Detector:
         flow_batch_size: flow minibatch size (at least 2), or ``"auto"``: the largest power
             of two within a quarter of the training latents, clamped to 128–1024.
         lr_encoder, lr_flow: Adam learning rates.
+        flow_augment: the flow (and the preprocessing) also train on the latents of this many
+            randomly augmented copies of every training image, made by the encoder's own
+            views (``encoder.augment``, e.g. simclr's random affine warps; flowkit's default
+            random affine for encoders without one). A few thousand latents are few for a
+            density; the copies teach it the invariances the encoder was trained for.
+            Validation, the threshold and a kNN scorer's reference set stay unaugmented.
+            0 (the default) turns it off.
         val_fraction: share of the normal training images held out for validation
             (early stopping, threshold, scorer calibration). Never the test set.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``, ...
@@ -120,6 +128,7 @@ class Detector:
         flow_batch_size: int | str = "auto",
         lr_encoder: float = 2e-4,
         lr_flow: float = 1e-2,
+        flow_augment: int = 0,
         val_fraction: float = 0.1,
         device: str = "auto",
         precision: str = "fp32",
@@ -144,6 +153,7 @@ class Detector:
         self.flow_batch_size = flow_batch_size
         self.lr_encoder = lr_encoder
         self.lr_flow = lr_flow
+        self.flow_augment = flow_augment
         self.val_fraction = val_fraction
         self.device = device
         self.precision = precision
@@ -186,6 +196,7 @@ class Detector:
         _check_int("batch_size", self.batch_size, 2, "(BatchNorm needs two samples per batch)")
         if self.flow_batch_size != "auto":
             _check_int("flow_batch_size", self.flow_batch_size, 2, "(or 'auto')")
+        _check_int("flow_augment", self.flow_augment, 0, "(0 turns it off)")
         _check_int("seed", self.seed, 0, "(it makes fitting reproducible)", high=2**63 - 1)
         for name in ("lr_encoder", "lr_flow"):
             _check_number(name, getattr(self, name), 0.0, math.inf)
@@ -292,7 +303,9 @@ class Detector:
         self._check_components(encoder)
         self.fit_encoder(train, val, encoder=encoder)
         z_train, z_val = self.embed(train), self.embed(val)
-        return self.fit_from_latents(z_train, z_val, train, val)
+        return self.fit_from_latents(
+            z_train, z_val, train, val, z_augmented=self.embed_augmented(train)
+        )
 
     def fit_encoder(
         self,
@@ -340,6 +353,30 @@ class Detector:
         self.history_ = {"encoder": history or History("encoder").to_dict()}
         return self
 
+    def embed_augmented(self, train: torch.Tensor) -> torch.Tensor | None:
+        """Latents of ``flow_augment`` augmented copies of every training image, copy by copy
+        ``(flow_augment * N, embed_dim)``, or None when ``flow_augment`` is 0. Seeded by
+        ``seed``: the same images give the same latents."""
+        if not self.flow_augment:
+            return None
+        if not hasattr(self, "encoder_"):
+            raise NotFittedError("this Detector has no encoder yet: call fit() first")
+        views = getattr(self.encoder_, "augment", None)
+        views = views if callable(views) else Augment()
+        torch.manual_seed(self.seed + 2)
+        return torch.cat(
+            [
+                embed(
+                    self.encoder_,
+                    train,
+                    batch_size=max(self.batch_size, 256),
+                    device=self.device,
+                    transform=views,
+                )
+                for _ in range(self.flow_augment)
+            ]
+        )
+
     def fit_from_latents(
         self,
         z_train: torch.Tensor,
@@ -347,15 +384,25 @@ class Detector:
         train_images: torch.Tensor | None = None,
         val_images: torch.Tensor | None = None,
         progress: Any = None,
+        z_augmented: torch.Tensor | None = None,
     ) -> Detector:
-        """Stage 2 from encoder latents: preprocessing, flow, scorer and threshold."""
+        """Stage 2 from encoder latents: preprocessing, flow, scorer and threshold.
+
+        ``z_augmented`` (:meth:`embed_augmented`) join ``z_train`` for the preprocessing and
+        the flow only."""
         self._check_params()
         if not hasattr(self, "encoder_"):
             raise ConfigError(
                 "fit_from_latents needs a fitted encoder: call fit() or fit_encoder()"
             )
-        self.pipeline_ = LatentPipeline(self.preprocess, in_dim=z_train.shape[1]).fit(z_train)
-        p_train, p_val = self.pipeline_(z_train), self.pipeline_(z_val)
+        if self.flow_augment and z_augmented is None:
+            raise ConfigError(
+                f"flow_augment={self.flow_augment} needs the augmented latents: pass "
+                "z_augmented=detector.embed_augmented(train_images)"
+            )
+        z_flow = z_train if z_augmented is None else torch.cat([z_train, z_augmented])
+        self.pipeline_ = LatentPipeline(self.preprocess, in_dim=z_train.shape[1]).fit(z_flow)
+        p_train, p_val = self.pipeline_(z_flow), self.pipeline_(z_val)
         name, options = self.flow_spec_
         torch.manual_seed(self.seed + 1)
         self.flow_ = flows.create(name, features=self.pipeline_.out_dim, **options)

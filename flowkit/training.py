@@ -362,8 +362,12 @@ def embed(
     device: str | torch.device = "auto",
     precision: str = "fp32",
     channels_last: bool | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Latents ``(N, embed_dim)`` (float32, CPU) of uint8 images, in eval mode.
+
+    ``transform`` maps each batch of float images in ``[-1, 1]`` before the encoder (an
+    augmentation: :meth:`flowkit.Detector.embed_augmented`).
 
     ``channels_last`` runs the encoder in the NHWC memory layout (the same arithmetic in
     another summation order); ``None`` means: on a CPU, for encoders with 2-D convolutions
@@ -385,6 +389,8 @@ def embed(
     def run(batch: torch.Tensor, nhwc: bool) -> torch.Tensor:
         with torch.inference_mode():
             x = to_float(batch.to(dev))
+            if transform is not None:
+                x = transform(x)
             if nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
             with cast():

@@ -75,7 +75,9 @@ def _cell(**changes) -> Cell:
 def _changed(value):
     if isinstance(value, bool):
         return not value
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
         return value + 1 if value > 1 else value / 2
     return f"{value}x"
 
@@ -95,6 +97,21 @@ def test_every_setting_that_changes_an_artifact_is_in_its_cache_key():
     unsettable |= {"value_range", "verbose"}
     assert set(Detector().get_params()) - unsettable == set(params)
     assert Detector(**params).flow_batch_size == base.flow_batch_size
+
+
+def test_runs_recorded_before_a_field_was_added_keep_their_keys():
+    # a cell of benchmarks/results/mnist-dev-recommended, recorded before flow_augment existed
+    path = Path(__file__).resolve().parents[1] / "benchmarks/results/mnist-dev-recommended"
+    record = json.loads((path / "results.jsonl").read_text().splitlines()[0])
+    assert "flow_augment" not in record["config"]
+    cell = Cell(**record["config"])
+    assert cell.flow_augment == 0
+    assert (cell.cell_id, cell.encoder_key, cell.flow_key) == (
+        record["cell_id"],
+        record["encoder_key"],
+        record["flow_key"],
+    )
+    assert dataclasses.replace(cell, flow_augment=2).flow_key != cell.flow_key
 
 
 def test_given_protocol_runs_every_mvtec_category(tmp_path):

@@ -243,6 +243,8 @@ def test_unfitted_detector_says_so():
         ({"seed": -1}, r"seed must be in \[0"),
         ({"seed": "zero"}, r"seed must be an integer"),
         ({"lr_flow": 0.0}, r"lr_flow must be in"),
+        ({"flow_augment": -1}, r"flow_augment must be >= 0 \(0 turns it off\), got -1"),
+        ({"flow_augment": 1.5}, r"flow_augment must be an integer"),
         ({"lr_encoder": float("nan")}, r"lr_encoder must be in"),
         ({"confidence": 1.0}, r"confidence must be in"),
         ({"contamination": 0.7}, r"contamination must be in"),
@@ -320,3 +322,26 @@ def test_saved_models_record_every_flow_option_and_old_files_still_load(tiny_det
         "hidden": 8,
         "blocks": 1,
     }
+
+
+def test_flow_augment_trains_the_flow_on_augmented_latents_too(fake_split, tmp_path):
+    train = fake_split.train.images
+    det = Detector(**{**TINY, "encoder": "simclr:width=8,latent_dim=8", "flow_augment": 2})
+    det.fit(train)
+    tr, val = det.split_validation(train)
+    clean = det.embed(tr)
+    aug = det.embed_augmented(tr)
+    assert aug.shape == (2 * len(tr), clean.shape[1])
+    assert not torch.allclose(aug[: len(tr)], clean)  # the copies are really augmented
+    torch.testing.assert_close(det.embed_augmented(tr), aug)  # and seeded
+    # the preprocessing (and so the flow) saw clean + augmented latents; the threshold did not
+    torch.testing.assert_close(det.pipeline_.stages[0].mean, torch.cat([clean, aug]).mean(0))
+    scores = det.anomaly_score(fake_split.test.images)
+    again = Detector.load(det.save(tmp_path / "a.flowkit"), device="cpu")
+    assert again.flow_augment == 2
+    np.testing.assert_array_equal(again.anomaly_score(fake_split.test.images), scores)
+    # an encoder without views of its own gets flowkit's random affine warps
+    plain = Detector(**{**TINY, "flow_augment": 1}).fit(train)
+    assert plain.embed_augmented(tr).shape == (len(tr), 8)
+    with pytest.raises(ConfigError, match="needs the augmented latents"):
+        plain.fit_from_latents(plain.embed(tr), plain.embed(val))

@@ -82,6 +82,7 @@ class Suite:
     flow_batch_size: int | str = "auto"
     lr_encoder: float = 2e-4
     lr_flow: float = 1e-2
+    flow_augment: int = 0
     val_fraction: float = 0.1
     image_size: int = 32
     confidence: float = 0.95
@@ -175,7 +176,15 @@ ENCODER_FIELDS = (
     "image_size",
     "precision",  # both stages: a flow's key holds its encoder's key
 )
-FLOW_FIELDS = ("preprocess", "flow", "epochs_flow", "patience", "flow_batch_size", "lr_flow")
+FLOW_FIELDS = (
+    "preprocess",
+    "flow",
+    "epochs_flow",
+    "patience",
+    "flow_batch_size",
+    "lr_flow",
+    "flow_augment",
+)
 SCORER_FIELDS = ("scorer", "confidence")
 _SHARED_FIELDS = (
     "epochs_encoder",
@@ -186,6 +195,7 @@ _SHARED_FIELDS = (
     "flow_batch_size",
     "lr_encoder",
     "lr_flow",
+    "flow_augment",
     "val_fraction",
     "image_size",
     "confidence",
@@ -218,6 +228,7 @@ class Cell:
     image_size: int
     confidence: float
     precision: str
+    flow_augment: int = 0  # last, with a default: added after runs were recorded
 
     def config(self) -> dict[str, Any]:
         return asdict(self)
@@ -269,8 +280,15 @@ def target_dataset(dataset: str, protocol: str, target: int | str) -> str:
     return dataset
 
 
+# Fields added after runs were recorded: left out of keys while at these values, so those
+# runs' cells, encoders and flows keep their keys (and resume).
+_KEY_DEFAULTS: dict[str, Any] = {"flow_augment": 0}
+
+
 def _key(cell: Cell, fields: tuple[str, ...], extra: dict[str, Any]) -> str:
-    blob = json.dumps({**{f: getattr(cell, f) for f in fields}, **extra}, sort_keys=True)
+    values = {f: getattr(cell, f) for f in fields}
+    values = {f: v for f, v in values.items() if _KEY_DEFAULTS.get(f, object()) != v}
+    blob = json.dumps({**values, **extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -103,6 +103,13 @@ def bench(
     seeds: Annotated[Optional[str], typer.Option(help="Seeds, e.g. 0,1,2.")] = None,
     epochs_encoder: Annotated[Optional[int], typer.Option(help="Maximum encoder epochs.")] = None,
     epochs_flow: Annotated[Optional[int], typer.Option(help="Maximum flow epochs.")] = None,
+    flow_augment: Annotated[
+        Optional[int],
+        typer.Option(
+            help="The flow also trains on the latents of this many augmented copies of every "
+            "training image (the encoder's own views); 0: off."
+        ),
+    ] = None,
     data_root: DataRootOpt = None,
     out_dir: Annotated[
         Optional[Path],
@@ -176,6 +183,7 @@ def bench(
         seeds=_int_list(seeds, "--seeds"),
         epochs_encoder=epochs_encoder,
         epochs_flow=epochs_flow,
+        flow_augment=flow_augment,
         precision=precision,
     )
     run_dir = out_dir or Path("runs") / s.name

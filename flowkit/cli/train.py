@@ -75,6 +75,14 @@ def train(
             "quarter of the training latents, 128 to 1024."
         ),
     ] = "auto",
+    flow_augment: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="The flow also trains on the latents of this many augmented copies of every "
+            "training image (the encoder's own views); 0: off.",
+        ),
+    ] = 0,
     confidence: Annotated[
         float, typer.Option(help="Threshold = this quantile of normal validation scores.")
     ] = 0.95,
@@ -115,6 +123,7 @@ def train(
         epochs_flow=epochs_flow,
         batch_size=batch_size,
         flow_batch_size=_batch_option(flow_batch_size),
+        flow_augment=flow_augment,
         device=device,
         precision=precision,
         seed=seed,
