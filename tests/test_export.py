@@ -33,6 +33,9 @@ EXPORTABLE = {
     "encoder dcgan_ae": dict(),
     "encoder simclr": dict(encoder=f"simclr:{TRUNK},projection_dim=8"),
     "encoder rotnet": dict(encoder=f"rotnet:{TRUNK}"),
+    "encoder csi + rotation": dict(
+        encoder=f"csi:{TRUNK},projection_dim=8", scorer="rotation+nll", flow_augment=1
+    ),
     "flow maf": dict(flow="maf:hidden=16,layers=2"),
     "flow gaussian": dict(flow="gaussian"),
     "flow realnvp+batch_norm": dict(flow="realnvp:hidden=16,layers=2,blocks=1,batch_norm=true"),
