@@ -6,8 +6,8 @@ normal), one run trains and scores, on the same leave-one-out split (``seed 0``)
 - anomalib's ``Ganomaly`` (its defaults: 64 features, latent 100, Adam 2e-4; ``--epochs``
   epochs at 32×32), trained by anomalib's ``Engine`` from PNG files in its ``Folder`` layout;
 - flowkit's paper pair (``dcgan_ae:latent_dim=100`` + ``realnvp``, the ``paper-mnist`` suite's
-  settings) and its recommended pipeline (the ``recommended`` suite: ``simclr``, ``l2+pca:32``,
-  ``realnvp``, cosine kNN score);
+  settings) and its recommended pipeline (read from the ``recommended`` suite, whatever it
+  holds: ``simclr``, ``l2+pca:32``, ``realnvp`` and the fusion of its NLL with a cosine kNN);
 
 and prints, per digit and method, the training time, scoring throughput (images/s, the
 test PNG files read, decoded and scored) and ROC AUC (scikit-learn, on raw scores). anomalib

@@ -100,8 +100,8 @@ def test_every_setting_that_changes_an_artifact_is_in_its_cache_key():
 
 
 def test_runs_recorded_before_a_field_was_added_keep_their_keys():
-    # a cell of benchmarks/results/mnist-dev-recommended, recorded before flow_augment existed
-    path = Path(__file__).resolve().parents[1] / "benchmarks/results/mnist-dev-recommended"
+    # a cell of benchmarks/results/mnist-dev-recommended-v1, recorded before flow_augment existed
+    path = Path(__file__).resolve().parents[1] / "benchmarks/results/mnist-dev-recommended-v1"
     record = json.loads((path / "results.jsonl").read_text().splitlines()[0])
     assert "flow_augment" not in record["config"]
     cell = Cell(**record["config"])

@@ -109,3 +109,12 @@ def test_tampered_model_is_refused_by_cli(tmp_path, tiny_detector):
     path.write_bytes(bytes(raw))
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "a.png")
     assert_clean_error(run("score", str(path), str(tmp_path / "a.png")), 2, "modified")
+
+
+def test_flow_augment_flags_are_checked_before_anything_runs(tmp_path):
+    out = tmp_path / "run"
+    res = run("bench", "--suite", "quick", "--flow-augment", "-1", "--out", str(out), "-q")
+    assert_clean_error(res, 2, "flow_augment must be >= 0")
+    assert not out.exists()
+    res = run("train", "--flow-augment", "-1", "--out", str(tmp_path / "m.flowkit"), *TINY_ARGS)
+    assert res.exit_code == 2 and "Traceback" not in res.output
