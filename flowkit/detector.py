@@ -364,18 +364,7 @@ class Detector:
         views = getattr(self.encoder_, "augment", None)
         views = views if callable(views) else Augment()
         torch.manual_seed(self.seed + 2)
-        return torch.cat(
-            [
-                embed(
-                    self.encoder_,
-                    train,
-                    batch_size=max(self.batch_size, 256),
-                    device=self.device,
-                    transform=views,
-                )
-                for _ in range(self.flow_augment)
-            ]
-        )
+        return torch.cat([self._embed(train, views) for _ in range(self.flow_augment)])
 
     def fit_from_latents(
         self,
@@ -457,9 +446,15 @@ class Detector:
         """Raw encoder latents ``(N, embed_dim)`` of images (float32, CPU)."""
         if not hasattr(self, "encoder_"):
             raise NotFittedError("this Detector has no encoder yet: call fit() first")
-        images = as_uint8_images(X, value_range=self.value_range)
+        return self._embed(as_uint8_images(X, value_range=self.value_range))
+
+    def _embed(self, images: torch.Tensor, transform: Any = None) -> torch.Tensor:
         return embed(
-            self.encoder_, images, batch_size=max(self.batch_size, 256), device=self.device
+            self.encoder_,
+            images,
+            batch_size=max(self.batch_size, 256),
+            device=self.device,
+            transform=transform,
         )
 
     @torch.inference_mode()

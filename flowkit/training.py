@@ -402,18 +402,20 @@ def embed(
             encoder.to(memory_format=fmt)
 
     parts = []
+    if channels_last:
+        layout(torch.channels_last)
     try:
-        if channels_last and len(images):
-            layout(torch.channels_last)
+        for i in range(0, len(images), batch_size):
+            batch = images[i : i + batch_size]
             try:
-                parts.append(run(images[:batch_size], True))
-            except RuntimeError:  # the encoder needs NCHW activations: run it as it is
+                parts.append(run(batch, channels_last))
+            except RuntimeError:
+                if not (channels_last and i == 0):
+                    raise
+                # the encoder needs NCHW activations: run it as it is
                 layout(torch.contiguous_format)
                 channels_last = False
-                parts.append(run(images[:batch_size], False))
-        start = len(parts) * batch_size
-        for i in range(start, len(images), batch_size):
-            parts.append(run(images[i : i + batch_size], channels_last))
+                parts.append(run(batch, False))
     finally:
         if channels_last:
             layout(torch.contiguous_format)
