@@ -44,7 +44,7 @@ from flowkit.training import (
     resolve_precision,
 )
 
-__all__ = ["Detector"]
+__all__ = ["Detector", "PAPER_PARAMS"]
 
 
 def _spec(
@@ -54,15 +54,40 @@ def _spec(
     return name, {**opts, **(options or {})}
 
 
+#: The seed paper's pair as it published it: a DCGAN autoencoder (L1 reconstruction) and
+#: Real-NVP on its standardised latents, scored by negative log-likelihood
+#: (``Detector.paper()``). ``latent_dim=100`` is the paper's MNIST setting.
+PAPER_PARAMS: dict[str, Any] = {
+    "encoder": "dcgan_ae:latent_dim=100",
+    "flow": "realnvp",
+    "scorer": "nll",
+    "preprocess": "standardize",
+    "epochs_encoder": 15,
+    "lr_encoder": 2e-4,
+    "flow_augment": 0,
+    "precision": "fp32",
+}
+
+
 class Detector:
     """Two-stage anomaly detector with scikit-learn conventions.
+
+    The defaults are flowkit's recommended pipeline, chosen by measurement (see "Real MNIST"
+    in ``benchmarks/README.md``): a SimCLR encoder (temperature 0.5, Adam at 1e-3, 20 epochs,
+    bf16 training where the CPU or GPU has it) → whitened PCA to 32 dimensions → Real-NVP,
+    trained on the latents of the images and of two augmented copies of each; the anomaly
+    score is the sum of the flow's negative log-likelihood and the cosine distance to the
+    5th-nearest normal training latent, each standardised on normal validation images.
+    :meth:`paper` gives the seed paper's pair (DCGAN autoencoder + Real-NVP, log-likelihood).
 
     Args:
         encoder: encoder name with options, ``"dcgan_ae:latent_dim=32"``.
         flow: flow name with options, ``"realnvp:layers=8"``.
-        scorer: scorer name with options (``"nll"``: negative log-likelihood).
-        preprocess: latent preprocessing fitted on normal training latents (``"standardize"``,
-            ``"pca:32"``, ``"l2+pca:32"``, ``"none"``).
+        scorer: scorer name with options (``"nll"``: negative log-likelihood; ``"a+b"``: the
+            sum of scorers ``a`` and ``b``, each standardised on normal validation images).
+        preprocess: latent preprocessing fitted on normal training latents (``"auto"``:
+            whitened PCA to 32 dimensions, or to all of them for smaller latents;
+            ``"standardize"``, ``"pca:16"``, ``"l2+pca:32"``, ``"none"``).
         confidence: the threshold is this quantile of the anomaly scores of normal
             validation images (0.95: 5% of normal images are flagged), as in the paper.
         contamination: expected fraction of anomalies; overrides ``confidence`` when set.
@@ -80,7 +105,7 @@ class Detector:
             random affine for encoders without one). A few thousand latents are few for a
             density; the copies teach it the invariances the encoder was trained for.
             Validation, the threshold and a kNN scorer's reference set stay unaugmented.
-            0 (the default) turns it off.
+            0 turns it off (default 2).
         val_fraction: share of the normal training images held out for validation
             (early stopping, threshold, scorer calibration). Never the test set.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:0"``, ...
@@ -111,27 +136,27 @@ class Detector:
     def __init__(
         self,
         *,
-        encoder: str = "dcgan_ae",
+        encoder: str = "simclr:temperature=0.5",
         flow: str = "realnvp",
-        scorer: str = "nll",
-        preprocess: str = "standardize",
+        scorer: str = "nll+knn:metric=cosine",
+        preprocess: str = "auto",
         encoder_options: dict[str, Any] | None = None,
         flow_options: dict[str, Any] | None = None,
         scorer_options: dict[str, Any] | None = None,
         confidence: float = 0.95,
         contamination: float | None = None,
-        epochs_encoder: int = 15,
+        epochs_encoder: int = 20,
         epochs_flow: int = 200,
         patience: int = 20,
         patience_encoder: int = 5,
         batch_size: int = 64,
         flow_batch_size: int | str = "auto",
-        lr_encoder: float = 2e-4,
+        lr_encoder: float = 1e-3,
         lr_flow: float = 1e-2,
-        flow_augment: int = 0,
+        flow_augment: int = 2,
         val_fraction: float = 0.1,
         device: str = "auto",
-        precision: str = "fp32",
+        precision: str = "auto",
         seed: int = 0,
         value_range: tuple[float, float] = (0.0, 1.0),
         verbose: bool = False,
@@ -160,6 +185,12 @@ class Detector:
         self.seed = seed
         self.value_range = value_range
         self.verbose = verbose
+
+    @classmethod
+    def paper(cls, **params: Any) -> Detector:
+        """The seed paper's pair (:data:`PAPER_PARAMS`), with any parameter overridden:
+        ``Detector.paper(epochs_encoder=6, seed=1)``."""
+        return cls(**{**PAPER_PARAMS, **params})
 
     # -- sklearn plumbing ------------------------------------------------------------------
 
@@ -378,17 +409,20 @@ class Detector:
         """Stage 2 from encoder latents: preprocessing, flow, scorer and threshold.
 
         ``z_augmented`` (:meth:`embed_augmented`) join ``z_train`` for the preprocessing and
-        the flow only."""
+        the flow only; with ``flow_augment`` set and no ``z_augmented``, they are made here
+        from ``train_images``."""
         self._check_params()
         if not hasattr(self, "encoder_"):
             raise ConfigError(
                 "fit_from_latents needs a fitted encoder: call fit() or fit_encoder()"
             )
         if self.flow_augment and z_augmented is None:
-            raise ConfigError(
-                f"flow_augment={self.flow_augment} needs the augmented latents: pass "
-                "z_augmented=detector.embed_augmented(train_images)"
-            )
+            if train_images is None:
+                raise ConfigError(
+                    f"flow_augment={self.flow_augment} needs the augmented latents: pass "
+                    "train_images, or z_augmented=detector.embed_augmented(train_images)"
+                )
+            z_augmented = self.embed_augmented(train_images)
         z_flow = z_train if z_augmented is None else torch.cat([z_train, z_augmented])
         self.pipeline_ = LatentPipeline(self.preprocess, in_dim=z_train.shape[1]).fit(z_flow)
         p_train, p_val = self.pipeline_(z_flow), self.pipeline_(z_val)

@@ -1,8 +1,10 @@
 """Latent preprocessing between encoder and flow, fitted on normal training latents only.
 
 A pipeline is written as stages joined by ``+``: ``standardize`` (per dimension),
-``pca:K`` (whitened PCA to K dimensions), ``l2`` (unit norm, then centred), ``none``.
-Example: ``"l2+pca:32"``. The pipeline is saved inside the Detector artifact.
+``pca:K`` (whitened PCA to K dimensions), ``l2`` (unit norm, then centred), ``none``, and
+``auto`` (the Detector's default): ``pca:32``, or whitening of every dimension (``pca:D``) for
+latents of D ≤ 32 dimensions. Example: ``"l2+pca:32"``. The pipeline is saved inside the
+Detector artifact.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from torch import nn
 
 from flowkit.errors import ConfigError
 
-__all__ = ["LatentPipeline", "parse_pipeline"]
+__all__ = ["LatentPipeline", "parse_pipeline", "AUTO_PCA"]
 
 _EPS = 1e-6
+AUTO_PCA = 32  # ``auto``: whitened PCA to at most this many dimensions
 
 
 class _Standardize(nn.Module):
@@ -86,7 +89,7 @@ class _L2(nn.Module):
 
 
 def parse_pipeline(spec: str) -> list[tuple[str, int | None]]:
-    """``"l2+pca:32"`` → ``[("l2", None), ("pca", 32)]``."""
+    """``"l2+pca:32"`` → ``[("l2", None), ("pca", 32)]``; ``"auto"`` → ``[("auto", None)]``."""
     stages: list[tuple[str, int | None]] = []
     for part in filter(None, (p.strip() for p in (spec or "none").split("+"))):
         name, _, arg = part.partition(":")
@@ -97,12 +100,12 @@ def parse_pipeline(spec: str) -> list[tuple[str, int | None]]:
                 stages.append(("pca", int(arg)))
             except ValueError:
                 raise ConfigError(f"pca needs a dimension, e.g. pca:32 (got {part!r})") from None
-        elif name in ("standardize", "l2") and not arg:
+        elif name in ("standardize", "l2", "auto") and not arg:
             stages.append((name, None))
         else:
             raise ConfigError(
                 f"unknown latent preprocessing {part!r}; use standardize, pca:K, "
-                "l2 or none, joined by '+'"
+                "l2, auto or none, joined by '+'"
             )
     return stages
 
@@ -124,6 +127,8 @@ class LatentPipeline(nn.Module):
         stages: list[nn.Module] = []
         dim = self.in_dim
         for name, arg in parse_pipeline(spec):
+            if name == "auto":
+                name, arg = "pca", min(AUTO_PCA, dim)
             stage = (
                 _PCA(dim, arg)
                 if name == "pca"

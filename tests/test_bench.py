@@ -267,8 +267,22 @@ def test_recommended_suite_runs_unchanged_on_3_channel_cifar_files(tmp_path, mon
     assert res.exit_code == 0, res.output
     recs = lines(tmp_path / "run" / "results.jsonl")
     assert len(recs) == 3 and all(r["status"] == "ok" for r in recs), recs
-    assert {r["config"]["preprocess"] for r in recs} == {"l2+pca:32"}
+    assert {r["config"]["preprocess"] for r in recs} == {"pca:32"}
     assert all(r["config"]["dataset"] == "cifar10" for r in recs)
+
+
+def test_detector_defaults_are_the_recommended_suites_primary_pipeline():
+    from flowkit import Detector
+    from flowkit.preprocess import LatentPipeline
+
+    suite = load_suite("recommended")
+    cell = next(c for c in suite.cells(targets=[0]) if c.scorer == suite.scorers[-1])
+    params, defaults = cell.detector_params("cpu"), Detector(device="cpu").get_params()
+    differ = {k for k in params if params[k] != defaults[k]}
+    assert differ == {"preprocess"}, differ  # the suite spells out what "auto" is for it
+    latent = 128  # simclr's
+    assert LatentPipeline(params["preprocess"], latent).out_dim == 32
+    assert LatentPipeline(defaults["preprocess"], latent).out_dim == 32
 
 
 def _rec(combination, seed, target, auc, **timings):

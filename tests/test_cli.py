@@ -19,6 +19,7 @@ TINY_ARGS = [
     "3",
     "--device",
     "cpu",
+    "--paper",  # the paper's scorer, preprocessing and precision; the sizes above
     "-q",
 ]
 
@@ -65,6 +66,31 @@ def test_train_then_score_end_to_end(tmp_path):
     assert all(r[4] in ("normal", "anomaly") for r in rows if len(r) == 5)
     res = run("score", str(model), str(tmp_path / "img0.png"))
     assert res.exit_code == 0 and "1 image(s) flagged" in res.output
+
+
+def test_train_defaults_are_the_recommended_pipeline_and_paper_the_papers(tmp_path):
+    from flowkit import Detector
+
+    sizes = ["--flow", "realnvp:hidden=16,layers=2,blocks=1", "--epochs-encoder", "1"]
+    sizes += ["--epochs-flow", "3", "--device", "cpu", "-q", "--dataset", "digits"]
+    res = run(
+        "train",
+        "--encoder",
+        "simclr:width=8,latent_dim=8",
+        *sizes,
+        "--out",
+        str(tmp_path / "r.flowkit"),
+    )
+    assert res.exit_code == 0, res.output
+    rec = Detector.load(tmp_path / "r.flowkit", device="cpu")
+    assert (rec.scorer, rec.preprocess, rec.flow_augment) == ("nll+knn:metric=cosine", "auto", 2)
+    # --paper: the paper's values wherever an option was left at its default
+    res = run("train", "--paper", *sizes, "--scorer", "bpd", "--out", str(tmp_path / "p.flowkit"))
+    assert res.exit_code == 0, res.output
+    paper = Detector.load(tmp_path / "p.flowkit", device="cpu")
+    assert paper.encoder == "dcgan_ae:latent_dim=100" and paper.preprocess == "standardize"
+    assert paper.scorer == "bpd" and paper.epochs_encoder == 1  # what was typed stays
+    assert (paper.flow_augment, paper.lr_encoder, paper.precision) == (0, 2e-4, "fp32")
 
 
 def test_corrupt_png_in_folder_is_named(tmp_path, tiny_detector):

@@ -345,3 +345,32 @@ def test_flow_augment_trains_the_flow_on_augmented_latents_too(fake_split, tmp_p
     assert plain.embed_augmented(tr).shape == (len(tr), 8)
     with pytest.raises(ConfigError, match="needs the augmented latents"):
         plain.fit_from_latents(plain.embed(tr), plain.embed(val))
+    # given the training images, fit_from_latents makes the augmented latents itself
+    by_hand = Detector(**{**TINY, "flow_augment": 1}).fit_encoder(tr, val)
+    by_hand.fit_from_latents(by_hand.embed(tr), by_hand.embed(val), tr, val)
+    np.testing.assert_array_equal(
+        by_hand.anomaly_score(fake_split.test.images), plain.anomaly_score(fake_split.test.images)
+    )
+
+
+def test_defaults_are_the_recommended_pipeline_and_paper_the_papers_pair(fake_split, tmp_path):
+    params = Detector().get_params()
+    assert params["encoder"].startswith("simclr") and params["flow"] == "realnvp"
+    assert params["scorer"] == "nll+knn:metric=cosine" and params["preprocess"] == "auto"
+    assert params["flow_augment"] == 2 and params["precision"] == "auto"
+    paper = Detector.paper(seed=3)
+    assert (paper.encoder, paper.scorer, paper.preprocess) == (
+        "dcgan_ae:latent_dim=100",
+        "nll",
+        "standardize",
+    )
+    assert paper.seed == 3 and paper.flow_augment == 0 and paper.lr_encoder == 2e-4
+    # the defaults, with only the networks shrunk, train, score and round-trip
+    small = {"encoder": "simclr:width=8,latent_dim=8", "flow": TINY["flow"], "device": "cpu"}
+    det = Detector(**small, epochs_encoder=1, epochs_flow=3).fit(fake_split.train)
+    assert det.pipeline_.out_dim == 8  # auto: every dimension of a small latent, whitened
+    assert det.scorer_spec_[0] == "combo"
+    scores = det.anomaly_score(fake_split.test.images)
+    assert np.isfinite(scores).all()
+    again = Detector.load(det.save(tmp_path / "d.flowkit"), device="cpu")
+    np.testing.assert_array_equal(again.anomaly_score(fake_split.test.images), scores)

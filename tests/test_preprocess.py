@@ -48,3 +48,15 @@ def test_dead_dimension_does_not_divide_by_zero():
     z[:, 1] = 2.0
     out = LatentPipeline("standardize", 3).fit(z)(z)
     assert torch.isfinite(out).all()
+
+
+def test_auto_is_whitened_pca_to_at_most_32_dimensions():
+    z = torch.randn(200, 48) * torch.linspace(0.1, 3, 48)
+    auto, explicit = LatentPipeline("auto", in_dim=48).fit(z), LatentPipeline("pca:32", 48).fit(z)
+    assert auto.out_dim == 32
+    torch.testing.assert_close(auto(z), explicit(z))
+    small = LatentPipeline("auto", in_dim=8).fit(z[:, :8])  # a small latent is whitened whole
+    assert small.out_dim == 8
+    torch.testing.assert_close(small(z[:, :8]).std(0), torch.ones(8), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError):
+        parse_pipeline("auto:3")

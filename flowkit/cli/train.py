@@ -48,22 +48,27 @@ def train(
             help="Hold this class out as the anomaly (leave-one-class-out protocol) and report test metrics."
         ),
     ] = None,
-    encoder: EncoderOpt = "dcgan_ae",
+    encoder: EncoderOpt = "simclr:temperature=0.5",
     flow: FlowOpt = "realnvp",
     scorer: Annotated[
-        str, typer.Option(help="Scorer as NAME:key=value,... (higher = more anomalous).")
-    ] = "nll",
+        str,
+        typer.Option(
+            help="Scorer as NAME:key=value,... (higher = more anomalous); 'a+b' sums scorers "
+            "a and b, each standardised on normal validation images."
+        ),
+    ] = "nll+knn:metric=cosine",
     preprocess: Annotated[
         str,
         typer.Option(
             "--preprocess",
             "--latent",
-            help="Latent preprocessing: standardize, pca:K, l2, none, joined by '+' (--latent is its old name).",
+            help="Latent preprocessing: auto (whitened PCA to at most 32 dimensions), "
+            "standardize, pca:K, l2, none, joined by '+' (--latent is its old name).",
         ),
-    ] = "standardize",
+    ] = "auto",
     epochs_encoder: Annotated[
         int, typer.Option(help="Maximum encoder epochs (early stopping on validation).")
-    ] = 15,
+    ] = 20,
     epochs_flow: Annotated[
         int, typer.Option(help="Maximum flow epochs (early stopping on validation).")
     ] = 200,
@@ -82,7 +87,7 @@ def train(
             help="The flow also trains on the latents of this many augmented copies of every "
             "training image (the encoder's own views); 0: off.",
         ),
-    ] = 0,
+    ] = 2,
     confidence: Annotated[
         float, typer.Option(help="Threshold = this quantile of normal validation scores.")
     ] = 0.95,
@@ -94,7 +99,16 @@ def train(
     ] = 32,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same model on CPU).")] = 0,
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option(help=PrecisionHelp)] = "fp32",
+    precision: Annotated[str, typer.Option(help=PrecisionHelp)] = "auto",
+    paper: Annotated[
+        bool,
+        typer.Option(
+            "--paper",
+            help="The seed paper's pair (DCGAN autoencoder, latent 100, + Real-NVP on "
+            "standardised latents, log-likelihood; Detector.paper()) for every option left "
+            "at its default.",
+        ),
+    ] = False,
     threads: ThreadsOpt = None,
     download: DownloadOpt = True,
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write.")] = Path(
@@ -104,28 +118,39 @@ def train(
 ) -> None:
     """Train an encoder + flow detector on normal images and save it as one file.
 
+    The defaults are flowkit's recommended pipeline (SimCLR → PCA → Real-NVP, scored by the
+    flow's NLL plus a cosine kNN distance); --paper trains the seed paper's pair.
+
     Folders in the MVTec AD or normal/ + anomalous/ layout train on their normal training
     part and report test metrics on their labelled test part.
     """
     from flowkit import Detector, load_dataset
     from flowkit.data import labelled_split, leave_one_class_out
+    from flowkit.detector import PAPER_PARAMS
     from flowkit.metrics import detection_metrics
 
     set_threads(threads)
+    params = {
+        "encoder": encoder,
+        "flow": flow,
+        "scorer": scorer,
+        "preprocess": preprocess,
+        "epochs_encoder": epochs_encoder,
+        "flow_augment": flow_augment,
+        "precision": precision,
+    }
+    if paper:  # the paper's value wherever the option was left at the recommended default
+        defaults = Detector().get_params()
+        params = {k: PAPER_PARAMS.get(k, v) if v == defaults[k] else v for k, v in params.items()}
+        params["lr_encoder"] = PAPER_PARAMS["lr_encoder"]
     det = Detector(
-        encoder=encoder,
-        flow=flow,
-        scorer=scorer,
-        preprocess=preprocess,
+        **params,
         confidence=confidence,
         contamination=contamination,
-        epochs_encoder=epochs_encoder,
         epochs_flow=epochs_flow,
         batch_size=batch_size,
         flow_batch_size=_batch_option(flow_batch_size),
-        flow_augment=flow_augment,
         device=device,
-        precision=precision,
         seed=seed,
         verbose=not quiet,
     ).check_config()
