@@ -77,7 +77,7 @@ class Detector:
     bf16 training where the CPU or GPU has it) → whitened PCA to 32 dimensions → Real-NVP,
     trained on the latents of the images and of two augmented copies of each; the anomaly
     score is the sum of the flow's negative log-likelihood and the cosine distance to the
-    5th-nearest normal training latent, each standardised on normal validation images.
+    2nd-nearest normal training latent, each standardised on normal validation images.
     :meth:`paper` gives the seed paper's pair (DCGAN autoencoder + Real-NVP, log-likelihood).
 
     Args:
@@ -138,7 +138,7 @@ class Detector:
         *,
         encoder: str = "simclr:temperature=0.5",
         flow: str = "realnvp",
-        scorer: str = "nll+knn:metric=cosine",
+        scorer: str = "nll+knn:k=2,metric=cosine",
         preprocess: str = "auto",
         encoder_options: dict[str, Any] | None = None,
         flow_options: dict[str, Any] | None = None,

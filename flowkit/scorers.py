@@ -127,7 +127,7 @@ class BPDScorer(Scorer):
 
 
 def nll() -> NLLScorer:
-    """Negative log-likelihood of the latent (the paper's score; the default)."""
+    """Negative log-likelihood of the latent (the paper's score)."""
     return NLLScorer()
 
 

@@ -83,7 +83,11 @@ def test_train_defaults_are_the_recommended_pipeline_and_paper_the_papers(tmp_pa
     )
     assert res.exit_code == 0, res.output
     rec = Detector.load(tmp_path / "r.flowkit", device="cpu")
-    assert (rec.scorer, rec.preprocess, rec.flow_augment) == ("nll+knn:metric=cosine", "auto", 2)
+    assert (rec.scorer, rec.preprocess, rec.flow_augment) == (
+        "nll+knn:k=2,metric=cosine",
+        "auto",
+        2,
+    )
     # --paper: the paper's values wherever an option was left at its default
     res = run("train", "--paper", *sizes, "--scorer", "bpd", "--out", str(tmp_path / "p.flowkit"))
     assert res.exit_code == 0, res.output

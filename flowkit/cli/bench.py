@@ -97,7 +97,7 @@ def bench(
         typer.Option(
             "--preprocess",
             "--latent",
-            help="Latent preprocessing (standardize, pca:K, l2, ...); repeat for several (--latent is its old name).",
+            help="Latent preprocessing (auto, standardize, pca:K, l2, ...); repeat for several (--latent is its old name).",
         ),
     ] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Seeds, e.g. 0,1,2.")] = None,

@@ -56,7 +56,7 @@ def train(
             help="Scorer as NAME:key=value,... (higher = more anomalous); 'a+b' sums scorers "
             "a and b, each standardised on normal validation images."
         ),
-    ] = "nll+knn:metric=cosine",
+    ] = "nll+knn:k=2,metric=cosine",
     preprocess: Annotated[
         str,
         typer.Option(
