@@ -334,9 +334,7 @@ class Detector:
         self._check_components(encoder)
         self.fit_encoder(train, val, encoder=encoder)
         z_train, z_val = self.embed(train), self.embed(val)
-        return self.fit_from_latents(
-            z_train, z_val, train, val, z_augmented=self.embed_augmented(train)
-        )
+        return self.fit_from_latents(z_train, z_val, train, val)
 
     def fit_encoder(
         self,

@@ -219,12 +219,7 @@ def _run_flow_group(
         det.history_["flow"] = loaded.history_.get("flow", {})
     else:
         det.fit_from_latents(
-            enc.z_train,
-            enc.z_val,
-            enc.train_images,
-            enc.val_images,
-            progress=progress,
-            z_augmented=det.embed_augmented(enc.train_images),
+            enc.z_train, enc.z_val, enc.train_images, enc.val_images, progress=progress
         )
         sink.save_flow(first.flow_key, det)
     flow_seconds = time.perf_counter() - start
