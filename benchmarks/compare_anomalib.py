@@ -11,11 +11,12 @@ normal), one run trains and scores, on the same leave-one-out split (``seed 0``)
 
 ``--flowkit-epochs N`` trains flowkit's encoders for N epochs instead of their suites' own
 (``--flowkit-epochs 6`` with the default ``--epochs 6``: every network gets the same number of
-passes over the data). It prints, per digit and method, the training time (for flowkit, also
-its encoder and flow stages; the rest is embedding and the threshold), scoring
-throughput (images/s, the test PNG files read, decoded and scored) and ROC AUC
-(scikit-learn, on raw scores). anomalib is an optional dependency: without it the script
-says how to install it and exits.
+passes over the data); ``--flowkit-precision auto`` trains them with bf16 autocast where the
+CPU has fast bf16 (the paper pair's suite trains in fp32). It prints, per digit and method,
+the training time (for flowkit, also its encoder and flow stages; the rest is embedding and
+the threshold), scoring throughput (images/s, the test PNG files read, decoded and scored)
+and ROC AUC (scikit-learn, on raw scores). anomalib is an optional dependency: without it
+the script says how to install it and exits.
 
     python benchmarks/compare_anomalib.py --data-root ../shared/data/mnist-dev --classes 1,7
 """
@@ -104,7 +105,12 @@ def _result(fit_s: float, score: Callable[[], np.ndarray], n: int) -> dict[str, 
 
 
 def _flowkit(
-    split, digit: int, suite_name: str, epochs: int | None, test_files: list[Path]
+    split,
+    digit: int,
+    suite_name: str,
+    epochs: int | None,
+    precision: str | None,
+    test_files: list[Path],
 ) -> dict[str, Any]:
     suite = load_suite(suite_name)
     # the suite's first encoder x flow with its last scorer (recommended: the fusion), seed 0
@@ -116,6 +122,8 @@ def _flowkit(
     params = cell.detector_params(device="cpu")
     if epochs is not None:
         params["epochs_encoder"] = epochs
+    if precision is not None:
+        params["precision"] = precision
     det = flowkit.Detector(**params)
     start = time.perf_counter()
     det.fit(split.train)
@@ -139,6 +147,13 @@ def main() -> None:
         type=int,
         default=None,
         help="flowkit encoder epochs (default: each suite's own)",
+    )
+    ap.add_argument(
+        "--flowkit-precision",
+        choices=("fp32", "bf16", "auto"),
+        default=None,
+        help="flowkit's training precision (default: each suite's own; the paper pair's is "
+        "fp32, the recommended pipeline's auto = bf16 autocast where the CPU has fast bf16)",
     )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument(
@@ -170,6 +185,8 @@ def main() -> None:
             bad = _write_pngs(split.test.images[y], root / "test" / "bad")
             files, labels = good + bad, np.r_[np.zeros(len(good)), np.ones(len(bad))]
             own = "" if args.flowkit_epochs is None else f", {args.flowkit_epochs} epochs"
+            if args.flowkit_precision is not None:
+                own += f", precision {args.flowkit_precision}"
             runs = {
                 "ganomaly": (
                     f"anomalib GANomaly ({args.epochs} epochs)",
@@ -179,12 +196,12 @@ def main() -> None:
                 "paper": (
                     f"flowkit paper pair (paper-mnist{own})",
                     _flowkit,
-                    (digit, "paper-mnist", args.flowkit_epochs),
+                    (digit, "paper-mnist", args.flowkit_epochs, args.flowkit_precision),
                 ),
                 "recommended": (
                     f"flowkit recommended{own}",
                     _flowkit,
-                    (digit, "recommended", args.flowkit_epochs),
+                    (digit, "recommended", args.flowkit_epochs, args.flowkit_precision),
                 ),
             }
             for name, fn, extra in (runs[m.strip()] for m in args.methods.split(",")):
