@@ -95,6 +95,22 @@ def test_train_defaults_are_the_recommended_pipeline_and_paper_the_papers(tmp_pa
     assert paper.encoder == "dcgan_ae:latent_dim=100" and paper.preprocess == "standardize"
     assert paper.scorer == "bpd" and paper.epochs_encoder == 1  # what was typed stays
     assert (paper.flow_augment, paper.lr_encoder, paper.precision) == (0, 2e-4, "fp32")
+    # an option typed with exactly its default value counts as given, not as left alone
+    res = run(
+        "train",
+        "--paper",
+        *sizes,
+        "--flow-augment",
+        "2",
+        "--preprocess",
+        "auto",
+        "--out",
+        str(tmp_path / "q.flowkit"),
+    )
+    assert res.exit_code == 0, res.output
+    typed = Detector.load(tmp_path / "q.flowkit", device="cpu")
+    assert (typed.flow_augment, typed.preprocess) == (2, "auto")
+    assert typed.encoder == "dcgan_ae:latent_dim=100" and typed.scorer == "nll"
 
 
 def test_corrupt_png_in_folder_is_named(tmp_path, tiny_detector):

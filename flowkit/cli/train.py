@@ -28,6 +28,15 @@ from flowkit.errors import ConfigError
 EncoderOpt = Annotated[
     str, typer.Option(help="Encoder as NAME:key=value,... (see `flowkit list encoders`).")
 ]
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given (command line or environment), not defaulted. By
+    the source's name: typer may carry a click of its own, with its own enum."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 FlowOpt = Annotated[
     str, typer.Option(help="Flow as NAME:key=value,... (see `flowkit list flows`).")
 ]
@@ -35,6 +44,7 @@ FlowOpt = Annotated[
 
 @handle_errors
 def train(
+    ctx: typer.Context,
     dataset: Annotated[
         str,
         typer.Option(
@@ -105,8 +115,8 @@ def train(
         typer.Option(
             "--paper",
             help="The seed paper's pair (DCGAN autoencoder, latent 100, + Real-NVP on "
-            "standardised latents, log-likelihood; Detector.paper()) for every option left "
-            "at its default.",
+            "standardised latents, log-likelihood; Detector.paper()) for every option not "
+            "given on the command line.",
         ),
     ] = False,
     threads: ThreadsOpt = None,
@@ -139,9 +149,9 @@ def train(
         "flow_augment": flow_augment,
         "precision": precision,
     }
-    if paper:  # the paper's value wherever the option was left at the recommended default
-        defaults = Detector().get_params()
-        params = {k: PAPER_PARAMS.get(k, v) if v == defaults[k] else v for k, v in params.items()}
+    if paper:  # the paper's value for every option not given (even one typed as its default)
+        given = {k for k in params if _given(ctx, k)}
+        params = {k: v if k in given else PAPER_PARAMS.get(k, v) for k, v in params.items()}
         params["lr_encoder"] = PAPER_PARAMS["lr_encoder"]
     det = Detector(
         **params,
