@@ -73,42 +73,25 @@ def test_train_defaults_are_the_recommended_pipeline_and_paper_the_papers(tmp_pa
 
     sizes = ["--flow", "realnvp:hidden=16,layers=2,blocks=1", "--epochs-encoder", "1"]
     sizes += ["--epochs-flow", "3", "--device", "cpu", "-q", "--dataset", "digits"]
-    res = run(
-        "train",
-        "--encoder",
-        "simclr:width=8,latent_dim=8",
-        *sizes,
-        "--out",
-        str(tmp_path / "r.flowkit"),
-    )
-    assert res.exit_code == 0, res.output
-    rec = Detector.load(tmp_path / "r.flowkit", device="cpu")
+
+    def train(name: str, *args: str) -> Detector:
+        res = run("train", *sizes, *args, "--out", str(tmp_path / name))
+        assert res.exit_code == 0, res.output
+        return Detector.load(tmp_path / name, device="cpu")
+
+    rec = train("r.flowkit", "--encoder", "simclr:width=8,latent_dim=8")
     assert (rec.scorer, rec.preprocess, rec.flow_augment) == (
         "nll+knn:k=2,metric=cosine",
         "auto",
         2,
     )
     # --paper: the paper's values wherever an option was left at its default
-    res = run("train", "--paper", *sizes, "--scorer", "bpd", "--out", str(tmp_path / "p.flowkit"))
-    assert res.exit_code == 0, res.output
-    paper = Detector.load(tmp_path / "p.flowkit", device="cpu")
+    paper = train("p.flowkit", "--paper", "--scorer", "bpd")
     assert paper.encoder == "dcgan_ae:latent_dim=100" and paper.preprocess == "standardize"
     assert paper.scorer == "bpd" and paper.epochs_encoder == 1  # what was typed stays
     assert (paper.flow_augment, paper.lr_encoder, paper.precision) == (0, 2e-4, "fp32")
     # an option typed with exactly its default value counts as given, not as left alone
-    res = run(
-        "train",
-        "--paper",
-        *sizes,
-        "--flow-augment",
-        "2",
-        "--preprocess",
-        "auto",
-        "--out",
-        str(tmp_path / "q.flowkit"),
-    )
-    assert res.exit_code == 0, res.output
-    typed = Detector.load(tmp_path / "q.flowkit", device="cpu")
+    typed = train("q.flowkit", "--paper", "--flow-augment", "2", "--preprocess", "auto")
     assert (typed.flow_augment, typed.preprocess) == (2, "auto")
     assert typed.encoder == "dcgan_ae:latent_dim=100" and typed.scorer == "nll"
 
