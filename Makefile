@@ -1,7 +1,8 @@
 # Two commands on a fresh machine: `make bench` (the main job) and `make test`.
 # Each creates .venv and installs what it needs; torch is pinned here, ranged in pyproject.toml.
-# bench runs the quick suite's ten held-out digits on two worker processes (one torch thread
-# each): small models on 2 cores go faster side by side than one at a time on two threads.
+# bench runs the quick suite's ten held-out digits on one worker process per core (one torch
+# thread each; the bench's default executor, auto): small models on 2 cores go faster side
+# by side than one at a time on two threads.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -34,7 +35,7 @@ $(RT_STAMP): requirements-runtime.txt pyproject.toml
 install: $(STAMP)
 
 bench: $(STAMP)
-	$(VENV)/bin/flowkit bench --suite quick --executor process
+	$(VENV)/bin/flowkit bench --suite quick
 
 test: $(STAMP) $(RT_STAMP)
 	FLOWKIT_RUNTIME_PYTHON=$(RT_PY) $(PY) -m pytest -q tests $(wildcard plugins/*/tests)

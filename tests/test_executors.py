@@ -92,11 +92,11 @@ def test_a_worker_that_dies_is_retried_once_then_recorded_failed(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--workers", "2"], "--workers and --devices need --executor process or ray"),
-        (["--devices", "cuda:0"], "--workers and --devices need"),
+        (["--executor", "local", "--workers", "2"], "--workers and --devices need --executor"),
+        (["--executor", "local", "--devices", "cuda:0"], "--workers and --devices need"),
         (["--ray-address", "auto"], "--ray-address needs --executor ray"),
         (["--executor", "process", "--ray-address", "auto"], "--ray-address needs"),
-        (["--executor", "dask"], "unknown executor 'dask'; use one of local, process, ray"),
+        (["--executor", "dask"], "unknown executor 'dask'; use one of auto, local, process, ray"),
     ],
 )
 def test_bad_executor_options_fail_in_one_line(args, message, tmp_path):
@@ -139,3 +139,39 @@ def test_bench_cli_runs_on_process_workers(tmp_path, local_aucs):
     assert res.exit_code == 0, res.output
     recs = [json.loads(x) for x in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
     assert {r["cell_id"]: r["metrics"]["auc"] for r in recs} == pytest.approx(local_aucs, abs=1e-6)
+
+
+def test_auto_executor_plans_one_single_thread_worker_per_core(monkeypatch):
+    from flowkit.bench import executors
+    from flowkit.bench.executors import AutoExecutor, LocalExecutor
+
+    monkeypatch.setattr(executors, "_cores", lambda: 4)
+    plan = AutoExecutor().plan(10, "cpu")
+    assert isinstance(plan, ProcessExecutor) and (plan.workers, plan.threads) == (4, 1)
+    plan = AutoExecutor().plan(3, "cpu")  # never more workers than units
+    assert (plan.workers, plan.threads) == (3, 1)
+    plan = AutoExecutor(threads=2).plan(10, "cpu")  # --threads 2: 4 cores make 2 workers
+    assert (plan.workers, plan.threads) == (2, 2)
+    for units, device, threads in ((1, "cpu", None), (10, "cuda:0", None), (10, "cpu", 4)):
+        assert isinstance(AutoExecutor(threads).plan(units, device), LocalExecutor)
+    monkeypatch.setattr(executors, "_cores", lambda: 1)
+    assert isinstance(AutoExecutor().plan(10, "cpu"), LocalExecutor)
+
+
+def test_auto_is_the_default_and_workers_or_devices_make_it_process():
+    from flowkit.bench.executors import AutoExecutor
+
+    assert isinstance(make_executor("auto"), AutoExecutor)
+    assert make_executor("auto", threads=2).threads == 2
+    proc = make_executor("auto", workers=3)
+    assert isinstance(proc, ProcessExecutor) and proc.workers == 3
+    assert make_executor("auto", devices=["cpu", "cpu"]).devices == ["cpu", "cpu"]
+    with pytest.raises(ConfigError, match="--ray-address needs --executor ray"):
+        make_executor("auto", ray_address="auto")
+
+
+def test_auto_executor_gives_the_local_results(tmp_path, local_aucs):
+    from flowkit.bench.executors import AutoExecutor
+
+    store = run_suite(Suite(**GRID).validate(), tmp_path, device="cpu", executor=AutoExecutor())
+    _same(_aucs(store), local_aucs)

@@ -7,8 +7,11 @@ a worker receives its unit, the cached artifacts it may reuse (as bytes) and the
 returns its records, score arrays and new cache artifacts (as bytes: no shared file system is
 assumed). Resume and the one-writer lock therefore hold unchanged.
 
-- :class:`LocalExecutor` (``--executor local``, the default): units run one after another
-  here.
+- :class:`AutoExecutor` (``--executor auto``, the default): on a CPU with two or more
+  cores, two or more units run on one spawned worker per core (at most one per unit), each
+  on one torch thread (``--threads T``: T each, ``cores / T`` workers); otherwise as
+  ``local``.
+- :class:`LocalExecutor` (``--executor local``): units run one after another here.
 - :class:`ProcessExecutor` (``--executor process --workers N``): ``concurrent.futures``
   processes (spawned), each with ``cores / N`` torch threads, or one device each with
   ``devices=["cuda:0", "cuda:1"]``.
@@ -42,6 +45,7 @@ from flowkit.registry import encoders, flows, parse_spec, scorers
 
 __all__ = [
     "EXECUTORS",
+    "AutoExecutor",
     "LocalExecutor",
     "ProcessExecutor",
     "RayExecutor",
@@ -49,7 +53,7 @@ __all__ = [
     "make_executor",
 ]
 
-EXECUTORS = ("local", "process", "ray")
+EXECUTORS = ("auto", "local", "process", "ray")
 RETRIES = 1  # a unit whose worker died is run once more, then recorded as failed
 
 
@@ -215,7 +219,7 @@ def _ray_work(
 
 
 class LocalExecutor:
-    """Units one after another in this process (the default)."""
+    """Units one after another in this process."""
 
     name = "local"
 
@@ -323,6 +327,40 @@ class ProcessExecutor:
                     pending.appendleft((unit, tries + 1))
 
 
+class AutoExecutor:
+    """The default: a process pool where the CPU has cores to spare, else here.
+
+    On a CPU with at least ``2 × threads`` cores, a grid of two or more units runs on
+    ``cores // threads`` spawned workers (at most one per unit) of ``threads`` torch threads
+    each (default 1); on a GPU, one core, or a single unit, units run here one after another.
+    Per-unit threads fixed at one make a CPU run's numbers the same on 2 cores or 64 (the
+    thread count sets the order of float sums), and on 2 cores two one-thread workers train
+    faster than one two-thread process (``benchmarks/README.md``).
+    """
+
+    name = "auto"
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads or 1
+
+    def plan(self, units: int, device: str) -> Any:
+        """The executor this run uses for ``units`` units on ``device``."""
+        workers = min(_cores() // self.threads, units)
+        if not device.startswith("cpu") or workers < 2:
+            return LocalExecutor()
+        return ProcessExecutor(workers, threads=self.threads)
+
+    def run(
+        self,
+        units: list[list[Cell]],
+        data: BenchData,
+        sink: StoreSink,
+        device: str,
+        progress: Any = None,
+    ) -> None:
+        self.plan(len(units), device).run(units, data, sink, device, progress)
+
+
 class RayExecutor:
     """Units as Ray tasks: on the cluster at ``address`` or on a local Ray instance."""
 
@@ -405,11 +443,19 @@ def make_executor(
     workers: int | None = None,
     devices: list[str] | None = None,
     ray_address: str | None = None,
+    threads: int | None = None,
 ) -> Any:
-    """The executor the CLI's ``--executor``, ``--workers``, ``--devices`` and
-    ``--ray-address`` ask for, checked before anything runs."""
+    """The executor the CLI's ``--executor``, ``--workers``, ``--devices``, ``--ray-address``
+    and ``--threads`` ask for, checked before anything runs. ``auto`` with ``--workers`` or
+    ``--devices`` is ``process``."""
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")
+    if name == "auto":
+        if ray_address:
+            raise ConfigError("--ray-address needs --executor ray")
+        if not (workers or devices):
+            return AutoExecutor(threads)
+        name = "process"
     if name == "local":
         if workers not in (None, 1) or devices:
             raise ConfigError(

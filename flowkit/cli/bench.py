@@ -137,14 +137,14 @@ def bench(
     executor: Annotated[
         str,
         typer.Option(
-            help="Where units (one encoder fit with its flows and scorers) run: local (here, one at a time), process (--workers spawned processes, cores/N torch threads each) or ray (a Ray cluster at --ray-address, or a local Ray instance with --workers CPUs; pip install 'flowkit[ray]'). Only this process writes --out and the cache."
+            help="Where units (one encoder fit with its flows and scorers) run: auto (on a CPU with 2+ cores, one spawned worker per core, at most one per unit, each on one torch thread or --threads; otherwise here), local (here, one at a time), process (--workers spawned processes, cores/N torch threads each) or ray (a Ray cluster at --ray-address, or a local Ray instance with --workers CPUs; pip install 'flowkit[ray]'). Only this process writes --out and the cache."
         ),
-    ] = "local",
+    ] = "auto",
     workers: Annotated[
         Optional[int],
         typer.Option(
             min=1,
-            help="Workers for --executor process or ray (default 2, or one per --devices entry).",
+            help="Workers for --executor process or ray (default 2, or one per --devices entry); with auto, it means process.",
         ),
     ] = None,
     devices: Annotated[
@@ -172,7 +172,7 @@ def bench(
 
     set_threads(threads)
     device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
-    runner = make_executor(executor, workers, device_list, ray_address)
+    runner = make_executor(executor, workers, device_list, ray_address, threads)
     s = load_suite(suite).with_overrides(
         dataset=dataset,
         classes=_int_list(classes, "--classes"),
