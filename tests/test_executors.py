@@ -156,6 +156,8 @@ def test_auto_executor_plans_one_single_thread_worker_per_core(monkeypatch):
         assert isinstance(AutoExecutor(threads).plan(units, device), LocalExecutor)
     monkeypatch.setattr(executors, "_cores", lambda: 1)
     assert isinstance(AutoExecutor().plan(10, "cpu"), LocalExecutor)
+    monkeypatch.setattr(executors, "_cores", lambda: 128)  # each worker copies torch + data
+    assert AutoExecutor().plan(100, "cpu").workers == executors.AUTO_MAX_WORKERS
 
 
 def test_auto_is_the_default_and_workers_or_devices_make_it_process():

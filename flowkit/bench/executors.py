@@ -55,6 +55,9 @@ __all__ = [
 
 EXECUTORS = ("auto", "local", "process", "ray")
 RETRIES = 1  # a unit whose worker died is run once more, then recorded as failed
+# ``auto`` starts at most this many workers: each holds its own torch and copy of the data
+# (about 1 GiB on MNIST); --executor process --workers N goes further
+AUTO_MAX_WORKERS = 16
 
 
 def _cores() -> int:
@@ -331,8 +334,9 @@ class AutoExecutor:
     """The default: a process pool where the CPU has cores to spare, else here.
 
     On a CPU with at least ``2 × threads`` cores, a grid of two or more units runs on
-    ``cores // threads`` spawned workers (at most one per unit) of ``threads`` torch threads
-    each (default 1); on a GPU, one core, or a single unit, units run here one after another.
+    ``cores // threads`` spawned workers (at most one per unit, and at most
+    :data:`AUTO_MAX_WORKERS`) of ``threads`` torch threads each (default 1); on a GPU, one
+    core, or a single unit, units run here one after another.
     Per-unit threads fixed at one make a CPU run's numbers the same on 2 cores or 64 (the
     thread count sets the order of float sums), and on 2 cores two one-thread workers train
     faster than one two-thread process (``benchmarks/README.md``).
@@ -345,7 +349,7 @@ class AutoExecutor:
 
     def plan(self, units: int, device: str) -> Any:
         """The executor this run uses for ``units`` units on ``device``."""
-        workers = min(_cores() // self.threads, units)
+        workers = min(_cores() // self.threads, units, AUTO_MAX_WORKERS)
         if not device.startswith("cpu") or workers < 2:
             return LocalExecutor()
         return ProcessExecutor(workers, threads=self.threads)
