@@ -444,8 +444,9 @@ def run_suite(
     One process at a time holds ``out_dir`` (a second raises :class:`RunLockedError` naming
     the holder's pid). Every component of the grid is built once, untrained, before anything
     trains. ``on_cell`` is called with each record as it is written (the CLI's live table).
-    ``executor`` (:mod:`flowkit.bench.executors`: local, process, ray) runs the units; only
-    this process writes the run directory and the cache, whatever the executor.
+    ``executor`` (:mod:`flowkit.bench.executors`: auto, local, process, ray; None: local)
+    runs the units; only this process writes the run directory and the cache, whatever the
+    executor.
     """
     dev = str(resolve_device(device))
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
