@@ -253,6 +253,38 @@ def test_compare_anomalib_says_how_to_install_it_when_missing(tmp_path):
     assert "anomalib is not installed: pip install anomalib" in res.stdout
 
 
+def test_compare_anomalib_trains_and_scores_flowkits_side_with_its_overrides(tmp_path, monkeypatch):
+    """The script's flowkit side (no anomalib needed) on tiny data: the suite's cell with
+    ``--flowkit-epochs`` and ``--flowkit-precision`` applied, scores for every test file."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    import flowkit
+    from flowkit.data import leave_one_class_out
+
+    path = Path(__file__).parents[1] / "benchmarks" / "compare_anomalib.py"
+    spec = importlib.util.spec_from_file_location("compare_anomalib", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    built = []
+
+    class Recording(flowkit.Detector):
+        def __init__(self, **params):
+            super().__init__(**params)
+            built.append(params)
+
+    monkeypatch.setattr(flowkit, "Detector", Recording)
+    split = leave_one_class_out(flowkit.load_dataset("fake:per_class=20"), 1, seed=0)
+    files = script._write_pngs(split.test.images, tmp_path / "test")
+    r = script._flowkit(split, 1, "paper-mnist", 1, "bf16", files)
+    assert built[0]["encoder"] == "dcgan_ae:latent_dim=100" and built[0]["scorer"] == "nll"
+    assert (built[0]["epochs_encoder"], built[0]["precision"]) == (1, "bf16")
+    assert r["scores"].shape == (len(files),) and np.isfinite(r["scores"]).all()
+    assert r["fit_s"] > 0 and r["images_per_s"] > 0 and set(r["stages"]) == {"encoder", "flow"}
+
+
 def test_recommended_suite_runs_unchanged_on_3_channel_cifar_files(tmp_path, monkeypatch):
     """The generalization guard's second half: nothing in the recommended pipeline is
     specific to 1-channel digits (CIFAR-10 python batches, 3 channels, written offline)."""
