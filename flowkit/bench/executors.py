@@ -454,24 +454,20 @@ def make_executor(
     ``--devices`` is ``process``."""
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")
+    if name == "local" and (workers not in (None, 1) or devices):
+        raise ConfigError(
+            "--workers and --devices need --executor process or ray (local runs one unit "
+            "at a time)"
+        )
+    if ray_address and name != "ray":
+        raise ConfigError("--ray-address needs --executor ray")
     if name == "auto":
-        if ray_address:
-            raise ConfigError("--ray-address needs --executor ray")
         if not (workers or devices):
             return AutoExecutor(threads)
         name = "process"
     if name == "local":
-        if workers not in (None, 1) or devices:
-            raise ConfigError(
-                "--workers and --devices need --executor process or ray (local runs one unit "
-                "at a time)"
-            )
-        if ray_address:
-            raise ConfigError("--ray-address needs --executor ray")
         return LocalExecutor()
     n = workers or (len(devices) if devices else 2)
     if name == "process":
-        if ray_address:
-            raise ConfigError("--ray-address needs --executor ray")
         return ProcessExecutor(n, devices)
     return RayExecutor(n, ray_address, devices)
