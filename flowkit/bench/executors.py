@@ -456,8 +456,7 @@ def make_executor(
         raise ConfigError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")
     if name == "local" and (workers not in (None, 1) or devices):
         raise ConfigError(
-            "--workers and --devices need --executor process or ray (local runs one unit "
-            "at a time)"
+            "--workers and --devices need --executor process or ray (local runs one unit at a time)"
         )
     if ray_address and name != "ray":
         raise ConfigError("--ray-address needs --executor ray")
