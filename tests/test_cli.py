@@ -147,3 +147,21 @@ def test_flow_augment_flags_are_checked_before_anything_runs(tmp_path):
     assert not out.exists()
     res = run("train", "--flow-augment", "-1", "--out", str(tmp_path / "m.flowkit"), *TINY_ARGS)
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_train_option_defaults_are_the_detectors():
+    """The CLI spells its defaults out (importing the Detector would load torch before
+    --help); they must stay the Detector's."""
+    import typer.main
+
+    from flowkit import Detector
+
+    defaults = Detector().get_params()
+    command = typer.main.get_command(app).commands["train"]
+    shared = {p.name: p.default for p in command.params if p.name in defaults}
+    assert {"encoder", "flow", "scorer", "preprocess", "epochs_encoder"} <= set(shared)
+    assert {"flow_augment", "precision", "epochs_flow", "confidence"} <= set(shared)
+    assert shared["flow_batch_size"] == str(defaults["flow_batch_size"])
+    assert {k: v for k, v in shared.items() if k != "flow_batch_size"} == {
+        k: defaults[k] for k in shared if k != "flow_batch_size"
+    }
