@@ -28,6 +28,9 @@ from flowkit.errors import ConfigError
 EncoderOpt = Annotated[
     str, typer.Option(help="Encoder as NAME:key=value,... (see `flowkit list encoders`).")
 ]
+FlowOpt = Annotated[
+    str, typer.Option(help="Flow as NAME:key=value,... (see `flowkit list flows`).")
+]
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -35,11 +38,6 @@ def _given(ctx: typer.Context, name: str) -> bool:
     the source's name: typer may carry a click of its own, with its own enum."""
     source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-
-FlowOpt = Annotated[
-    str, typer.Option(help="Flow as NAME:key=value,... (see `flowkit list flows`).")
-]
 
 
 @handle_errors
