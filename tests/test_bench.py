@@ -362,3 +362,16 @@ def test_figures_say_which_data_they_show():
         label == "Data: embedded scikit-learn digits (8×8, upscaled), 1,047 train / 360 test images"
     )
     assert data_label("mnist", []) == "Data: mnist"
+
+
+def test_long_combination_names_keep_figures_of_their_own():
+    """The histograms of one long flow name's scorers once shared a cut file name (and
+    overwrote one another): a long name keeps its head and tail and a hash of the whole."""
+    from flowkit.bench.plots import _slug
+
+    stem = "simclr:temperature=0.5 + realnvp:batch_norm=true [pca:32] / "
+    names = [stem + s for s in ("nll", "knn:k=2,metric=cosine", "nll+knn:k=2,metric=cosine")]
+    slugs = [_slug(n) for n in names]
+    assert len(set(slugs)) == 3 and all(len(s) <= 60 for s in slugs)
+    assert slugs[2].startswith("simclr-temperature") and "metric-cosine" in slugs[2]
+    assert _slug("dcgan_ae + realnvp / nll") == "dcgan-ae---realnvp---nll"  # short: as before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,8 +29,16 @@ def _figure_bytes(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in text).strip("-")[:60]
+def _slug(text: str, limit: int = 60) -> str:
+    """A file-name part for ``text``; a long one keeps its head and tail (the encoder and
+    the scorer) and ends in a hash of the whole, so combinations that differ only in the
+    middle or past a cut keep figures of their own."""
+    slug = "".join(ch if ch.isalnum() else "-" for ch in text).strip("-")
+    if len(slug) <= limit:
+        return slug
+    room = limit - 11  # "--" between head and tail, "-" and 8 hex digits at the end
+    head, tail = slug[: room // 2].rstrip("-"), slug[-(room - room // 2) :].lstrip("-")
+    return f"{head}--{tail}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 DATA_NAMES = {"digits": "embedded scikit-learn digits (8×8, upscaled)"}
