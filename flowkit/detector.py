@@ -74,8 +74,9 @@ class Detector:
 
     The defaults are flowkit's recommended pipeline, chosen by measurement (see "Real MNIST"
     in ``benchmarks/README.md``): a SimCLR encoder (temperature 0.5, Adam at 1e-3, 20 epochs,
-    bf16 training where the CPU or GPU has it) → whitened PCA to 32 dimensions → Real-NVP,
-    trained on the latents of the images and of two augmented copies of each; the anomaly
+    bf16 training where the CPU or GPU has it) → whitened PCA to 32 dimensions → Real-NVP
+    with batch normalisation between its couplings (as in the Real NVP paper), trained on
+    the latents of the images and of two augmented copies of each; the anomaly
     score is the sum of the flow's negative log-likelihood and the cosine distance to the
     2nd-nearest normal training latent, each standardised on normal validation images.
     :meth:`paper` gives the seed paper's pair (DCGAN autoencoder + Real-NVP, log-likelihood).
@@ -137,7 +138,7 @@ class Detector:
         self,
         *,
         encoder: str = "simclr:temperature=0.5",
-        flow: str = "realnvp",
+        flow: str = "realnvp:batch_norm=true",
         scorer: str = "nll+knn:k=2,metric=cosine",
         preprocess: str = "auto",
         encoder_options: dict[str, Any] | None = None,

@@ -57,7 +57,7 @@ def train(
         ),
     ] = None,
     encoder: EncoderOpt = "simclr:temperature=0.5",
-    flow: FlowOpt = "realnvp",
+    flow: FlowOpt = "realnvp:batch_norm=true",
     scorer: Annotated[
         str,
         typer.Option(
@@ -126,8 +126,8 @@ def train(
 ) -> None:
     """Train an encoder + flow detector on normal images and save it as one file.
 
-    The defaults are flowkit's recommended pipeline (SimCLR → PCA → Real-NVP, scored by the
-    flow's NLL plus a cosine kNN distance); --paper trains the seed paper's pair.
+    The defaults are flowkit's recommended pipeline (SimCLR → PCA → Real-NVP with batch norm,
+    scored by the flow's NLL plus a cosine kNN distance); --paper trains the seed paper's pair.
 
     Folders in the MVTec AD or normal/ + anomalous/ layout train on their normal training
     part and report test metrics on their labelled test part.
