@@ -5,9 +5,16 @@ A pipeline is written as stages joined by ``+``: ``standardize`` (per dimension)
 ``auto`` (the Detector's default): ``pca:32``, or whitening of every dimension (``pca:D``) for
 latents of D ≤ 32 dimensions. Example: ``"l2+pca:32"``. The pipeline is saved inside the
 Detector artifact.
+
+An encoder whose latent is several parts side by side (``embed_blocks``, e.g. ``simclr``'s
+``features=trunk+head``) gets the pipeline applied to each part on its own, the outputs
+concatenated: ``pca:32`` on a (128, 128) latent gives 64 dimensions, 32 whitened per part, so
+neither part's scale drowns the other's.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -120,13 +127,24 @@ class LatentPipeline(nn.Module):
         torch.Size([3, 2])
     """
 
-    def __init__(self, spec: str = "standardize", in_dim: int = 1) -> None:
+    def __init__(
+        self, spec: str = "standardize", in_dim: int = 1, blocks: Sequence[int] | None = None
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.in_dim = int(in_dim)
+        self.blocks = tuple(int(b) for b in blocks) if blocks else (self.in_dim,)
+        if sum(self.blocks) != self.in_dim or min(self.blocks) < 1:
+            raise ConfigError(
+                f"latent blocks {self.blocks} must be positive and add up to {self.in_dim}"
+            )
+        # several blocks: one pipeline per block, outputs side by side
+        self.parts = nn.ModuleList(
+            [LatentPipeline(spec, b) for b in self.blocks] if len(self.blocks) > 1 else []
+        )
         stages: list[nn.Module] = []
         dim = self.in_dim
-        for name, arg in parse_pipeline(spec):
+        for name, arg in parse_pipeline(spec) if not self.parts else []:
             if name == "auto":
                 name, arg = "pca", min(AUTO_PCA, dim)
             stage = (
@@ -138,10 +156,17 @@ class LatentPipeline(nn.Module):
             stages.append(stage)
             dim = stage.out_dim
         self.stages = nn.ModuleList(stages)
-        self.out_dim = dim
+        self.out_dim = sum(p.out_dim for p in self.parts) if self.parts else dim
+        # what each block becomes: the flow gets one part per block (flowkit.flows.product)
+        self.out_blocks = tuple(p.out_dim for p in self.parts) if self.parts else (dim,)
+
+    def _split(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.split(z, list(self.blocks), dim=1)
 
     @torch.no_grad()
     def fit(self, z: torch.Tensor) -> LatentPipeline:
+        for part, block in zip(self.parts, self._split(z), strict=len(self.parts) > 0):
+            part.fit(block)
         for stage in self.stages:
             stage.fit(z)
             z = stage(z)
@@ -150,6 +175,8 @@ class LatentPipeline(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.in_dim:
             raise ConfigError(f"latents must have shape (N, {self.in_dim}), got {tuple(z.shape)}")
+        if self.parts:
+            return torch.cat([p(b) for p, b in zip(self.parts, self._split(z), strict=True)], 1)
         for stage in self.stages:
             z = stage(z)
         return z
@@ -157,6 +184,6 @@ class LatentPipeline(nn.Module):
     def log_abs_det(self) -> torch.Tensor:
         """Log-Jacobian of the (affine) stages, added to the flow's log-density."""
         total = torch.zeros(())
-        for stage in self.stages:
+        for stage in [*self.parts, *self.stages]:
             total = total + stage.log_abs_det().cpu()
         return total

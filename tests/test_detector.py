@@ -374,3 +374,18 @@ def test_defaults_are_the_recommended_pipeline_and_paper_the_papers_pair(fake_sp
     assert np.isfinite(scores).all()
     again = Detector.load(det.save(tmp_path / "d.flowkit"), device="cpu")
     np.testing.assert_array_equal(again.anomaly_score(fake_split.test.images), scores)
+
+
+def test_an_encoder_of_two_parts_gets_each_part_preprocessed_and_round_trips(fake_split, tmp_path):
+    enc = "simclr:width=8,latent_dim=8,projection_dim=6,features=trunk+head"
+    det = Detector(**{**TINY, "encoder": enc, "preprocess": "pca:4"}).fit(fake_split.train)
+    assert det.pipeline_.blocks == (8, 6) and det.pipeline_.out_dim == 8  # 4 per part
+    # one flow per part, each trained on its own block with its own early stopping
+    assert [p.features for p in det.flow_.parts] == [4, 4]
+    assert len(det.history_["flow"]["parts"]) == 2
+    z = det.embed(fake_split.test.images)
+    torch.testing.assert_close(det.pipeline_.parts[1](z[:, 8:]), det.pipeline_(z)[:, 4:])
+    scores = det.anomaly_score(fake_split.test.images)
+    again = Detector.load(det.save(tmp_path / "b.flowkit"), device="cpu")
+    assert again.pipeline_.blocks == (8, 6)
+    np.testing.assert_array_equal(again.anomaly_score(fake_split.test.images), scores)

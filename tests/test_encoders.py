@@ -108,3 +108,27 @@ def test_csi_learns_rotations():
         per = enc.rotation_loss(x.clamp(-1, 1))
     assert per.shape == (16,)
     assert float(per.mean()) < 0.3 < float(torch.log(torch.tensor(4.0)))
+
+
+@pytest.mark.parametrize("name", ["simclr", "csi"])
+def test_contrastive_features_trunk_head_or_both(name):
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    spec = f"{name}:width=8,latent_dim=16,projection_dim=12"
+    trunk = flowkit.create_encoder(spec, in_channels=3).eval()
+    both = flowkit.create_encoder(spec + ",features=trunk+head", in_channels=3).eval()
+    head = flowkit.create_encoder(spec + ",features=head", in_channels=3).eval()
+    assert (trunk.embed_dim, trunk.embed_blocks) == (16, (16,))
+    assert (both.embed_dim, both.embed_blocks) == (28, (16, 12))
+    assert (head.embed_dim, head.embed_blocks) == (12, (12,))
+    both.load_state_dict(trunk.state_dict())  # the same networks: only encode differs
+    head.load_state_dict(trunk.state_dict())
+    with torch.no_grad():
+        z, zb, zh = trunk.encode(x), both.encode(x), head.encode(x)
+        proj = trunk.head(trunk.trunk(x))
+    torch.testing.assert_close(zb[:, :16], z)
+    torch.testing.assert_close(zb[:, 16:], proj / proj.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(zh.norm(dim=1), torch.ones(4))  # the sphere NT-Xent works on
+    torch.testing.assert_close(zh, zb[:, 16:])
+    with pytest.raises(flowkit.ConfigError, match="features must be one of trunk, head"):
+        flowkit.create_encoder(f"{name}:features=projection")

@@ -36,6 +36,11 @@ EXPORTABLE = {
     "encoder csi + rotation": dict(
         encoder=f"csi:{TRUNK},projection_dim=8", scorer="rotation+nll", flow_augment=1
     ),
+    "encoder simclr trunk+head (a flow per part)": dict(
+        encoder=f"simclr:{TRUNK},projection_dim=8,features=trunk+head",
+        flow="realnvp:hidden=16,layers=2,blocks=1,batch_norm=true",
+        scorer="nll+knn:metric=cosine",
+    ),
     "flow maf": dict(flow="maf:hidden=16,layers=2"),
     "flow gaussian": dict(flow="gaussian"),
     "flow realnvp+batch_norm": dict(flow="realnvp:hidden=16,layers=2,blocks=1,batch_norm=true"),

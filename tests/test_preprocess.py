@@ -60,3 +60,23 @@ def test_auto_is_whitened_pca_to_at_most_32_dimensions():
     torch.testing.assert_close(small(z[:, :8]).std(0), torch.ones(8), rtol=1e-4, atol=1e-4)
     with pytest.raises(ConfigError):
         parse_pipeline("auto:3")
+
+
+def test_blocks_are_preprocessed_each_on_its_own_and_round_trip():
+    g = torch.Generator().manual_seed(0)
+    # two parts on very different scales: one pipeline over both would whiten by the big one
+    z = torch.cat([torch.randn(300, 6, generator=g) * 100, torch.randn(300, 4, generator=g)], 1)
+    pipe = LatentPipeline("pca:3", 10, blocks=(6, 4)).fit(z)
+    a, b = LatentPipeline("pca:3", 6).fit(z[:, :6]), LatentPipeline("pca:3", 4).fit(z[:, 6:])
+    assert pipe.out_dim == 6
+    torch.testing.assert_close(pipe(z), torch.cat([a(z[:, :6]), b(z[:, 6:])], 1))
+    torch.testing.assert_close(pipe.log_abs_det(), a.log_abs_det() + b.log_abs_det())
+    # auto on a blocked latent: pca to at most 32 per block
+    assert LatentPipeline("auto", 80, blocks=(48, 32)).out_dim == 64
+    clone = LatentPipeline("pca:3", 10, blocks=[6, 4])
+    clone.load_state_dict(pipe.state_dict())
+    torch.testing.assert_close(clone(z), pipe(z))
+    with pytest.raises(ConfigError, match="add up to 10"):
+        LatentPipeline("pca:3", 10, blocks=(6, 3))
+    with pytest.raises(ConfigError, match="1 <= K <= 4"):
+        LatentPipeline("pca:5", 10, blocks=(6, 4))

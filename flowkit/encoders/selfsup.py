@@ -17,6 +17,8 @@ from flowkit.encoders.blocks import dcgan_trunk
 from flowkit.errors import ConfigError
 from flowkit.registry import check_positive
 
+FEATURES = ("trunk", "head", "trunk+head")  # what a contrastive encoder's ``encode`` returns
+
 __all__ = ["CSIEncoder", "SimCLREncoder", "RotNetEncoder", "csi", "simclr", "rotnet", "nt_xent"]
 
 
@@ -50,8 +52,11 @@ class SimCLREncoder(TrunkEncoder):
     """SimCLR-style contrastive encoder (Chen et al., ICML 2020).
 
     Two augmented views of each image are pulled together and pushed from the other images
-    by NT-Xent on a projection head that is used only in training; ``encode`` returns the
-    trunk's features.
+    by NT-Xent on a projection head. ``features`` says what ``encode`` returns: ``"trunk"``
+    (the trunk's features, the head used only in training), ``"head"`` (the head's output,
+    L2-normalised: the sphere on which NT-Xent compares images) or ``"trunk+head"`` (both side
+    by side; :attr:`embed_blocks` names the two parts, so that the latent preprocessing and
+    the flow's density treat each part on its own scale).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class SimCLREncoder(TrunkEncoder):
         projection_dim: int = 128,
         temperature: float = 0.2,
         augment: Augment | None = None,
+        features: str = "trunk",
     ) -> None:
         if temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {temperature}")
@@ -74,6 +80,24 @@ class SimCLREncoder(TrunkEncoder):
         )
         self.temperature = float(temperature)
         self.augment = augment or Augment()
+        self._use_features(features)
+
+    def _use_features(self, features: str) -> None:
+        """Set what :meth:`encode` returns, and :attr:`embed_dim` / :attr:`embed_blocks`."""
+        if features not in FEATURES:
+            raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+        self.features = features
+        trunk, head = self.head[0].in_features, self.head[-1].out_features
+        blocks = {"trunk": (trunk,), "head": (head,), "trunk+head": (trunk, head)}
+        self.embed_blocks = blocks[features]
+        self.embed_dim = sum(self.embed_blocks)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.trunk(x)
+        if self.features == "trunk":
+            return feats
+        proj = F.normalize(self.head(feats), dim=1)
+        return proj if self.features == "head" else torch.cat([feats, proj], 1)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         views = torch.cat([self.augment(x), self.augment(x)])
@@ -105,7 +129,8 @@ class CSIEncoder(SimCLREncoder):
     image, while two augmented views of the same rotation are pulled together. A linear head
     on the trunk's features also predicts the rotation (CSI's shifting-transformation
     classifier), weighted by ``rotation_weight``. ``encode`` gives the upright image's
-    features; :meth:`rotation_loss` the per-image rotation loss (the ``rotation`` scorer).
+    features (``features`` as in :class:`SimCLREncoder`); :meth:`rotation_loss` the
+    per-image rotation loss (the ``rotation`` scorer).
     An epoch costs four times a SimCLR epoch.
     """
 
@@ -119,12 +144,14 @@ class CSIEncoder(SimCLREncoder):
         temperature: float = 0.2,
         augment: Augment | None = None,
         rotation_weight: float = 1.0,
+        features: str = "trunk",
     ) -> None:
         if rotation_weight < 0:
             raise ConfigError(f"rotation_weight must be >= 0, got {rotation_weight}")
         super().__init__(
             in_channels, image_size, latent_dim, width, projection_dim, temperature, augment
         )
+        self._use_features(features)
         self.rotation_head = nn.Linear(latent_dim, 4)
         self.rotation_weight = float(rotation_weight)
 
@@ -187,8 +214,10 @@ def simclr(
     hflip: bool = False,
     jitter: float = 0.0,
     noise: float = 0.0,
+    features: str = "trunk",
 ) -> SimCLREncoder:
-    """SimCLR contrastive encoder on the DCGAN trunk (random-affine views by default)."""
+    """SimCLR contrastive encoder on the DCGAN trunk (random-affine views by default);
+    ``features``: trunk, head (L2-normalised projection) or trunk+head."""
     check_positive(
         "simclr",
         in_channels=in_channels,
@@ -204,6 +233,7 @@ def simclr(
         projection_dim,
         temperature,
         Augment(affine=affine, hflip=hflip, jitter=jitter, noise=noise),
+        features,
     )
 
 
@@ -219,6 +249,7 @@ def csi(
     hflip: bool = False,
     jitter: float = 0.0,
     noise: float = 0.0,
+    features: str = "trunk",
 ) -> CSIEncoder:
     """CSI: SimCLR with 90° rotations as shifted instances and a rotation head (pairs with
     the rotation scorer); the same trunk and views as simclr."""
@@ -238,6 +269,7 @@ def csi(
         temperature,
         Augment(affine=affine, hflip=hflip, jitter=jitter, noise=noise),
         rotation_weight,
+        features,
     )
 
 
