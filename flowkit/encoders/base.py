@@ -3,8 +3,10 @@
 The minimum is a ``torch.nn.Module`` with ``encode(x) -> (B, embed_dim)`` and an integer
 ``embed_dim``. Optional: ``loss(x) -> scalar`` (its stage-1 objective; an encoder with one is
 trained, unless it sets ``trainable = False``), ``input_shape`` ``(C, H, W)`` (checked
-against the data), and per-image methods that scorers use (``reconstruction_error``,
-``rotation_loss``).
+against the data), per-image methods that scorers use (``reconstruction_error``,
+``rotation_loss``), and ``embed_blocks``, a tuple of part sizes adding up to ``embed_dim``
+for a latent made of several parts side by side: each part then gets the preprocessing and a
+flow of its own, and the density is their product (``simclr:features=trunk+head``).
 """
 
 from __future__ import annotations
