@@ -141,7 +141,7 @@ class Detector:
     def __init__(
         self,
         *,
-        encoder: str = "simclr:temperature=0.5,features=trunk+head",
+        encoder: str = "simclr:features=trunk+head,temperature=0.5",
         flow: str = "realnvp:batch_norm=true",
         scorer: str = "nll+knn:k=2,metric=cosine",
         preprocess: str = "auto",

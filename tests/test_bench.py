@@ -312,9 +312,9 @@ def test_detector_defaults_are_the_recommended_suites_primary_pipeline():
     params, defaults = cell.detector_params("cpu"), Detector(device="cpu").get_params()
     differ = {k for k in params if params[k] != defaults[k]}
     assert differ == {"preprocess"}, differ  # the suite spells out what "auto" is for it
-    latent = 128  # simclr's
-    assert LatentPipeline(params["preprocess"], latent).out_dim == 32
-    assert LatentPipeline(defaults["preprocess"], latent).out_dim == 32
+    parts = (128, 128)  # simclr's trunk and head, side by side: pca:32 on each
+    assert LatentPipeline(params["preprocess"], 256, blocks=parts).out_dim == 64
+    assert LatentPipeline(defaults["preprocess"], 256, blocks=parts).out_dim == 64
 
 
 def _rec(combination, seed, target, auc, **timings):

@@ -56,7 +56,7 @@ def train(
             help="Hold this class out as the anomaly (leave-one-class-out protocol) and report test metrics."
         ),
     ] = None,
-    encoder: EncoderOpt = "simclr:temperature=0.5,features=trunk+head",
+    encoder: EncoderOpt = "simclr:features=trunk+head,temperature=0.5",
     flow: FlowOpt = "realnvp:batch_norm=true",
     scorer: Annotated[
         str,
