@@ -458,8 +458,10 @@ class Detector:
             # says, which is rarely where each part's own would (benchmarks/README.md)
             self.history_["flow"] = _merge_histories(
                 [
-                    fit(part, p_train[:, lo:hi], p_val[:, lo:hi]).to_dict()
-                    for part, (lo, hi) in zip(self.flow_.parts, self.flow_.spans(), strict=True)
+                    fit(part, train, val).to_dict()
+                    for (part, train), (_, val) in zip(
+                        self.flow_.pairs(p_train), self.flow_.pairs(p_val), strict=True
+                    )
                 ]
             )
             self.flow_.eval()

@@ -38,6 +38,7 @@ from torch import nn
 from flowkit import __version__, artifact
 from flowkit.data.base import to_float
 from flowkit.errors import ConfigError, NotExportableError
+from flowkit.flows.base import export_form
 from flowkit.registry import format_spec
 from flowkit.scorers import ScoreContext
 
@@ -60,8 +61,7 @@ class ScoringGraph(nn.Module):
         why = getattr(flow, "not_exportable", None)
         if why:
             raise NotExportableError(f"the {detector.flow_spec_[0]} flow has no ONNX form: {why}")
-        # a flow may offer an exportable equivalent (the Gaussian precomputes L⁻¹)
-        self.flow = flow.for_export() if callable(getattr(flow, "for_export", None)) else flow
+        self.flow = export_form(flow)
         self.scorer = detector.scorer_
         self.register_buffer("log_det", detector.pipeline_.log_abs_det().float().reshape(()))
 

@@ -165,8 +165,10 @@ class LatentPipeline(nn.Module):
 
     @torch.no_grad()
     def fit(self, z: torch.Tensor) -> LatentPipeline:
-        for part, block in zip(self.parts, self._split(z), strict=len(self.parts) > 0):
-            part.fit(block)
+        if self.parts:
+            for part, block in zip(self.parts, self._split(z), strict=True):
+                part.fit(block)
+            return self
         for stage in self.stages:
             stage.fit(z)
             z = stage(z)

@@ -83,6 +83,13 @@ def test_every_exportable_component_matches_pytorch(case, fake_split, tmp_path):
     "params, message",
     [
         (dict(flow="nsf:hidden=8,layers=2,blocks=1"), "nsf flow has no ONNX form"),
+        (  # one flow per part: the product is exportable only if its parts are
+            dict(
+                encoder=f"simclr:{TRUNK},projection_dim=8,features=trunk+head",
+                flow="nsf:hidden=8,layers=2,blocks=1",
+            ),
+            "nsf flow has no ONNX form",
+        ),
         (dict(scorer="complexity"), "complexity scorer compresses each image as PNG"),
     ],
 )

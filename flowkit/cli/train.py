@@ -126,11 +126,9 @@ def train(
 ) -> None:
     """Train an encoder + flow detector on normal images and save it as one file.
 
-    The defaults are flowkit's recommended pipeline (SimCLR → PCA → Real-NVP with batch norm,
-    scored by the flow's NLL plus a cosine kNN distance); --paper trains the seed paper's pair.
+    The defaults are flowkit's recommended pipeline (SimCLR trunk and head features → PCA and a Real-NVP with batch norm for each of the two parts, scored by the flows' NLL plus a cosine kNN distance); --paper trains the seed paper's pair.
 
-    Folders in the MVTec AD or normal/ + anomalous/ layout train on their normal training
-    part and report test metrics on their labelled test part.
+    Folders in the MVTec AD or normal/ + anomalous/ layout train on their normal training part and report test metrics on their labelled test part.
     """
     from flowkit import Detector, load_dataset
     from flowkit.data import labelled_split, leave_one_class_out

@@ -26,7 +26,14 @@ from torch import nn
 
 from flowkit.errors import ConfigError
 
-__all__ = ["Flow", "TransformFlow", "check_flow_object", "check_log_prob", "initialize_flow"]
+__all__ = [
+    "Flow",
+    "TransformFlow",
+    "check_flow_object",
+    "check_log_prob",
+    "export_form",
+    "initialize_flow",
+]
 
 
 class Flow(nn.Module, abc.ABC):
@@ -99,6 +106,12 @@ def check_log_prob(flow: nn.Module, z: torch.Tensor) -> None:
             f"flow {type(flow).__name__}: log_prob(z) must return shape ({len(z)},) for "
             f"{len(z)} latents, got {got}"
         )
+
+
+def export_form(flow: nn.Module) -> nn.Module:
+    """The flow's optional exportable equivalent (``for_export()``, e.g. the Gaussian's
+    precomputed L⁻¹), or the flow itself."""
+    return flow.for_export() if callable(getattr(flow, "for_export", None)) else flow
 
 
 def initialize_flow(flow: nn.Module, z: torch.Tensor) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from flowkit.errors import ConfigError
-from flowkit.flows.base import Flow, initialize_flow
+from flowkit.flows.base import Flow, export_form, initialize_flow
 
 __all__ = ["ProductFlow"]
 
@@ -37,21 +37,21 @@ class ProductFlow(Flow):
         self.parts = nn.ModuleList(parts)
         self.blocks = tuple(int(b) for b in blocks)
         self.features = sum(self.blocks)
+        # flowkit.export reads this: a product has an ONNX form only if every part has one
+        self.not_exportable = next(
+            (why for p in parts if (why := getattr(p, "not_exportable", None))), None
+        )
 
-    def spans(self) -> list[tuple[int, int]]:
-        """``(start, stop)`` of each part's block in the latent."""
-        stops = torch.tensor(self.blocks).cumsum(0).tolist()
-        return [(stop - b, stop) for b, stop in zip(self.blocks, stops, strict=True)]
-
-    def _pairs(self, z: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+    def pairs(self, z: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+        """Each part with its block of ``z`` (the last dimension)."""
         return list(zip(self.parts, torch.split(z, list(self.blocks), dim=-1), strict=True))
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        out = [p.log_prob(b) for p, b in self._pairs(z)]
+        out = [p.log_prob(b) for p, b in self.pairs(z)]
         return torch.stack(out).sum(0)
 
     def initialize(self, z: torch.Tensor) -> None:
-        for part, block in self._pairs(z):
+        for part, block in self.pairs(z):
             initialize_flow(part, block)
 
     def sample(self, n: int) -> torch.Tensor:
@@ -59,17 +59,14 @@ class ProductFlow(Flow):
 
     def for_export(self) -> ProductFlow:
         """A copy whose parts are their ONNX-exportable selves, where they have one."""
-        parts = [
-            p.for_export() if callable(getattr(p, "for_export", None)) else p for p in self.parts
-        ]
-        return ProductFlow(parts, self.blocks)
+        return ProductFlow([export_form(p) for p in self.parts], self.blocks)
 
     def transform_to_noise(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.cat([p.transform_to_noise(b) for p, b in self._pairs(z)], -1)
+        return torch.cat([p.transform_to_noise(b) for p, b in self.pairs(z)], -1)
 
     def inverse(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.cat([p.inverse(b) for p, b in self._pairs(u)], -1)
+        return torch.cat([p.inverse(b) for p, b in self.pairs(u)], -1)
 
     def base_log_prob(self, u: torch.Tensor) -> torch.Tensor:
-        out = [p.base_log_prob(b) for p, b in self._pairs(u)]
+        out = [p.base_log_prob(b) for p, b in self.pairs(u)]
         return torch.stack(out).sum(0)
