@@ -36,7 +36,7 @@ from flowkit.flows.product import ProductFlow
 from flowkit.images import check_input_shape
 from flowkit.preprocess import LatentPipeline, parse_pipeline
 from flowkit.registry import accepted_options, coerce_options, encoders, flows, parse_spec, scorers
-from flowkit.scorers import ScoreContext, Scorer
+from flowkit.scorers import ScoreContext, Scorer, check_scorer_parts
 from flowkit.training import (
     History,
     embed,
@@ -284,7 +284,7 @@ class Detector:
         with torch.no_grad():
             check_log_prob(flow.eval(), torch.zeros(2, out_dim))
         sname, soptions = self.scorer_spec_
-        scorers.create(sname, **soptions)
+        check_scorer_parts(scorers.create(sname, **soptions), len(pipe.out_blocks))
 
     @property
     def encoder_spec_(self) -> tuple[str, dict[str, Any]]:
@@ -527,7 +527,12 @@ class Detector:
         )
         lp = (lp + self.pipeline_.log_abs_det().to(dev)).double().cpu()
         return ScoreContext(
-            log_prob=lp, latents=z.cpu(), images=images, encoder=self.encoder_, device=dev
+            log_prob=lp,
+            latents=z.cpu(),
+            images=images,
+            encoder=self.encoder_,
+            device=dev,
+            blocks=self.pipeline_.out_blocks,
         )
 
     def score_latents(

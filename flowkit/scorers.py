@@ -56,6 +56,8 @@ class ScoreContext:
         images: the uint8 images ``(B, C, H, W)``, when available.
         encoder: the fitted encoder, for scorers that call its per-image methods.
         device: where the encoder runs.
+        blocks: the sizes of the latents' parts, side by side along ``D``, when the encoder
+            gives several (its ``embed_blocks``, after preprocessing); ``None`` for one part.
     """
 
     log_prob: torch.Tensor
@@ -63,6 +65,34 @@ class ScoreContext:
     images: torch.Tensor | None = None
     encoder: nn.Module | None = None
     device: torch.device | str = "cpu"
+    blocks: tuple[int, ...] | None = None
+
+
+def latent_part(ctx: ScoreContext, part: int | None) -> torch.Tensor:
+    """The latents of one part (``part``, counted from 0), or all of them for ``None``."""
+    if part is None:
+        return ctx.latents
+    blocks = ctx.blocks or (int(ctx.latents.shape[1]),)
+    check_part(part, len(blocks))
+    start = sum(blocks[:part])
+    return ctx.latents[:, start : start + blocks[part]]
+
+
+def check_part(part: int | None, parts: int) -> None:
+    """Refuse a part index that a latent of ``parts`` parts does not have."""
+    if part is not None and not 0 <= part < parts:
+        have = "one part (part=0)" if parts == 1 else f"{parts} parts (part=0 to {parts - 1})"
+        raise ConfigError(
+            f"the scorer asks for part={part} of the latent, which has {have}; the parts are "
+            "the encoder's embed_blocks (simclr/csi with features=trunk+head: 0 = trunk, "
+            "1 = head)"
+        )
+
+
+def check_scorer_parts(scorer: Any, parts: int) -> None:
+    """:func:`check_part` for a scorer and, in a combination, each of its scorers."""
+    for inner in getattr(scorer, "scorers", None) or [scorer]:
+        check_part(getattr(inner, "part", None), parts)
 
 
 class Scorer(abc.ABC):
@@ -225,23 +255,32 @@ def _per_image(ctx: ScoreContext, name: str, method: str) -> torch.Tensor:
 
 
 class KNNScorer(Scorer):
-    """Distance to the k-th nearest normal training latent (scikit-learn NearestNeighbors)."""
+    """Distance to the k-th nearest normal training latent (scikit-learn NearestNeighbors);
+    with ``part``, on that part of a latent of several (:attr:`ScoreContext.blocks`) alone."""
 
     name = "knn"
 
     def __init__(
-        self, k: int = 5, metric: str = "euclidean", max_reference: int = 20000, seed: int = 0
+        self,
+        k: int = 5,
+        metric: str = "euclidean",
+        max_reference: int = 20000,
+        seed: int = 0,
+        part: int | None = None,
     ) -> None:
         if k < 1:
             raise ConfigError(f"knn needs k >= 1, got {k}")
         if metric not in ("euclidean", "cosine"):
             raise ConfigError(f"knn metric must be euclidean or cosine, got {metric!r}")
+        if part is not None and part < 0:
+            raise ConfigError(f"knn part must be >= 0 (the first part is 0), got {part}")
         self.k, self.metric, self.max_reference, self.seed = k, metric, max_reference, seed
+        self.part = part
         self.reference = torch.empty(0, 0)
         self._index: Any = None
 
     def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
-        ref = train.latents.float()
+        ref = latent_part(train, self.part).float()
         if len(ref) > self.max_reference:  # bound the saved model's size
             keep = torch.randperm(len(ref), generator=torch.Generator().manual_seed(self.seed))
             ref = ref[keep[: self.max_reference]]
@@ -261,12 +300,13 @@ class KNNScorer(Scorer):
         return self._index
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
-        dist, _ = self._nn().kneighbors(ctx.latents.float().numpy())
+        dist, _ = self._nn().kneighbors(latent_part(ctx, self.part).float().numpy())
         return torch.from_numpy(dist[:, -1]).double()
 
     def export_score(self, ctx: ScoreContext) -> torch.Tensor:
         """The same distance as a matrix product and a top-k over the stored reference."""
-        ref, z = self.reference.to(ctx.latents), ctx.latents
+        z = latent_part(ctx, self.part)
+        ref = self.reference.to(z)
         if self.metric == "cosine":
             ref = ref / ref.norm(dim=1, keepdim=True).clamp_min(1e-12)
             z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -405,10 +445,15 @@ def recon() -> ReconScorer:
 
 
 def knn(
-    k: int = 5, metric: str = "euclidean", max_reference: int = 20000, seed: int = 0
+    k: int = 5,
+    metric: str = "euclidean",
+    max_reference: int = 20000,
+    seed: int = 0,
+    part: int | None = None,
 ) -> KNNScorer:
-    """Distance to the k-th nearest normal training latent."""
-    return KNNScorer(k, metric, max_reference, seed)
+    """Distance to the k-th nearest normal training latent; ``part=N``: on the latent's part
+    N alone (0 = the trunk's features of ``simclr:features=trunk+head``)."""
+    return KNNScorer(k, metric, max_reference, seed, part)
 
 
 def complexity() -> ComplexityScorer:

@@ -39,7 +39,7 @@ EXPORTABLE = {
     "encoder simclr trunk+head (a flow per part)": dict(
         encoder=f"simclr:{TRUNK},projection_dim=8,features=trunk+head",
         flow="realnvp:hidden=16,layers=2,blocks=1,batch_norm=true",
-        scorer="nll+knn:metric=cosine",
+        scorer="nll+knn:metric=cosine,part=0",
     ),
     "flow maf": dict(flow="maf:hidden=16,layers=2"),
     "flow gaussian": dict(flow="gaussian"),

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 import flowkit
 from flowkit import Detector
@@ -63,6 +64,42 @@ def test_scorer_semantics(fitted):
         flowkit.create_scorer("combo:parts=nll")
     with pytest.raises(flowkit.UnknownComponentError, match="did you mean 'knn'"):
         flowkit.create_scorer("combo:parts=nll+knm")
+
+
+def test_knn_on_one_part_sees_that_part_alone():
+    g = torch.Generator().manual_seed(0)
+    # part 0 (3 dims) carries the anomaly; part 1 (2 dims) is loud noise that hides it
+    train = torch.cat([torch.randn(200, 3, generator=g), 100 * torch.randn(200, 2, generator=g)], 1)
+    test = torch.cat([torch.randn(40, 3, generator=g), 100 * torch.randn(40, 2, generator=g)], 1)
+    test[20:, :3] += 6.0
+    y = np.r_[np.zeros(20), np.ones(20)]
+
+    def ctx(z: torch.Tensor, blocks: tuple[int, ...] | None = (3, 2)) -> ScoreContext:
+        return ScoreContext(log_prob=torch.zeros(len(z)), latents=z, blocks=blocks)
+
+    whole = flowkit.create_scorer("knn:k=2").fit(ctx(train), ctx(train))
+    first = flowkit.create_scorer("knn:k=2,part=0").fit(ctx(train), ctx(train))
+    alone = flowkit.create_scorer("knn:k=2").fit(ctx(train[:, :3], None), ctx(train[:, :3], None))
+    torch.testing.assert_close(first.score(ctx(test)), alone.score(ctx(test[:, :3], None)))
+    torch.testing.assert_close(
+        first.export_score(ctx(test)), first.score(ctx(test)).float(), rtol=1e-4, atol=1e-5
+    )
+    assert roc_auc_score(y, first.score(ctx(test))) == 1.0
+    assert roc_auc_score(y, whole.score(ctx(test))) < 0.75
+    second = flowkit.create_scorer("knn:k=2,part=1").fit(ctx(train), ctx(train))
+    assert second.reference.shape == (200, 2)
+    # a latent of one part has part 0 only; part=1 is refused with the parts it has
+    with pytest.raises(flowkit.ConfigError, match=r"part=1 .* one part \(part=0\)"):
+        second.score(ctx(test, None))
+    with pytest.raises(flowkit.ConfigError, match="part must be >= 0"):
+        flowkit.create_scorer("knn:part=-1")
+
+
+def test_a_part_the_encoder_does_not_have_is_refused_before_training(fake_split):
+    det = Detector(**{**TINY, "scorer": "nll+knn:part=1"})  # dcgan_ae: one part
+    with pytest.raises(flowkit.ConfigError, match=r"part=1 .* one part"):
+        det.fit(fake_split.train)
+    assert not hasattr(det, "encoder_")  # nothing trained
 
 
 def test_complexity_orders_noise_above_blank():
