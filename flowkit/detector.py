@@ -81,8 +81,9 @@ class Detector:
     one Real-NVP per part with batch normalisation between its couplings (as in the Real
     NVP paper; the density is the product of the two), trained on the latents of the images
     and of two augmented copies of each; the anomaly score is the sum of the negative
-    log-likelihood and the cosine distance to the 2nd-nearest normal training latent, each
-    standardised on normal validation images.
+    log-likelihood and the cosine distance to the 2nd-nearest normal training latent in the
+    trunk's part (``knn:part=0``: the flows model both parts, the kNN the representation),
+    each standardised on normal validation images.
     :meth:`paper` gives the seed paper's pair (DCGAN autoencoder + Real-NVP, log-likelihood).
 
     Args:
@@ -143,7 +144,7 @@ class Detector:
         *,
         encoder: str = "simclr:features=trunk+head,temperature=0.5",
         flow: str = "realnvp:batch_norm=true",
-        scorer: str = "nll+knn:k=2,metric=cosine",
+        scorer: str = "nll+knn:k=2,metric=cosine,part=0",
         preprocess: str = "auto",
         encoder_options: dict[str, Any] | None = None,
         flow_options: dict[str, Any] | None = None,

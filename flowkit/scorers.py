@@ -34,6 +34,8 @@ __all__ = [
     "ScoreContext",
     "Scorer",
     "check_scorer_object",
+    "check_scorer_parts",
+    "latent_part",
     "NLLScorer",
     "BPDScorer",
     "TypicalityScorer",

@@ -81,7 +81,7 @@ def test_train_defaults_are_the_recommended_pipeline_and_paper_the_papers(tmp_pa
 
     rec = train("r.flowkit", "--encoder", "simclr:width=8,latent_dim=8")
     assert (rec.scorer, rec.preprocess, rec.flow_augment) == (
-        "nll+knn:k=2,metric=cosine",
+        "nll+knn:k=2,metric=cosine,part=0",
         "auto",
         2,
     )

@@ -64,7 +64,7 @@ def train(
             help="Scorer as NAME:key=value,... (higher = more anomalous); 'a+b' sums scorers "
             "a and b, each standardised on normal validation images."
         ),
-    ] = "nll+knn:k=2,metric=cosine",
+    ] = "nll+knn:k=2,metric=cosine,part=0",
     preprocess: Annotated[
         str,
         typer.Option(
@@ -126,7 +126,7 @@ def train(
 ) -> None:
     """Train an encoder + flow detector on normal images and save it as one file.
 
-    The defaults are flowkit's recommended pipeline (SimCLR trunk and head features → PCA and a Real-NVP with batch norm for each of the two parts, scored by the flows' NLL plus a cosine kNN distance); --paper trains the seed paper's pair.
+    The defaults are flowkit's recommended pipeline (SimCLR trunk and head features → PCA and a Real-NVP with batch norm for each of the two parts, scored by the flows' NLL plus a cosine kNN distance in the trunk's part); --paper trains the seed paper's pair.
 
     Folders in the MVTec AD or normal/ + anomalous/ layout train on their normal training part and report test metrics on their labelled test part.
     """
