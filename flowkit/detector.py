@@ -280,12 +280,16 @@ class Detector:
         blocks = getattr(encoder, "embed_blocks", None)
         pipe = LatentPipeline(self.preprocess, in_dim=in_dim, blocks=blocks)
         out_dim = pipe.out_dim
-        name, options = self.flow_spec_
-        flow = _flow_over(pipe.out_blocks, lambda d: flows.create(name, features=d, **options))
+        flow = self._create_flow(pipe.out_blocks)
         with torch.no_grad():
             check_log_prob(flow.eval(), torch.zeros(2, out_dim))
         sname, soptions = self.scorer_spec_
         check_scorer_parts(scorers.create(sname, **soptions), len(pipe.out_blocks))
+
+    def _create_flow(self, blocks: tuple[int, ...]) -> torch.nn.Module:
+        """The untrained flow for preprocessed latents of ``blocks`` (one flow per block)."""
+        name, options = self.flow_spec_
+        return _flow_over(blocks, lambda d: flows.create(name, features=d, **options))
 
     @property
     def encoder_spec_(self) -> tuple[str, dict[str, Any]]:
@@ -435,11 +439,8 @@ class Detector:
             self.preprocess, in_dim=z_train.shape[1], blocks=blocks
         ).fit(z_flow)
         p_train, p_val = self.pipeline_(z_flow), self.pipeline_(z_val)
-        name, options = self.flow_spec_
         torch.manual_seed(self.seed + 1)
-        self.flow_ = _flow_over(
-            self.pipeline_.out_blocks, lambda d: flows.create(name, features=d, **options)
-        )
+        self.flow_ = self._create_flow(self.pipeline_.out_blocks)
         fit = functools.partial(
             fit_flow,
             epochs=self.epochs_flow,

@@ -63,14 +63,17 @@ class ScoringGraph(nn.Module):
             raise NotExportableError(f"the {detector.flow_spec_[0]} flow has no ONNX form: {why}")
         self.flow = export_form(flow)
         self.scorer = detector.scorer_
-        self.blocks = tuple(detector.pipeline_.out_blocks)
         self.register_buffer("log_det", detector.pipeline_.log_abs_det().float().reshape(()))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.pipeline(self.encoder.encode(to_float(images)))
         log_prob = self.flow.log_prob(z) + self.log_det
         ctx = ScoreContext(
-            log_prob=log_prob, latents=z, images=images, encoder=self.encoder, blocks=self.blocks
+            log_prob=log_prob,
+            latents=z,
+            images=images,
+            encoder=self.encoder,
+            blocks=self.pipeline.out_blocks,
         )
         return self.scorer.export_score(ctx).float(), log_prob
 

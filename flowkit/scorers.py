@@ -76,8 +76,7 @@ def latent_part(ctx: ScoreContext, part: int | None) -> torch.Tensor:
         return ctx.latents
     blocks = ctx.blocks or (int(ctx.latents.shape[1]),)
     check_part(part, len(blocks))
-    start = sum(blocks[:part])
-    return ctx.latents[:, start : start + blocks[part]]
+    return torch.split(ctx.latents, list(blocks), dim=1)[part]
 
 
 def check_part(part: int | None, parts: int) -> None:
