@@ -1,7 +1,7 @@
 """ONNX export: one graph from a uint8 image batch to the anomaly score and log-likelihood.
 
-The graph holds the whole Detector: uint8 → float scaling, the encoder, the latent
-preprocessing, the flow's log-density (plus the preprocessing's Jacobian) and the scorer's
+The graph holds the whole Detector: uint8 → float scaling, the encoder, the density stage's
+log-likelihood (preprocessing, flow and the preprocessing's Jacobian) and the scorer's
 :meth:`~flowkit.scorers.Scorer.export_score` (the kNN scorer as a matrix product and a top-k
 over its stored normal latents). The batch dimension is dynamic. The threshold, input shape,
 components and flowkit version go into the model's metadata, so that
@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import re
@@ -38,7 +39,6 @@ from torch import nn
 from flowkit import __version__, artifact
 from flowkit.data.base import to_float
 from flowkit.errors import ConfigError, NotExportableError
-from flowkit.flows.base import export_form
 from flowkit.registry import format_spec
 from flowkit.scorers import ScoreContext
 
@@ -51,29 +51,28 @@ RTOL = 1e-3  # on noise probes; see the module doc
 
 
 class ScoringGraph(nn.Module):
-    """A fitted Detector as one module: uint8 ``(N, C, H, W)`` → (anomaly score, log-lik)."""
+    """A fitted Detector as one module: uint8 ``(N, C, H, W)`` → (anomaly score, log-lik).
+
+    The log-likelihood is the density stage's own (:meth:`flowkit.stages.Density.for_export`:
+    preprocessing, flow and the preprocessing's Jacobian), the one scoring uses.
+    """
 
     def __init__(self, detector: Any) -> None:
         super().__init__()
+        detector.check_fitted()
         self.encoder = detector.encoder_
-        self.pipeline = detector.pipeline_
-        flow = detector.flow_
-        why = getattr(flow, "not_exportable", None)
-        if why:
-            raise NotExportableError(f"the {detector.flow_spec_[0]} flow has no ONNX form: {why}")
-        self.flow = export_form(flow)
+        self.density = detector.density_.for_export(f"{detector.flow_spec_[0]} flow")
         self.scorer = detector.scorer_
-        self.register_buffer("log_det", detector.pipeline_.log_abs_det().float().reshape(()))
+        self.part_sizes = detector.density_.part_sizes
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.pipeline(self.encoder.encode(to_float(images)))
-        log_prob = self.flow.log_prob(z) + self.log_det
+        z, log_prob = self.density(self.encoder.encode(to_float(images)))
         ctx = ScoreContext(
             log_prob=log_prob,
             latents=z,
             images=images,
             encoder=self.encoder,
-            blocks=self.pipeline.out_blocks,
+            part_sizes=self.part_sizes,
         )
         return self.scorer.export_score(ctx).float(), log_prob
 
@@ -230,20 +229,15 @@ def export_onnx(
 
     Raises :class:`NotExportableError` naming the component that has no ONNX form.
     """
-    detector._fitted()
+    detector.check_fitted()
     what = _describe(detector)
-    device = detector.device
-    try:
-        detector.device = "cpu"
-        for module in (detector.encoder_, detector.pipeline_, detector.flow_):
-            module.to("cpu").eval()
-        graph = ScoringGraph(detector).eval()
-        probe = _probe(detector.input_shape_, 4, 0)
-        with torch.no_grad():
-            graph(probe)  # a scorer without an ONNX form says so here, before tracing
-        model_bytes = _with_metadata(_trace(graph, probe, opset, what), _metadata(detector))
-        if check:
-            _verify(model_bytes, detector, what, rtol)
-    finally:
-        detector.device = device
+    # a CPU twin: the same fitted stages, scored on the CPU (the graph is traced there)
+    cpu = copy.copy(detector).set_params(device="cpu")
+    graph = ScoringGraph(cpu).to("cpu").eval()
+    probe = _probe(cpu.input_shape_, 4, 0)
+    with torch.no_grad():
+        graph(probe)  # a scorer without an ONNX form says so here, before tracing
+    model_bytes = _with_metadata(_trace(graph, probe, opset, what), _metadata(cpu))
+    if check:
+        _verify(model_bytes, cpu, what, rtol)
     return artifact.atomic_write_bytes(path, model_bytes)

@@ -1,13 +1,13 @@
 """Latent preprocessing between encoder and flow, fitted on normal training latents only.
 
-A pipeline is written as stages joined by ``+``: ``standardize`` (per dimension),
+A preprocessing is written as steps joined by ``+``: ``standardize`` (per dimension),
 ``pca:K`` (whitened PCA to K dimensions), ``l2`` (unit norm, then centred), ``none``, and
 ``auto`` (the Detector's default): ``pca:32``, or whitening of every dimension (``pca:D``) for
-latents of D ≤ 32 dimensions. Example: ``"l2+pca:32"``. The pipeline is saved inside the
+latents of D ≤ 32 dimensions. Example: ``"l2+pca:32"``. The preprocessing is saved inside the
 Detector artifact.
 
-An encoder whose latent is several parts side by side (``embed_blocks``, e.g. ``simclr``'s
-``features=trunk+head``) gets the pipeline applied to each part on its own, the outputs
+An encoder whose latent is several parts side by side (its ``latent_parts``, e.g.
+``simclr``'s ``features=trunk+head``) gets the preprocessing applied to each part on its own, the outputs
 concatenated: ``pca:32`` on a (128, 128) latent gives 64 dimensions, 32 whitened per part, so
 neither part's scale drowns the other's.
 """
@@ -21,7 +21,7 @@ from torch import nn
 
 from flowkit.errors import ConfigError
 
-__all__ = ["LatentPipeline", "parse_pipeline", "AUTO_PCA"]
+__all__ = ["Preprocess", "LatentPipeline", "parse_preprocess", "parse_pipeline", "AUTO_PCA"]
 
 _EPS = 1e-6
 AUTO_PCA = 32  # ``auto``: whitened PCA to at most this many dimensions
@@ -95,7 +95,7 @@ class _L2(nn.Module):
         return torch.zeros(())  # not a bijection: densities are over the sphere's chart
 
 
-def parse_pipeline(spec: str) -> list[tuple[str, int | None]]:
+def parse_preprocess(spec: str) -> list[tuple[str, int | None]]:
     """``"l2+pca:32"`` → ``[("l2", None), ("pca", 32)]``; ``"auto"`` → ``[("auto", None)]``."""
     stages: list[tuple[str, int | None]] = []
     for part in filter(None, (p.strip() for p in (spec or "none").split("+"))):
@@ -117,34 +117,45 @@ def parse_pipeline(spec: str) -> list[tuple[str, int | None]]:
     return stages
 
 
-class LatentPipeline(nn.Module):
-    """Composable latent preprocessing (see module docs). ``out_dim`` is what the flow sees.
+parse_pipeline = parse_preprocess  # its earlier name
+
+
+class Preprocess(nn.Module):
+    """Composable latent preprocessing (see module docs). ``out_dim`` is what the flow sees;
+    ``out_part_sizes`` what each part of the latent becomes.
 
     Example:
         >>> import torch
-        >>> pipe = LatentPipeline("l2+pca:2", in_dim=4)
+        >>> pipe = Preprocess("l2+pca:2", in_dim=4)
         >>> pipe.fit(torch.randn(50, 4)); pipe(torch.randn(3, 4)).shape
         torch.Size([3, 2])
     """
 
     def __init__(
-        self, spec: str = "standardize", in_dim: int = 1, blocks: Sequence[int] | None = None
+        self,
+        spec: str = "standardize",
+        in_dim: int = 1,
+        part_sizes: Sequence[int] | None = None,
+        *,
+        blocks: Sequence[int] | None = None,  # part_sizes' earlier name
     ) -> None:
         super().__init__()
         self.spec = spec
         self.in_dim = int(in_dim)
-        self.blocks = tuple(int(b) for b in blocks) if blocks else (self.in_dim,)
-        if sum(self.blocks) != self.in_dim or min(self.blocks) < 1:
+        sizes = part_sizes or blocks
+        self.part_sizes = tuple(int(b) for b in sizes) if sizes else (self.in_dim,)
+        if sum(self.part_sizes) != self.in_dim or min(self.part_sizes) < 1:
             raise ConfigError(
-                f"latent blocks {self.blocks} must be positive and add up to {self.in_dim}"
+                f"latent parts {self.part_sizes} must be positive and add up to {self.in_dim}"
             )
-        # several blocks: one pipeline per block, outputs side by side
+        # several parts: one preprocessing per part, outputs side by side (the ModuleList's
+        # name is in saved models' state keys)
         self.parts = nn.ModuleList(
-            [LatentPipeline(spec, b) for b in self.blocks] if len(self.blocks) > 1 else []
+            [Preprocess(spec, b) for b in self.part_sizes] if len(self.part_sizes) > 1 else []
         )
         stages: list[nn.Module] = []
         dim = self.in_dim
-        for name, arg in parse_pipeline(spec) if not self.parts else []:
+        for name, arg in parse_preprocess(spec) if not self.parts else []:
             if name == "auto":
                 name, arg = "pca", min(AUTO_PCA, dim)
             stage = (
@@ -157,14 +168,14 @@ class LatentPipeline(nn.Module):
             dim = stage.out_dim
         self.stages = nn.ModuleList(stages)
         self.out_dim = sum(p.out_dim for p in self.parts) if self.parts else dim
-        # what each block becomes: the flow gets one part per block (flowkit.flows.product)
-        self.out_blocks = tuple(p.out_dim for p in self.parts) if self.parts else (dim,)
+        # what each part becomes: the flow gets one part per part (flowkit.flows.product)
+        self.out_part_sizes = tuple(p.out_dim for p in self.parts) if self.parts else (dim,)
 
     def _split(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return torch.split(z, list(self.blocks), dim=1)
+        return torch.split(z, list(self.part_sizes), dim=1)
 
     @torch.no_grad()
-    def fit(self, z: torch.Tensor) -> LatentPipeline:
+    def fit(self, z: torch.Tensor) -> Preprocess:
         if self.parts:
             for part, block in zip(self.parts, self._split(z), strict=True):
                 part.fit(block)
@@ -189,3 +200,6 @@ class LatentPipeline(nn.Module):
         for stage in [*self.parts, *self.stages]:
             total = total + stage.log_abs_det().cpu()
         return total
+
+
+LatentPipeline = Preprocess  # its earlier name

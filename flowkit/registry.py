@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowkit.errors import ConfigError, FlowkitError, UnknownComponentError
+from flowkit.spec import Spec, format_spec, parse_spec
 
 __all__ = [
     "Entry",
@@ -227,15 +228,7 @@ class Registry:
         name = self.canonical(name)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         args: tuple[Any, ...] = (name.split("/", 1)[1],) if entry.namespace else ()
-        accepted = accepted_options(entry.factory, skip=len(args))
-        if accepted is not None:
-            unknown = sorted(set(kwargs) - set(accepted))
-            if unknown:
-                raise ConfigError(
-                    f"{self.kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
-                    f"accepted: {', '.join(accepted) or 'none'}"
-                )
-        kwargs = coerce_options(f"{self.kind} {name!r}", entry.factory, kwargs)
+        kwargs = self.check_options(name, kwargs)
         origin = f" (plugin {entry.plugin!r})" if entry.plugin not in ("builtin", "user") else ""
         try:
             obj = entry.factory(*args, **kwargs)
@@ -252,6 +245,26 @@ class Registry:
             check = getattr(importlib.import_module(module), func)
             obj = check(obj, f"{self.kind} {name!r}{origin}")
         return obj
+
+    def check_options(
+        self, name: str, options: dict[str, Any], given: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """``options`` checked against ``name``'s factory without building it: an option it
+        does not accept raises :class:`ConfigError` listing those it does, a value of the
+        wrong type names the type expected. ``given`` are keywords flowkit itself passes
+        (``in_channels``, ``features``): the user may not set them, and they are not
+        reported as unknown. Returns the options with lossless conversions applied."""
+        entry = self.get(name)
+        name = self.canonical(name)
+        accepted = accepted_options(entry.factory, skip=1 if entry.namespace else 0)
+        if accepted is not None:
+            unknown = sorted(set(options) - set(accepted) - set(given))
+            if unknown:
+                raise ConfigError(
+                    f"{self.kind} {name!r} has no option {', '.join(map(repr, unknown))}; "
+                    f"accepted: {', '.join(a for a in accepted if a not in given) or 'none'}"
+                )
+        return coerce_options(f"{self.kind} {name!r}", entry.factory, options)
 
     def list(self, pattern: str = "*") -> list[str]:
         """Sorted registered names matching a glob ``pattern`` (namespaces expanded)."""
@@ -393,50 +406,7 @@ REGISTRIES: dict[str, Registry] = {
 }
 
 
-def _parse_value(text: str) -> Any:
-    low = text.strip().lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text.strip()
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Split ``"NAME:key=value,..."`` into the name and typed options.
-
-    Values are parsed as booleans (true/false), integers, floats, ``none`` or strings.
-    """
-    name, _, rest = spec.strip().partition(":")
-    if not name:
-        raise ConfigError(f"empty component name in {spec!r}")
-    options: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"bad option {item!r} in {spec!r}: expected key=value")
-        options[key.strip()] = _parse_value(value)
-    return name, options
-
-
 def canonical_spec(registry: Registry, spec: str) -> str:
     """``spec`` with a renamed component's current name and sorted options (a stable key)."""
     name, options = parse_spec(spec)
     return format_spec(registry.canonical(name), options)
-
-
-def format_spec(name: str, options: dict[str, Any] | None = None) -> str:
-    """Inverse of :func:`parse_spec`, with sorted keys (a stable label for results)."""
-    if not options:
-        return name
-    items = ",".join(
-        f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(options.items())
-    )
-    return f"{name}:{items}"

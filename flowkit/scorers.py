@@ -58,8 +58,9 @@ class ScoreContext:
         images: the uint8 images ``(B, C, H, W)``, when available.
         encoder: the fitted encoder, for scorers that call its per-image methods.
         device: where the encoder runs.
-        blocks: the sizes of the latents' parts, side by side along ``D``, when the encoder
-            gives several (its ``embed_blocks``, after preprocessing); ``None`` for one part.
+        part_sizes: the sizes of the latents' parts, side by side along ``D``, when the
+            encoder gives several (its ``latent_parts``, after preprocessing); ``None`` for
+            one part.
     """
 
     log_prob: torch.Tensor
@@ -67,16 +68,21 @@ class ScoreContext:
     images: torch.Tensor | None = None
     encoder: nn.Module | None = None
     device: torch.device | str = "cpu"
-    blocks: tuple[int, ...] | None = None
+    part_sizes: tuple[int, ...] | None = None
+
+    @property
+    def blocks(self) -> tuple[int, ...] | None:
+        """:attr:`part_sizes`' earlier name."""
+        return self.part_sizes
 
 
 def latent_part(ctx: ScoreContext, part: int | None) -> torch.Tensor:
     """The latents of one part (``part``, counted from 0), or all of them for ``None``."""
     if part is None:
         return ctx.latents
-    blocks = ctx.blocks or (int(ctx.latents.shape[1]),)
-    check_part(part, len(blocks))
-    return torch.split(ctx.latents, list(blocks), dim=1)[part]
+    sizes = ctx.part_sizes or (int(ctx.latents.shape[1]),)
+    check_part(part, len(sizes))
+    return torch.split(ctx.latents, list(sizes), dim=1)[part]
 
 
 def check_part(part: int | None, parts: int) -> None:
@@ -85,7 +91,7 @@ def check_part(part: int | None, parts: int) -> None:
         have = "one part (part=0)" if parts == 1 else f"{parts} parts (part=0 to {parts - 1})"
         raise ConfigError(
             f"the scorer asks for part={part} of the latent, which has {have}; the parts are "
-            "the encoder's embed_blocks (simclr/csi with features=trunk+head: 0 = trunk, "
+            "the encoder's latent_parts (simclr/csi with features=trunk+head: 0 = trunk, "
             "1 = head)"
         )
 
@@ -257,7 +263,7 @@ def _per_image(ctx: ScoreContext, name: str, method: str) -> torch.Tensor:
 
 class KNNScorer(Scorer):
     """Distance to the k-th nearest normal training latent (scikit-learn NearestNeighbors);
-    with ``part``, on that part of a latent of several (:attr:`ScoreContext.blocks`) alone."""
+    with ``part``, on that part of a latent of several (:attr:`ScoreContext.part_sizes`) alone."""
 
     name = "knn"
 

@@ -59,7 +59,7 @@ def test_process_executor_gives_the_local_results_and_resumes(tmp_path, local_au
     _same(_aucs(store), local_aucs)
     # the driver wrote the cache and the scores the workers sent back
     assert len(list(store.cache.glob("encoders/*.pt"))) == 3
-    assert len(list(store.cache.glob("flows/*.flowkit"))) == 6
+    assert len(list(store.cache.glob("densities/*.pt"))) == 6
     assert len(list((store.root / "scores").glob("*.npz"))) == 12
     mtimes = {p: p.stat().st_mtime_ns for p in store.cache.rglob("*.*")}
     run_suite(Suite(**GRID).validate(), tmp_path, device="cpu", executor=ProcessExecutor(2))

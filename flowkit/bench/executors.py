@@ -33,7 +33,7 @@ import io
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -41,10 +41,13 @@ from flowkit.artifact import atomic_write_bytes
 from flowkit.bench.runner import BenchData, Sink, StoreSink, run_unit
 from flowkit.bench.suite import Cell
 from flowkit.errors import ConfigError
-from flowkit.registry import encoders, flows, parse_spec, scorers
+from flowkit.registry import encoders, flows, scorers
+from flowkit.spec import Spec
 
 __all__ = [
     "EXECUTORS",
+    "Executor",
+    "RetrySchedule",
     "AutoExecutor",
     "LocalExecutor",
     "ProcessExecutor",
@@ -83,46 +86,35 @@ class CollectSink(Sink):
         self.cache = cache
         self.result = UnitResult()
 
-    def load_encoder(self, key: str) -> dict[str, Any] | None:
+    def _load(self, rel: str) -> dict[str, Any] | None:
         import torch
 
-        data = self.cache.get(f"encoders/{key}.pt")
+        data = self.cache.get(rel)
         if data is None:
             return None
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        try:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception:  # an unreadable cache entry is rebuilt, as the driver's store does
+            return None
 
-    def save_encoder(self, key: str, payload: dict[str, Any]) -> None:
+    def _save(self, rel: str, payload: dict[str, Any]) -> None:
         import torch
 
         buf = io.BytesIO()
         torch.save(payload, buf)
-        self.result.artifacts[f"encoders/{key}.pt"] = buf.getvalue()
+        self.result.artifacts[rel] = buf.getvalue()
 
-    def load_flow(self, key: str, device: str) -> Any:
-        import tempfile
-        from pathlib import Path
+    def load_encoder(self, key: str) -> dict[str, Any] | None:
+        return self._load(f"encoders/{key}.pt")
 
-        from flowkit.detector import Detector
-        from flowkit.errors import FlowkitError
+    def save_encoder(self, key: str, payload: dict[str, Any]) -> None:
+        self._save(f"encoders/{key}.pt", payload)
 
-        data = self.cache.get(f"flows/{key}.flowkit")
-        if data is None:
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "flow.flowkit"
-            path.write_bytes(data)
-            try:
-                return Detector.load(path, device=device)
-            except FlowkitError:
-                return None
+    def load_density(self, key: str) -> dict[str, Any] | None:
+        return self._load(f"densities/{key}.pt")
 
-    def save_flow(self, key: str, det: Any) -> None:
-        import tempfile
-        from pathlib import Path
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = det.save(Path(tmp) / "flow.flowkit")
-            self.result.artifacts[f"flows/{key}.flowkit"] = path.read_bytes()
+    def save_density(self, key: str, payload: dict[str, Any]) -> None:
+        self._save(f"densities/{key}.pt", payload)
 
     def save_scores(self, cell_id: str, **arrays: np.ndarray) -> None:
         buf = io.BytesIO()
@@ -137,7 +129,7 @@ def pack_cache(sink: StoreSink, unit: list[Cell]) -> dict[str, bytes]:
     """The cached files a unit may reuse, as bytes (the driver reads, the worker gets)."""
     store = sink.store
     wanted = [(f"encoders/{unit[0].encoder_key}.pt", store.encoder_path(unit[0].encoder_key))]
-    wanted += [(f"flows/{c.flow_key}.flowkit", store.flow_path(c.flow_key)) for c in unit]
+    wanted += [(f"densities/{c.flow_key}.pt", store.density_path(c.flow_key)) for c in unit]
     return {rel: path.read_bytes() for rel, path in dict(wanted).items() if path.exists()}
 
 
@@ -166,12 +158,12 @@ def component_modules(units: list[list[Cell]]) -> list[str]:
     modules: set[str] = set()
     for unit in units:
         for cell in unit:
-            for registry, spec in ((encoders, cell.encoder), (flows, cell.flow)):
-                entry = registry.get(parse_spec(spec)[0])
-                if entry.plugin == "user":
-                    modules.add(entry.factory.__module__)
-            for part in parse_spec(cell.scorer)[0].split("+"):
-                entry = scorers.get(parse_spec(part.replace(";", ","))[0])
+            for registry, spec in (
+                (encoders, cell.encoder),
+                (flows, cell.flow),
+                *((scorers, leaf) for leaf in Spec.parse(cell.scorer).leaves()),
+            ):
+                entry = registry.get(Spec.parse(spec).name)
                 if entry.plugin == "user":
                     modules.add(entry.factory.__module__)
     return sorted(m for m in modules if m not in ("__main__", "builtins"))
@@ -221,10 +213,44 @@ def _ray_work(
 # -- executors ------------------------------------------------------------------------------
 
 
+@runtime_checkable
+class Executor(Protocol):
+    """Where a suite's units run: units in, results out.
+
+    ``run`` hands every unit's products to ``sink`` (a :class:`StoreSink`: only the driver
+    writes the run directory) and returns when every unit has a record for each of its cells,
+    finished or failed; a unit never fails the run. ``threads`` is the torch thread count
+    each unit runs on (``None``: the executor's own default), part of the run's provenance.
+    """
+
+    name: str
+    threads: int | None
+
+    def plan(self, units: int, device: str) -> Executor:
+        """The executor that runs ``units`` units on ``device`` (itself, or what ``auto``
+        chooses)."""
+        ...
+
+    def run(
+        self,
+        units: list[list[Cell]],
+        data: BenchData,
+        sink: StoreSink,
+        device: str,
+        progress: Any = None,
+    ) -> None: ...
+
+
 class LocalExecutor:
-    """Units one after another in this process."""
+    """Units one after another in this process (on ``threads`` torch threads, if given)."""
 
     name = "local"
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = _threads(threads)
+
+    def plan(self, units: int, device: str) -> Executor:
+        return self
 
     def run(
         self,
@@ -234,27 +260,78 @@ class LocalExecutor:
         device: str,
         progress: Any = None,
     ) -> None:
-        for unit in units:
-            run_unit(unit, data, sink, device, progress)
+        import torch
+
+        previous = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            for unit in units:
+                run_unit(unit, data, sink, device, progress)
+        finally:
+            torch.set_num_threads(previous)
+
+
+def _threads(threads: int | None) -> int | None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    return threads
 
 
 def _sized(workers: int, threads: int | None) -> tuple[int, int]:
     """Checked worker count and torch threads per worker (default: cores / workers)."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"--workers must be a positive integer, got {workers!r}")
-    return workers, threads or max(1, _cores() // workers)
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    return workers, _threads(threads) or max(1, _cores() // workers)
 
 
 def _died(exc: BaseException) -> str:
     return f"its worker died twice ({type(exc).__name__}: killed, or out of memory?)"
 
 
-def _retrying(inflight: dict[Any, tuple[list[Cell], int]]) -> bool:
-    return any(tries for _, tries in inflight.values())
+class RetrySchedule:
+    """Which unit runs next, apart from any pool: units in order, at most ``slots`` at a time;
+    a unit whose worker died is retried :data:`RETRIES` time(s), **alone** (a dead worker
+    breaks a whole process pool, so the units beside it are retried too and must not die with
+    it twice), then recorded as failed."""
+
+    def __init__(self, units: list[list[Cell]], slots: int) -> None:
+        self.pending: deque[tuple[list[Cell], int]] = deque((u, 0) for u in units)
+        self.running: dict[Any, tuple[list[Cell], int]] = {}
+        self.slots = slots
+
+    def __bool__(self) -> bool:
+        return bool(self.pending or self.running)
+
+    def next(self) -> tuple[list[Cell], int] | None:
+        """The unit that may start now, or ``None`` (all slots busy, or a retry waits to
+        run alone, or runs alone)."""
+        if not self.pending or len(self.running) >= self.slots:
+            return None
+        if any(tries for _, tries in self.running.values()):
+            return None  # a retry runs alone
+        unit, tries = self.pending[0]
+        if tries and self.running:
+            return None  # wait for the others to finish, then retry alone
+        return self.pending.popleft()
+
+    def started(self, handle: Any, unit: list[Cell], tries: int) -> None:
+        self.running[handle] = (unit, tries)
+
+    def finished(self, handle: Any) -> tuple[list[Cell], int]:
+        return self.running.pop(handle)
+
+    def died(self, unit: list[Cell], tries: int, exc: BaseException, sink: Sink) -> None:
+        """The unit's worker died: retry it first, or record its cells as failed."""
+        if tries >= RETRIES:
+            fail_unit(unit, _died(exc), sink)
+        else:
+            self.pending.appendleft((unit, tries + 1))
 
 
 class ProcessExecutor:
-    """Units on ``workers`` spawned processes (``concurrent.futures``)."""
+    """Units on ``workers`` spawned processes (``concurrent.futures``), each on ``threads``
+    torch threads (default ``cores / workers``) or one device each of ``devices``."""
 
     name = "process"
 
@@ -264,6 +341,26 @@ class ProcessExecutor:
         self.workers, self.threads = _sized(workers, threads)
         self.devices = devices or None
 
+    def _pool(self, data: BenchData, modules: list[str], device: str) -> Any:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("spawn")  # fork would copy torch's thread pools
+        devices = None
+        if self.devices:
+            devices = ctx.Queue()
+            for i in range(self.workers):
+                devices.put(self.devices[i % len(self.devices)])
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(data, self.threads, devices, modules, device),
+        )
+
+    def plan(self, units: int, device: str) -> Executor:
+        return self
+
     def run(
         self,
         units: list[list[Cell]],
@@ -272,62 +369,47 @@ class ProcessExecutor:
         device: str,
         progress: Any = None,
     ) -> None:
-        import multiprocessing as mp
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-        from concurrent.futures.process import BrokenProcessPool
-
-        ctx = mp.get_context("spawn")  # fork would copy torch's thread pools
         modules = component_modules(units)
-        pending = deque((unit, 0) for unit in units)
-        while pending:
-            devices = None
-            if self.devices:
-                devices = ctx.Queue()
-                for i in range(self.workers):
-                    devices.put(self.devices[i % len(self.devices)])
-            broken: list[tuple[list[Cell] | None, int, BaseException]] = []
-            with ProcessPoolExecutor(
-                self.workers,
-                mp_context=ctx,
-                initializer=_init_worker,
-                initargs=(data, self.threads, devices, modules, device),
-            ) as pool:
-                inflight: dict[Any, tuple[list[Cell], int]] = {}
+        schedule = RetrySchedule(units, self.workers)
+        while schedule:  # one pool per round: a dead worker breaks the pool it was in
+            with self._pool(data, modules, device) as pool:
                 try:
-                    while pending or inflight:
-                        # at most one unit per worker in flight: a dead worker's units are
-                        # exactly the ones that were running. A retry runs alone, so a unit
-                        # that kills its worker again takes no other unit down with it.
-                        while pending and len(inflight) < self.workers and not broken:
-                            unit, tries = pending[0]
-                            if tries and inflight or _retrying(inflight):
-                                break
-                            try:
-                                fut = pool.submit(_work, unit, pack_cache(sink, unit))
-                            except BrokenProcessPool as exc:  # broke before a future said so
-                                broken.append((None, 0, exc))
-                                break
-                            pending.popleft()
-                            inflight[fut] = (unit, tries)
-                        if not inflight:
-                            break
-                        done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                        for fut in done:
-                            unit, tries = inflight.pop(fut)
-                            try:
-                                deliver(fut.result(), unit, sink)
-                            except BrokenProcessPool as exc:
-                                broken.append((unit, tries, exc))
+                    self._round(pool, schedule, sink)
                 except KeyboardInterrupt:
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise
-            for unit, tries, exc in broken:
-                if unit is None:
-                    continue
-                if tries >= RETRIES:
-                    fail_unit(unit, _died(exc), sink)
-                else:
-                    pending.appendleft((unit, tries + 1))
+
+    @staticmethod
+    def _round(pool: Any, schedule: RetrySchedule, sink: StoreSink) -> None:
+        """Submit and collect until done or the pool breaks (its units are rescheduled)."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        broken: list[tuple[list[Cell], int, BaseException]] = []
+        while schedule:
+            while not broken and (job := schedule.next()) is not None:
+                unit, tries = job
+                try:
+                    fut = pool.submit(_work, unit, pack_cache(sink, unit))
+                except BrokenProcessPool as exc:  # broke before a future said so
+                    schedule.pending.appendleft(job)
+                    broken.append(([], 0, exc))
+                    break
+                schedule.started(fut, unit, tries)
+            if not schedule.running:
+                break
+            done, _ = wait(list(schedule.running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                unit, tries = schedule.finished(fut)
+                try:
+                    deliver(fut.result(), unit, sink)
+                except BrokenProcessPool as exc:
+                    broken.append((unit, tries, exc))
+            if broken and not schedule.running:
+                break
+        for unit, tries, exc in broken:
+            if unit:
+                schedule.died(unit, tries, exc, sink)
 
 
 class AutoExecutor:
@@ -338,20 +420,21 @@ class AutoExecutor:
     :data:`AUTO_MAX_WORKERS`) of ``threads`` torch threads each (default 1); on a GPU, one
     core, or a single unit, units run here one after another.
     Per-unit threads fixed at one make a CPU run's numbers the same on 2 cores or 64 (the
-    thread count sets the order of float sums), and on 2 cores two one-thread workers train
-    faster than one two-thread process (``benchmarks/README.md``).
+    thread count sets the order of float sums), and on small models two one-thread workers
+    train faster than one two-thread process (benchmarks/EXPERIMENTS.md).
     """
 
     name = "auto"
 
     def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads or 1
+        self.requested = _threads(threads)  # run here, the process's own unless given
+        self.threads = self.requested or 1
 
-    def plan(self, units: int, device: str) -> Any:
+    def plan(self, units: int, device: str) -> Executor:
         """The executor this run uses for ``units`` units on ``device``."""
         workers = min(_cores() // self.threads, units, AUTO_MAX_WORKERS)
         if not device.startswith("cpu") or workers < 2:
-            return LocalExecutor()
+            return LocalExecutor(self.requested)
         return ProcessExecutor(workers, threads=self.threads)
 
     def run(
@@ -366,7 +449,8 @@ class AutoExecutor:
 
 
 class RayExecutor:
-    """Units as Ray tasks: on the cluster at ``address`` or on a local Ray instance."""
+    """Units as Ray tasks: on the cluster at ``address`` or on a local Ray instance, each
+    on ``threads`` torch threads (default ``cores / workers``)."""
 
     name = "ray"
 
@@ -382,9 +466,30 @@ class RayExecutor:
             import ray  # noqa: F401
         except ImportError:
             raise ConfigError(
-                "--executor ray needs Ray: pip install 'flowkit[ray]' (or pip install ray)"
+                "the ray executor needs Ray: pip install 'flowkit[ray]' (or pip install ray)"
             ) from None
         self.address, self.devices = address, devices or None
+
+    def _init(self) -> bool:
+        """Start or join Ray; whether this call started it (and so shuts it down)."""
+        import ray
+
+        if ray.is_initialized():
+            return False
+        if self.address:
+            ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+        else:
+            ray.init(
+                num_cpus=self.workers,
+                num_gpus=len(self.devices) if self.devices else 0,
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+            )
+        return True
+
+    def plan(self, units: int, device: str) -> Executor:
+        return self
 
     def run(
         self,
@@ -397,29 +502,17 @@ class RayExecutor:
         import ray
         from ray.exceptions import RayError
 
-        started = not ray.is_initialized()
-        if started:
-            if self.address:
-                ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
-            else:
-                ray.init(
-                    num_cpus=self.workers,
-                    num_gpus=len(self.devices) if self.devices else 0,
-                    include_dashboard=False,
-                    logging_level="ERROR",
-                    log_to_driver=False,
-                )
+        started = self._init()
         try:
             gpus = 1 if self.devices else 0
+            # Ray retries a task whose worker died (max_retries): the retry policy is Ray's
             task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=RETRIES)(_ray_work)
             # Ray sets CUDA_VISIBLE_DEVICES per task: "cuda" is that task's own GPU
             dev = "cuda" if gpus else device
             modules = component_modules(units)
             data_ref = ray.put(data)
             refs = {
-                task.remote(
-                    unit, pack_cache(sink, unit), data_ref, dev, self.threads, modules
-                ): unit
+                task.remote(unit, pack_cache(sink, unit), data_ref, dev, self.threads, modules): unit
                 for unit in units
             }
             try:
@@ -448,25 +541,26 @@ def make_executor(
     devices: list[str] | None = None,
     ray_address: str | None = None,
     threads: int | None = None,
-) -> Any:
-    """The executor the CLI's ``--executor``, ``--workers``, ``--devices``, ``--ray-address``
-    and ``--threads`` ask for, checked before anything runs. ``auto`` with ``--workers`` or
-    ``--devices`` is ``process``."""
+) -> Executor:
+    """The executor ``name`` with ``workers``, ``devices``, ``ray_address`` and ``threads``
+    (each unit's torch threads, honoured by every executor), checked before anything runs.
+    ``auto`` with ``workers`` or ``devices`` is ``process``."""
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")
+    _threads(threads)
     if name == "local" and (workers not in (None, 1) or devices):
         raise ConfigError(
-            "--workers and --devices need --executor process or ray (local runs one unit at a time)"
+            "workers and devices need the process or ray executor (local runs one unit at a time)"
         )
     if ray_address and name != "ray":
-        raise ConfigError("--ray-address needs --executor ray")
+        raise ConfigError("ray_address needs the ray executor")
     if name == "auto":
         if not (workers or devices):
             return AutoExecutor(threads)
         name = "process"
     if name == "local":
-        return LocalExecutor()
+        return LocalExecutor(threads)
     n = workers or (len(devices) if devices else 2)
     if name == "process":
-        return ProcessExecutor(n, devices)
-    return RayExecutor(n, ray_address, devices)
+        return ProcessExecutor(n, devices, threads)
+    return RayExecutor(n, ray_address, devices, threads)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,7 +32,12 @@ from flowkit.errors import ConfigError, FlowkitError
 from flowkit.metrics import detection_metrics, ood_metrics
 from flowkit.plugins import notify
 from flowkit.registry import datasets, encoders, flows, parse_spec, scorers
+from flowkit.spec import Spec
+from flowkit.stages import CalibrationStage, DensityStage, EncoderStage, split_validation
 from flowkit.training import resolve_device
+
+if TYPE_CHECKING:
+    from flowkit.bench.executors import Executor
 
 __all__ = ["run_suite", "run_unit", "units_of", "BenchData", "Sink", "StoreSink"]
 
@@ -129,19 +134,18 @@ def check_cells(cells: list[Cell], input_shape: tuple[int, int, int], device: st
 
 
 def _plugin(registry: Any, spec: str) -> str:
-    name = parse_spec(spec)[0]
     try:
-        return registry.get("combo" if "+" in name else name).plugin
+        return registry.get(Spec.parse(spec).factory_args()[0]).plugin
     except FlowkitError:
         return "?"
 
 
 @dataclass
 class EncodedSplit:
-    """A trained encoder and the latents of one split's images (train, validation, test)."""
+    """A trained encoder stage and the latents of one split's images (train, validation,
+    test, and the augmented copies of the training images the density trains on)."""
 
-    encoder: torch.nn.Module
-    history: dict[str, Any]
+    stage: EncoderStage
     train_images: torch.Tensor
     val_images: torch.Tensor
     test_images: torch.Tensor
@@ -152,42 +156,47 @@ class EncodedSplit:
     fit_seconds: float
     embed_seconds: float
 
+    @property
+    def history(self) -> dict[str, Any]:
+        return self.stage.history_
+
 
 def encode_split(
     cell: Cell, split: Split, sink: Sink | RunStore, device: str, progress: Any
 ) -> EncodedSplit:
-    """The cell's encoder from the cache, or trained now and cached, with its latents."""
+    """The cell's encoder stage from the cache, or trained now and cached, with its latents."""
     if isinstance(sink, RunStore):
         sink = StoreSink(sink, None)
-    det = Detector(**cell.detector_params(device))
-    train, val = det.split_validation(split.train.images)
+    config = cell.detector_config(device)
+    train, val = split_validation(split.train.images, config.val_fraction, config.seed)
+    shape = tuple(int(s) for s in train.shape[1:])
     cached = sink.load_encoder(cell.encoder_key)
-    encoder = det.build_encoder(tuple(train.shape[1:]))
+    stage = EncoderStage(config)
     if cached is not None:
-        encoder.load_state_dict(cached["state"])
-        det.set_encoder(encoder, tuple(train.shape[1:]), cached["history"])
+        stage.restore(shape, cached["state"], cached["history"])  # type: ignore[arg-type]
         z_train, z_val = cached["z_train"], cached["z_val"]
         fit_seconds = float(cached["fit_seconds"])
     else:
         start = time.perf_counter()
-        det.fit_encoder(train, val, encoder=encoder, progress=progress)
-        z_train, z_val = det.embed(train), det.embed(val)
+        encoder = stage.build(shape)  # type: ignore[arg-type]
+        stage.fit(train, val, device=device, encoder=encoder, progress=progress)
+        z_train = stage.embed(train, device=device)
+        z_val = stage.embed(val, device=device)
         fit_seconds = time.perf_counter() - start
         sink.save_encoder(
             cell.encoder_key,
             {
-                "state": {k: v.cpu() for k, v in det.encoder_.state_dict().items()},
-                "history": det.history_["encoder"],
+                "state": stage.state_dict()["state"],
+                "history": stage.history_,
                 "z_train": z_train,
                 "z_val": z_val,
                 "fit_seconds": fit_seconds,
             },
         )
     start = time.perf_counter()
-    z_test = det.embed(split.test.images)
+    z_test = stage.embed(split.test.images, device=device)
     return EncodedSplit(
-        encoder=det.encoder_,
-        history=det.history_["encoder"],
+        stage=stage,
         train_images=train,
         val_images=val,
         test_images=split.test.images,
@@ -200,6 +209,30 @@ def encode_split(
     )
 
 
+def fit_density(
+    cell: Cell, enc: EncodedSplit, sink: Sink, device: str, progress: Any
+) -> tuple[DensityStage, bool]:
+    """The cell's density stage from the cache, or fitted now (on the training latents and
+    their augmented copies) and cached; and whether it came from the cache."""
+    config = cell.detector_config(device)
+    cached = sink.load_density(cell.flow_key)
+    if cached is not None:
+        try:
+            stage = DensityStage.from_state_dict(
+                config, cached["pipeline"], cached["flow"], cached["history"], "cache"
+            )
+            return stage, True
+        except (FlowkitError, KeyError, RuntimeError):
+            pass  # an unreadable cache entry: fit it again
+    z_aug = enc.stage.embed_augmented(enc.train_images, device=device)
+    z_flow = enc.z_train if z_aug is None else torch.cat([enc.z_train, z_aug])
+    stage = DensityStage(config).fit(
+        z_flow, enc.z_val, device=device, part_sizes=enc.stage.part_sizes, progress=progress
+    )
+    sink.save_density(cell.flow_key, {**stage.state_dict(), "history": stage.history_})
+    return stage, False
+
+
 def _run_flow_group(
     cells: list[Cell],
     enc: EncodedSplit,
@@ -208,47 +241,45 @@ def _run_flow_group(
     device: str,
     progress: Any,
 ) -> None:
-    first = cells[0]
-    det = Detector(**first.detector_params(device))
-    det.set_encoder(enc.encoder, tuple(enc.train_images.shape[1:]), enc.history)
     start = time.perf_counter()
-    loaded = sink.load_flow(first.flow_key, device)
-    flow_cached = loaded is not None
-    if loaded is not None:
-        det.pipeline_, det.flow_ = loaded.pipeline_, loaded.flow_
-        det.history_["flow"] = loaded.history_.get("flow", {})
-    else:
-        det.fit_from_latents(
-            enc.z_train, enc.z_val, enc.train_images, enc.val_images, progress=progress
-        )
-        sink.save_flow(first.flow_key, det)
+    density, flow_cached = fit_density(cells[0], enc, sink, device, progress)
     flow_seconds = time.perf_counter() - start
+    encoder = enc.stage.encoder_
+    # what every scorer sees, computed once for the group
+    contexts = {
+        name: density.context(z, images, encoder, device)
+        for name, z, images in (
+            ("train", enc.z_train, enc.train_images),
+            ("val", enc.z_val, enc.val_images),
+            ("test", enc.z_test, enc.test_images),
+        )
+    }
+    context_seconds = time.perf_counter() - start - flow_seconds
+    y = split.is_anomaly.numpy()
+    fh = density.history_
     for cell in cells:
         try:
-            det.scorer = cell.scorer
             start = time.perf_counter()
-            det.fit_scorer(enc.z_train, enc.z_val, enc.train_images, enc.val_images)
-            out = det.score_latents(enc.z_test, enc.test_images)
-            score_seconds = time.perf_counter() - start + enc.embed_seconds
-            y = split.is_anomaly.numpy()
-            s = out["anomaly_score"]
-            metrics = detection_metrics(y, s, det.threshold_)
+            calibration = CalibrationStage(cell.detector_config(device))
+            calibration.fit(contexts["train"], contexts["val"])
+            s = calibration.score(contexts["test"]).numpy()
+            score_seconds = time.perf_counter() - start + enc.embed_seconds + context_seconds
+            metrics = detection_metrics(y, s, calibration.threshold_)
             if cell.protocol == "ood":
                 metrics.update(ood_metrics(y, s))
             sink.save_scores(
                 cell.cell_id,
                 anomaly_score=s,
-                log_prob=out["log_prob"],
+                log_prob=contexts["test"].log_prob.numpy(),
                 is_anomaly=y,
                 labels=split.test.labels.numpy(),
             )
-            fh = det.history_.get("flow", {})
             sink.record(
                 cell,
                 "ok",
                 metrics=metrics,
-                threshold=det.threshold_,
-                scorer_state_sha=state_digest(det.scorer_.state_dict()),
+                threshold=calibration.threshold_,
+                scorer_state_sha=state_digest(calibration.scorer_.state_dict()),
                 timings={
                     "encoder_fit_s": enc.fit_seconds,
                     "encoder_cached": enc.cached,
@@ -303,10 +334,10 @@ class Sink:
     def save_encoder(self, key: str, payload: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def load_flow(self, key: str, device: str) -> Detector | None:
+    def load_density(self, key: str) -> dict[str, Any] | None:
         raise NotImplementedError
 
-    def save_flow(self, key: str, det: Detector) -> None:
+    def save_density(self, key: str, payload: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def save_scores(self, cell_id: str, **arrays: np.ndarray) -> None:
@@ -328,17 +359,11 @@ class StoreSink(Sink):
     def save_encoder(self, key: str, payload: dict[str, Any]) -> None:
         self.store.save_tensors(self.store.encoder_path(key), payload)
 
-    def load_flow(self, key: str, device: str) -> Detector | None:
-        path = self.store.flow_path(key)
-        if not path.exists():
-            return None
-        try:
-            return Detector.load(path, device=device)
-        except FlowkitError:
-            return None  # unreadable cache entry: retrain it
+    def load_density(self, key: str) -> dict[str, Any] | None:
+        return self.store.load_tensors(self.store.density_path(key))
 
-    def save_flow(self, key: str, det: Detector) -> None:
-        det.save(self.store.flow_path(key))
+    def save_density(self, key: str, payload: dict[str, Any]) -> None:
+        self.store.save_tensors(self.store.density_path(key), payload)
 
     def save_scores(self, cell_id: str, **arrays: np.ndarray) -> None:
         self.store.save_scores(cell_id, **arrays)
@@ -361,6 +386,7 @@ class _Recorder:
         progress: Any,
         task: Any,
         on_cell: Callable[[dict[str, Any]], None] | None,
+        threads: int | None = None,
     ) -> None:
         self.suite, self.store, self.bench_data = suite, store, bench_data
         self.progress, self.task, self.on_cell = progress, task, on_cell
@@ -368,7 +394,8 @@ class _Recorder:
             "versions": package_versions(),
             "git_sha": git_sha(),
             "device": device,
-            "torch_threads": torch.get_num_threads(),
+            # the threads each unit ran on (the executor's), not the driver's
+            "torch_threads": threads or torch.get_num_threads(),
         }
 
     def __call__(self, cell: Cell, status: str, **fields: Any) -> None:
@@ -437,7 +464,7 @@ def run_suite(
     on_cell: Callable[[dict[str, Any]], None] | None = None,
     progress: Any = None,
     data: BenchData | None = None,
-    executor: Any = None,
+    executor: Executor | None = None,
 ) -> RunStore:
     """Run (or resume) ``suite`` into ``out_dir``; returns the store holding its results.
 
@@ -468,13 +495,16 @@ def run_suite(
             if progress is not None
             else None
         )
-        record = _Recorder(suite, store, bench_data, dev, progress, task, on_cell)
+        units = units_of(todo)
+        plan = executor.plan(len(units), dev) if executor is not None else None
+        threads = plan.threads if plan is not None else None
+        record = _Recorder(suite, store, bench_data, dev, progress, task, on_cell, threads)
         sink = StoreSink(store, record)
-        if executor is None:  # local: one unit after another, here
-            for unit in units_of(todo):
+        if plan is None:  # one unit after another, here
+            for unit in units:
                 run_unit(unit, bench_data, sink, dev, progress)
         else:
-            executor.run(units_of(todo), bench_data, sink, dev, progress)
+            plan.run(units, bench_data, sink, dev, progress)
     return store
 
 

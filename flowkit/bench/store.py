@@ -166,8 +166,9 @@ class RunStore:
     def encoder_path(self, key: str) -> Path:
         return self.cache / "encoders" / f"{key}.pt"
 
-    def flow_path(self, key: str) -> Path:
-        return self.cache / "flows" / f"{key}.flowkit"
+    def density_path(self, key: str) -> Path:
+        """A fitted density stage's state (preprocessing and flows), by the cell's flow key."""
+        return self.cache / "densities" / f"{key}.pt"
 
     def save_tensors(self, path: Path, payload: dict[str, Any]) -> None:
         buf = io.BytesIO()

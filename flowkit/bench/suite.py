@@ -9,12 +9,14 @@ import sys
 import types
 import typing
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, field, make_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
+from flowkit.config import PAPER, DetectorConfig, cell_fields, stage_fields
 from flowkit.errors import ConfigError
-from flowkit.registry import canonical_spec, encoders, flows, format_spec, parse_spec, scorers
+from flowkit.registry import canonical_spec, encoders, flows, scorers
+from flowkit.spec import Spec, format_spec, parse_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,9 +32,15 @@ __all__ = [
     "ENCODER_FIELDS",
     "FLOW_FIELDS",
     "SCORER_FIELDS",
+    "SHARED_FIELDS",
 ]
 
 PROTOCOLS = ("loo", "ood", "given")
+
+
+def _paper(option: str) -> Any:
+    """A default factory: the paper's value of ``option``, as a one-item list (a grid axis)."""
+    return lambda: [getattr(PAPER, option)]
 PROTOCOL_HELP = (
     "loo (leave one class out), ood (train on dataset, test against out_datasets) or given "
     "(the dataset's own train/test parts with labelled anomalies, e.g. MVTec AD)"
@@ -40,12 +48,13 @@ PROTOCOL_HELP = (
 
 
 def suite_dirs() -> list[Path]:
-    """Where named suites are looked up: ``$FLOWKIT_SUITES``, then the source checkout's
-    ``benchmarks/suites``."""
+    """Where named suites are looked up: ``$FLOWKIT_SUITES`` (``os.pathsep``-separated),
+    then the suites that ship inside the package (``flowkit/suites``, package data)."""
     import os
+    from importlib.resources import files
 
     dirs = [Path(p) for p in os.environ.get("FLOWKIT_SUITES", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[2] / "benchmarks" / "suites")
+    dirs.append(Path(str(files("flowkit") / "suites")))
     return dirs
 
 
@@ -53,41 +62,23 @@ def list_suites() -> list[str]:
     return sorted({p.stem for d in suite_dirs() if d.is_dir() for p in d.glob("*.toml")})
 
 
-@dataclass
-class Suite:
+# Suite fields that are not options of a cell: the grid's axes and what the data is.
+_GRID_AXES = {"encoder": "encoders", "flow": "flows", "scorer": "scorers", "preprocess": "preprocess", "seed": "seeds"}
+
+
+class _SuiteMethods:
     """A benchmark grid: dataset × target × seed × encoder × preprocess × flow × scorer.
 
     Targets depend on the protocol: held-out classes (``loo``), out-of-distribution datasets
     (``ood``: the model trains on every class of ``dataset``), or the dataset's categories
     (``given``: each category's own train/test parts, e.g. MVTec AD; ``categories = "all"``
     takes every category found under the data root).
-    """
 
-    name: str
-    dataset: str = "digits"
-    protocol: str = "loo"
-    classes: list[int] | None = None  # None: every class
-    out_datasets: list[str] = field(default_factory=list)
-    categories: list[str] | None = None  # given: None = the dataset as it is; ["all"] = every one
-    encoders: list[str] = field(default_factory=lambda: ["dcgan_ae"])
-    flows: list[str] = field(default_factory=lambda: ["realnvp"])
-    scorers: list[str] = field(default_factory=lambda: ["nll"])
-    preprocessors: list[str] = field(default_factory=lambda: ["standardize"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    epochs_encoder: int = 15
-    epochs_flow: int = 200
-    patience: int = 20
-    patience_encoder: int = 5
-    batch_size: int = 64
-    flow_batch_size: int | str = "auto"
-    lr_encoder: float = 2e-4
-    lr_flow: float = 1e-2
-    flow_augment: int = 0
-    val_fraction: float = 0.1
-    image_size: int = 32
-    confidence: float = 0.95
-    precision: str = "fp32"
-    description: str = ""
+    Besides the grid, a suite has one value of every other Detector option
+    (:mod:`flowkit.config`); one it leaves out takes the seed paper's value
+    (:data:`flowkit.config.PAPER`): a suite is the paper's experiment unless it says
+    otherwise.
+    """
 
     def validate(self) -> Suite:
         check_field_types(self.name, asdict(self))
@@ -99,18 +90,16 @@ class Suite:
             raise ConfigError(f"suite {self.name}: the ood protocol needs out_datasets")
         if self.categories is not None and self.protocol != "given":
             raise ConfigError(f"suite {self.name}: categories only apply to protocol 'given'")
-        for label, items in (
-            ("encoders", self.encoders),
-            ("flows", self.flows),
-            ("scorers", self.scorers),
-            ("preprocessors", self.preprocessors),
-            ("seeds", self.seeds),
-        ):
-            if not items:
+        for label in _GRID_AXES.values():
+            if not getattr(self, label):
                 raise ConfigError(f"suite {self.name}: {label} is empty")
         for spec in self.encoders + self.flows + self.scorers + [self.dataset]:
-            parse_spec(spec)
-        return self
+            Spec.parse(spec)
+        try:  # every shared option's own check, named as the suite field it is
+            DetectorConfig(**{f: getattr(self, f) for f in SHARED_FIELDS}).validate()
+        except ConfigError as exc:
+            raise ConfigError(f"suite {self.name}: {exc}") from None
+        return self  # type: ignore[return-value]
 
     def with_overrides(self, **overrides: Any) -> Suite:
         """A copy with the non-``None`` overrides applied (the CLI's flags)."""
@@ -141,15 +130,16 @@ class Suite:
 
     def cells(self, targets: list[int | str]) -> list[Cell]:
         """Every cell of the grid, in run order (cells sharing an encoder are adjacent)."""
-        shared = {f: getattr(self, f) for f in _SHARED_FIELDS}
+        shared = {f: getattr(self, f) for f in SHARED_FIELDS}
         grid = itertools.product(
-            targets, self.seeds, self.encoders, self.preprocessors, self.flows, self.scorers
+            targets, self.seeds, self.encoders, self.preprocess, self.flows, self.scorers
         )
         return [
             Cell(
                 dataset=self.dataset,
                 protocol=self.protocol,
                 target=target,
+                image_size=self.image_size,
                 seed=int(seed),
                 encoder=canonical_spec(encoders, enc),
                 preprocess=preprocess,
@@ -161,90 +151,53 @@ class Suite:
         ]
 
 
-# Which settings change which artifact: each belongs in that artifact's cache key (a test
-# changes every Cell field and checks the keys that must change, and only those).
-ENCODER_FIELDS = (
-    "dataset",
-    "protocol",
-    "seed",
-    "encoder",
-    "epochs_encoder",
-    "patience_encoder",
-    "batch_size",
-    "lr_encoder",
-    "val_fraction",
-    "image_size",
-    "precision",  # both stages: a flow's key holds its encoder's key
+#: The options a suite holds one value of (the rest of a cell's options are grid axes).
+SHARED_FIELDS = tuple(f.name for f in cell_fields() if f.name not in _GRID_AXES)
+
+Suite = make_dataclass(
+    "Suite",
+    [
+        ("name", str),
+        ("dataset", str, field(default="digits")),
+        ("protocol", str, field(default="loo")),
+        ("classes", Optional[list[int]], field(default=None)),  # None: every class
+        ("out_datasets", list[str], field(default_factory=list)),
+        # given: None = the dataset as it is; ["all"] = every category found
+        ("categories", Optional[list[str]], field(default=None)),
+        *(
+            (axis, list[str] if key != "seed" else list[int], field(default_factory=_paper(key)))
+            for key, axis in _GRID_AXES.items()
+        ),
+        ("image_size", int, field(default=32)),
+        *((f.name, f.type, field(default=f.metadata["paper"])) for f in cell_fields() if f.name in SHARED_FIELDS),
+        ("description", str, field(default="")),
+    ],
+    bases=(_SuiteMethods,),
 )
-FLOW_FIELDS = (
-    "preprocess",
-    "flow",
-    "epochs_flow",
-    "patience",
-    "flow_batch_size",
-    "lr_flow",
-    "flow_augment",
-)
-SCORER_FIELDS = ("scorer", "confidence")
-_SHARED_FIELDS = (
-    "epochs_encoder",
-    "epochs_flow",
-    "patience",
-    "patience_encoder",
-    "batch_size",
-    "flow_batch_size",
-    "lr_encoder",
-    "lr_flow",
-    "flow_augment",
-    "val_fraction",
-    "image_size",
-    "confidence",
-    "precision",
-)
+Suite.__module__, Suite.__doc__ = __name__, _SuiteMethods.__doc__  # picklable by name
+
+# Which settings change which artifact: each belongs in that artifact's cache key, by the
+# stage its declaration names (a test changes every Cell field and checks the keys that must
+# change, and only those). What the data is changes the encoder.
+ENCODER_FIELDS = ("dataset", "protocol", "image_size", *stage_fields("encoder"))
+FLOW_FIELDS = stage_fields("density")
+SCORER_FIELDS = stage_fields("calibration")
 
 
-@dataclass(frozen=True)
-class Cell:
+class _CellMethods:
     """One result: a trained pair evaluated on one target (held-out class, OOD set or
-    category) and seed."""
-
-    dataset: str
-    protocol: str
-    target: int | str
-    seed: int
-    encoder: str
-    preprocess: str
-    flow: str
-    scorer: str
-    epochs_encoder: int
-    epochs_flow: int
-    patience: int
-    patience_encoder: int
-    batch_size: int
-    flow_batch_size: int | str
-    lr_encoder: float
-    lr_flow: float
-    val_fraction: float
-    image_size: int
-    confidence: float
-    precision: str
-    flow_augment: int = 0  # last, with a default: added after runs were recorded
+    category) and seed; its fields are the data's and every cell option of
+    :mod:`flowkit.config`."""
 
     def config(self) -> dict[str, Any]:
         return asdict(self)
 
     def detector_params(self, device: str = "auto") -> dict[str, Any]:
         """The :class:`~flowkit.Detector` parameters of this cell (the one place they map)."""
-        params = {f: getattr(self, f) for f in _SHARED_FIELDS if f != "image_size"}
-        return {
-            **params,
-            "encoder": self.encoder,
-            "flow": self.flow,
-            "scorer": self.scorer,
-            "preprocess": self.preprocess,
-            "seed": self.seed,
-            "device": device,
-        }
+        return {**{f.name: getattr(self, f.name) for f in cell_fields()}, "device": device}
+
+    def detector_config(self, device: str = "auto") -> DetectorConfig:
+        return DetectorConfig(**self.detector_params(device))
 
     def dataset_spec(self) -> str:
         """The dataset to load for this cell (``given`` targets name a category)."""
@@ -258,7 +211,7 @@ class Cell:
 
     @property
     def flow_key(self) -> str:
-        """Identifies the fitted flow (shared by scorers)."""
+        """Identifies the fitted density (shared by scorers)."""
         return _key(self, FLOW_FIELDS, {"encoder_key": self.encoder_key})
 
     @property
@@ -270,6 +223,23 @@ class Cell:
         """The label a report groups by: encoder + preprocess + flow + scorer."""
         pre = "" if self.preprocess == "standardize" else f" [{self.preprocess}]"
         return f"{self.encoder} + {self.flow}{pre} / {self.scorer}"
+
+
+Cell = make_dataclass(
+    "Cell",
+    [
+        ("dataset", str),
+        ("protocol", str),
+        ("target", Union[int, str]),
+        ("image_size", int, field(default=32)),
+        # an option missing from an old record takes the value it had before it existed
+        *((f.name, f.type, field(default=f.metadata["paper"])) for f in cell_fields()),
+    ],
+    bases=(_CellMethods,),
+    frozen=True,
+    kw_only=True,
+)
+Cell.__module__, Cell.__doc__ = __name__, _CellMethods.__doc__  # picklable by name
 
 
 def target_dataset(dataset: str, protocol: str, target: int | str) -> str:
@@ -330,17 +300,9 @@ def check_field_types(suite: str, values: dict[str, Any]) -> None:
             )
 
 
-_LIST_FIELDS = {
-    "encoders",
-    "flows",
-    "scorers",
-    "preprocessors",
-    "seeds",
-    "out_datasets",
-    "categories",
-}
+_LIST_FIELDS = {*_GRID_AXES.values(), "out_datasets", "categories"}
 # Names of earlier versions, still read from suite files (with a warning).
-_RENAMED_FIELDS = {"latents": "preprocessors"}
+_RENAMED_FIELDS = {"latents": "preprocess", "preprocessors": "preprocess"}
 
 
 def load_suite(name_or_path: str) -> Suite:

@@ -6,7 +6,8 @@ import functools
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
@@ -25,7 +26,6 @@ DataRootOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads.")]
 DownloadOpt = Annotated[bool, typer.Option(help="Try to download missing datasets.")]
-PrecisionHelp = "Training precision: fp32, bf16 (autocast; fast on CPUs with AMX/AVX-512 BF16 and recent GPUs) or auto (bf16 where it is fast). Scoring is always fp32."
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -58,6 +58,81 @@ def handle_errors(func: F) -> F:
             warnings.showwarning = previous
 
     return wrapper  # type: ignore[return-value]
+
+
+def config_options(*names: str, overrides: bool = False) -> Callable[[F], F]:
+    """Add one typer option per declared Detector option (:mod:`flowkit.config`) to a
+    command that takes them as ``**options``: the flag, type, default and help come from the
+    declaration. ``overrides``: every option defaults to ``None`` (keep the suite's value)."""
+    import inspect
+
+    from flowkit.config import DetectorConfig
+
+    def decorate(func: F) -> F:
+        sig = inspect.signature(func, eval_str=True)  # the command's own, resolved
+        params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        for name in names:
+            f = DetectorConfig.__dataclass_fields__[name]
+            meta = f.metadata
+            typ = meta["cli_type"] or f.type
+            flags = ("--" + name.replace("_", "-"), *meta["aliases"])
+            help_text = meta["help"]
+            default = f.default
+            if overrides:
+                typ, default = Optional[typ], None
+                help_text += " Default: the suite's."
+            params.append(
+                inspect.Parameter(
+                    name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=default,
+                    annotation=Annotated[typ, typer.Option(*flags, help=help_text)],
+                )
+            )
+        func.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        return func
+
+    return decorate
+
+
+#: Library parameter names as the command line spells them, for errors that name them.
+_FLAGS = {
+    "workers": "--workers",
+    "devices": "--devices",
+    "ray_address": "--ray-address",
+    "threads": "--threads",
+    "the process or ray executor": "--executor process or ray",
+    "the ray executor": "--executor ray",
+}
+
+
+@contextmanager
+def as_flags() -> Iterator[None]:
+    """Re-raise a :class:`ConfigError` from the library with its parameter names spelt as
+    this command's flags (``workers must be ...`` → ``--workers must be ...``)."""
+    import re
+
+    from flowkit.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as exc:
+        text = str(exc)
+        for name, flag in sorted(_FLAGS.items(), key=lambda kv: -len(kv[0])):
+            text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, text)
+        raise ConfigError(text) from None
+
+
+def int_or_auto(value: Any, flag: str) -> Any:
+    """A flag that takes an integer or ``auto`` (``--flow-batch-size``)."""
+    from flowkit.errors import ConfigError
+
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} must be 'auto' or an integer, got {value!r}") from None
 
 
 def check_output_file(path: Path, option: str = "--out") -> None:

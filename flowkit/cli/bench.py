@@ -9,14 +9,17 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from flowkit.bench.suite import SHARED_FIELDS
 from flowkit.cli._common import (
     DataRootOpt,
     DeviceOpt,
     DownloadOpt,
-    PrecisionHelp,
     ThreadsOpt,
+    as_flags,
+    config_options,
     err,
     handle_errors,
+    int_or_auto,
     out,
     set_threads,
 )
@@ -69,6 +72,7 @@ class _LiveTable:
         return table
 
 
+@config_options(*SHARED_FIELDS, overrides=True)
 @handle_errors
 def bench(
     suite: Annotated[
@@ -97,19 +101,10 @@ def bench(
         typer.Option(
             "--preprocess",
             "--latent",
-            help="Latent preprocessing (auto, standardize, pca:K, l2, ...); repeat for several (--latent is its old name).",
+            help="Latent preprocessing (auto, standardize, pca:K, l2, ...); repeat for several.",
         ),
     ] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Seeds, e.g. 0,1,2.")] = None,
-    epochs_encoder: Annotated[Optional[int], typer.Option(help="Maximum encoder epochs.")] = None,
-    epochs_flow: Annotated[Optional[int], typer.Option(help="Maximum flow epochs.")] = None,
-    flow_augment: Annotated[
-        Optional[int],
-        typer.Option(
-            help="The flow also trains on the latents of this many augmented copies of every "
-            "training image (the encoder's own views); 0: off."
-        ),
-    ] = None,
     data_root: DataRootOpt = None,
     out_dir: Annotated[
         Optional[Path],
@@ -124,7 +119,6 @@ def bench(
         ),
     ] = None,
     device: DeviceOpt = "auto",
-    precision: Annotated[Optional[str], typer.Option(help=PrecisionHelp)] = None,
     threads: ThreadsOpt = None,
     download: DownloadOpt = True,
     retry_failed: Annotated[
@@ -159,6 +153,7 @@ def bench(
             help="Ray cluster to join: auto or HOST:PORT (default: start a local instance)."
         ),
     ] = None,
+    **options: Any,
 ) -> None:
     """Run a benchmark suite (GANomaly protocol), resumably, then write its report.
 
@@ -172,19 +167,18 @@ def bench(
 
     set_threads(threads)
     device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
-    runner = make_executor(executor, workers, device_list, ray_address, threads)
+    with as_flags():
+        runner = make_executor(executor, workers, device_list, ray_address, threads)
+    options["flow_batch_size"] = int_or_auto(options["flow_batch_size"], "--flow-batch-size")
     s = load_suite(suite).with_overrides(
         dataset=dataset,
         classes=_int_list(classes, "--classes"),
         encoders=encoder,
         flows=flow,
         scorers=scorer,
-        preprocessors=preprocess,
+        preprocess=preprocess,
         seeds=_int_list(seeds, "--seeds"),
-        epochs_encoder=epochs_encoder,
-        epochs_flow=epochs_flow,
-        flow_augment=flow_augment,
-        precision=precision,
+        **options,
     )
     run_dir = out_dir or Path("runs") / s.name
     err.print(

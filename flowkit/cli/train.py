@@ -6,7 +6,7 @@ import csv
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -15,22 +15,20 @@ from flowkit.cli._common import (
     DataRootOpt,
     DeviceOpt,
     DownloadOpt,
-    PrecisionHelp,
     ThreadsOpt,
     check_output_file,
+    config_options,
     err,
     handle_errors,
+    int_or_auto,
     out,
     set_threads,
 )
+from flowkit.config import option_fields
 from flowkit.errors import ConfigError
 
-EncoderOpt = Annotated[
-    str, typer.Option(help="Encoder as NAME:key=value,... (see `flowkit list encoders`).")
-]
-FlowOpt = Annotated[
-    str, typer.Option(help="Flow as NAME:key=value,... (see `flowkit list flows`).")
-]
+#: ``flowkit train``'s Detector options: every declared option the command line carries.
+TRAIN_OPTIONS = tuple(f.name for f in option_fields() if f.metadata["cli"])
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -40,6 +38,7 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
+@config_options(*TRAIN_OPTIONS)
 @handle_errors
 def train(
     ctx: typer.Context,
@@ -56,58 +55,9 @@ def train(
             help="Hold this class out as the anomaly (leave-one-class-out protocol) and report test metrics."
         ),
     ] = None,
-    encoder: EncoderOpt = "simclr:features=trunk+head,temperature=0.5",
-    flow: FlowOpt = "realnvp:batch_norm=true",
-    scorer: Annotated[
-        str,
-        typer.Option(
-            help="Scorer as NAME:key=value,... (higher = more anomalous); 'a+b' sums scorers "
-            "a and b, each standardised on normal validation images."
-        ),
-    ] = "nll+knn:k=2,metric=cosine,part=0",
-    preprocess: Annotated[
-        str,
-        typer.Option(
-            "--preprocess",
-            "--latent",
-            help="Latent preprocessing: auto (whitened PCA to at most 32 dimensions), "
-            "standardize, pca:K, l2, none, joined by '+' (--latent is its old name).",
-        ),
-    ] = "auto",
-    epochs_encoder: Annotated[
-        int, typer.Option(help="Maximum encoder epochs (early stopping on validation).")
-    ] = 20,
-    epochs_flow: Annotated[
-        int, typer.Option(help="Maximum flow epochs (early stopping on validation).")
-    ] = 200,
-    batch_size: Annotated[int, typer.Option(help="Encoder minibatch size (at least 2).")] = 64,
-    flow_batch_size: Annotated[
-        str,
-        typer.Option(
-            help="Flow minibatch size (at least 2), or 'auto': a power of two within a "
-            "quarter of the training latents, 128 to 1024."
-        ),
-    ] = "auto",
-    flow_augment: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="The flow also trains on the latents of this many augmented copies of every "
-            "training image (the encoder's own views); 0: off.",
-        ),
-    ] = 2,
-    confidence: Annotated[
-        float, typer.Option(help="Threshold = this quantile of normal validation scores.")
-    ] = 0.95,
-    contamination: Annotated[
-        Optional[float], typer.Option(help="Expected anomaly fraction; overrides --confidence.")
-    ] = None,
     image_size: Annotated[
         int, typer.Option(min=1, help="Images are resized to this square size.")
     ] = 32,
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same model on CPU).")] = 0,
-    device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option(help=PrecisionHelp)] = "auto",
     paper: Annotated[
         bool,
         typer.Option(
@@ -123,6 +73,7 @@ def train(
         "model.flowkit"
     ),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    **options: Any,
 ) -> None:
     """Train an encoder + flow detector on normal images and save it as one file.
 
@@ -131,35 +82,15 @@ def train(
     Folders in the MVTec AD or normal/ + anomalous/ layout train on their normal training part and report test metrics on their labelled test part.
     """
     from flowkit import Detector, load_dataset
+    from flowkit.config import PAPER
     from flowkit.data import labelled_split, leave_one_class_out
-    from flowkit.detector import PAPER_PARAMS
     from flowkit.metrics import detection_metrics
 
     set_threads(threads)
-    params = {
-        "encoder": encoder,
-        "flow": flow,
-        "scorer": scorer,
-        "preprocess": preprocess,
-        "epochs_encoder": epochs_encoder,
-        "flow_augment": flow_augment,
-        "precision": precision,
-    }
+    options["flow_batch_size"] = int_or_auto(options["flow_batch_size"], "--flow-batch-size")
     if paper:  # the paper's value for every option not given (even one typed as its default)
-        given = {k for k in params if _given(ctx, k)}
-        params = {k: v if k in given else PAPER_PARAMS.get(k, v) for k, v in params.items()}
-        params["lr_encoder"] = PAPER_PARAMS["lr_encoder"]
-    det = Detector(
-        **params,
-        confidence=confidence,
-        contamination=contamination,
-        epochs_flow=epochs_flow,
-        batch_size=batch_size,
-        flow_batch_size=_batch_option(flow_batch_size),
-        device=device,
-        seed=seed,
-        verbose=not quiet,
-    ).check_config()
+        options = {k: v if _given(ctx, k) else getattr(PAPER, k) for k, v in options.items()}
+    det = Detector(**options, verbose=not quiet).check_config()
     check_output_file(out_path)
     data = load_dataset(
         dataset, root=data_root, split="all", image_size=image_size, download=download
@@ -168,7 +99,7 @@ def train(
         err.print(f"{data.name}: {data.layout}")
     split = None
     if anomaly_class is not None:
-        split = leave_one_class_out(data, anomaly_class, seed=seed)
+        split = leave_one_class_out(data, anomaly_class, seed=det.seed)
         err.print(
             f"{data.name}: class {data.classes[anomaly_class]!r} held out; {split.describe()}"
         )
@@ -192,18 +123,6 @@ def train(
         m = detection_metrics(split.is_anomaly.numpy(), scores, det.threshold_)
         out.print(f"test ROC AUC {m['auc']:.4f}  AP {m['ap']:.4f}  F1 {m['f1']:.4f}")
     out.print(f"saved {path}")
-
-
-def _batch_option(value: str) -> int | str:
-    """``--flow-batch-size``: ``auto`` or an integer (the Detector checks its range)."""
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(
-            f"--flow-batch-size must be 'auto' or an integer, got {value!r}"
-        ) from None
 
 
 def _files_to_score(paths: list[Path]) -> tuple[list[Path], dict[Path, bool] | None]:

@@ -55,7 +55,7 @@ class SimCLREncoder(TrunkEncoder):
     by NT-Xent on a projection head. ``features`` says what ``encode`` returns: ``"trunk"``
     (the trunk's features, the head used only in training), ``"head"`` (the head's output,
     L2-normalised: the sphere on which NT-Xent compares images) or ``"trunk+head"`` (both side
-    by side; :attr:`embed_blocks` names the two parts, so that the latent preprocessing and
+    by side; :attr:`latent_parts` names the two parts, so that the latent preprocessing and
     the flow's density treat each part on its own scale).
     """
 
@@ -83,14 +83,14 @@ class SimCLREncoder(TrunkEncoder):
         self._use_features(features)
 
     def _use_features(self, features: str) -> None:
-        """Set what :meth:`encode` returns, and :attr:`embed_dim` / :attr:`embed_blocks`."""
+        """Set what :meth:`encode` returns, and :attr:`embed_dim` / :attr:`latent_parts`."""
         if features not in FEATURES:
             raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
         self.features = features
         trunk, head = self.head[0].in_features, self.head[-1].out_features
         blocks = {"trunk": (trunk,), "head": (head,), "trunk+head": (trunk, head)}
-        self.embed_blocks = blocks[features]
-        self.embed_dim = sum(self.embed_blocks)
+        self.latent_parts = blocks[features]
+        self.embed_dim = sum(self.latent_parts)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.trunk(x)

@@ -1,6 +1,6 @@
-"""Independent flows over the blocks of a latent made of several parts.
+"""Independent flows over the parts of a latent made of several parts side by side.
 
-An encoder whose latent is several parts side by side (``embed_blocks``, e.g. ``simclr`` with
+An encoder whose latent is several parts side by side (``latent_parts``, e.g. ``simclr`` with
 ``features=trunk+head``) gets one flow per part, and the density of the whole latent is their
 product, ``log p(z) = Σ_i log p_i(z_i)``: the parts' scales and shapes never have to share one
 set of couplings. The Detector builds it from any registered flow; nothing registers it.
@@ -20,7 +20,7 @@ __all__ = ["ProductFlow"]
 
 
 class ProductFlow(Flow):
-    """``parts[i]`` is a flow over ``blocks[i]`` consecutive dimensions of ``z``.
+    """``parts[i]`` is a flow over ``part_sizes[i]`` consecutive dimensions of ``z``.
 
     Example:
         >>> import torch, flowkit
@@ -30,28 +30,28 @@ class ProductFlow(Flow):
         torch.Size([4])
     """
 
-    def __init__(self, parts: Sequence[nn.Module], blocks: Sequence[int]) -> None:
+    def __init__(self, parts: Sequence[nn.Module], part_sizes: Sequence[int]) -> None:
         super().__init__()
-        if len(parts) != len(blocks) or not parts:
-            raise ConfigError(f"{len(parts)} flows for {len(blocks)} latent blocks")
+        if len(parts) != len(part_sizes) or not parts:
+            raise ConfigError(f"{len(parts)} flows for {len(part_sizes)} latent parts")
         self.parts = nn.ModuleList(parts)
-        self.blocks = tuple(int(b) for b in blocks)
-        self.features = sum(self.blocks)
+        self.part_sizes = tuple(int(b) for b in part_sizes)
+        self.features = sum(self.part_sizes)
         # flowkit.export reads this: a product has an ONNX form only if every part has one
         self.not_exportable = next(
             (why for p in parts if (why := getattr(p, "not_exportable", None))), None
         )
 
-    def pairs(self, z: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
-        """Each part with its block of ``z`` (the last dimension)."""
-        return list(zip(self.parts, torch.split(z, list(self.blocks), dim=-1), strict=True))
+    def per_part(self, z: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+        """Each part's flow with its part of ``z`` (split along the last dimension)."""
+        return list(zip(self.parts, torch.split(z, list(self.part_sizes), dim=-1), strict=True))
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        out = [p.log_prob(b) for p, b in self.pairs(z)]
+        out = [p.log_prob(b) for p, b in self.per_part(z)]
         return torch.stack(out).sum(0)
 
     def initialize(self, z: torch.Tensor) -> None:
-        for part, block in self.pairs(z):
+        for part, block in self.per_part(z):
             initialize_flow(part, block)
 
     def sample(self, n: int) -> torch.Tensor:
@@ -59,14 +59,14 @@ class ProductFlow(Flow):
 
     def for_export(self) -> ProductFlow:
         """A copy whose parts are their ONNX-exportable selves, where they have one."""
-        return ProductFlow([export_form(p) for p in self.parts], self.blocks)
+        return ProductFlow([export_form(p) for p in self.parts], self.part_sizes)
 
     def transform_to_noise(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.cat([p.transform_to_noise(b) for p, b in self.pairs(z)], -1)
+        return torch.cat([p.transform_to_noise(b) for p, b in self.per_part(z)], -1)
 
     def inverse(self, u: torch.Tensor) -> torch.Tensor:
-        return torch.cat([p.inverse(b) for p, b in self.pairs(u)], -1)
+        return torch.cat([p.inverse(b) for p, b in self.per_part(u)], -1)
 
     def base_log_prob(self, u: torch.Tensor) -> torch.Tensor:
-        out = [p.base_log_prob(b) for p, b in self.pairs(u)]
+        out = [p.base_log_prob(b) for p, b in self.per_part(u)]
         return torch.stack(out).sum(0)

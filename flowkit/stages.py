@@ -1,0 +1,587 @@
+"""The three stages a Detector composes, each with its own fit, state and save.
+
+- :class:`EncoderStage`: builds the encoder for an image shape, trains it on its own loss
+  (stage 1), embeds images (and augmented copies of them).
+- :class:`DensityStage`: fits the latent preprocessing and one flow, or one flow per latent
+  part (a product of flows), by maximum likelihood (stage 2). Its :class:`Density` owns
+  ``log_prob`` *including* the preprocessing's Jacobian; scoring and ONNX export use it alike.
+- :class:`CalibrationStage`: fits the scorer and the threshold on normal data only.
+
+Each stage's ``state_dict()`` is the part of the model file it owns, and its
+``from_state_dict`` rebuilds it; the bench caches the encoder's and the density's states and
+fits every scorer once. Nothing outside a stage assigns its fitted attributes.
+
+Example (what :meth:`flowkit.Detector.fit` does, stage by stage):
+    >>> from flowkit.config import DetectorConfig
+    >>> cfg = DetectorConfig(encoder="dcgan_ae:latent_dim=8", epochs_encoder=1)
+    >>> train, val = split_validation(images, cfg.val_fraction, cfg.seed)  # doctest: +SKIP
+    >>> enc = EncoderStage(cfg).fit(train, val, device="cpu")               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from flowkit.config import DetectorConfig
+from flowkit.encoders.base import latent_parts, views
+from flowkit.errors import ConfigError, DataError, ModelFileError, NotExportableError
+from flowkit.flows.base import check_log_prob, export_form
+from flowkit.flows.product import ProductFlow
+from flowkit.preprocess import Preprocess
+from flowkit.registry import Registry, accepted_options, encoders, flows, scorers
+from flowkit.scorers import ScoreContext, Scorer, check_scorer_parts
+from flowkit.spec import Spec
+from flowkit.training import (
+    History,
+    embed,
+    fit_encoder,
+    fit_flow,
+    resolve_device,
+    resolve_precision,
+)
+
+__all__ = [
+    "EncoderStage",
+    "DensityStage",
+    "CalibrationStage",
+    "Density",
+    "split_validation",
+    "check_options",
+]
+
+#: Latents evaluated by the flow at a time when scoring (bounds memory).
+SCORE_BATCH = 1024
+
+
+def split_validation(
+    images: torch.Tensor, val_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (train, validation) split of normal training images."""
+    n = len(images)
+    n_val = max(1, int(round(n * val_fraction)))
+    if n - n_val < 2:
+        raise DataError(f"need at least {n_val + 2} training images, got {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return images[order[n_val:]], images[order[:n_val]]
+
+
+def check_options(config: DetectorConfig) -> None:
+    """Every check that needs no data: the fields' own (:meth:`DetectorConfig.validate`),
+    the device and precision, and each component's name and options against its registry,
+    so that a misspelt option fails now, not after an hour of encoder training."""
+    config.validate()
+    resolve_precision(resolve_device(config.device), config.precision)
+    Preprocess(config.preprocess)  # the spec's syntax; its sizes are checked with the data
+    given = {"encoder": ("in_channels", "image_size"), "flow": ("features",)}
+    for registry, spec in (
+        (encoders, EncoderStage.spec_of(config)),
+        (flows, DensityStage.spec_of(config)),
+        (scorers, CalibrationStage.spec_of(config)),
+    ):
+        name, options = spec.factory_args()
+        registry.check_options(name, options, given.get(registry.kind, ()))
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def _rebuild(registry: Registry, name: str, options: dict, source: Any, **kwargs: Any) -> Any:
+    """A component of a saved model, or :class:`ModelFileError` saying what is missing."""
+    from flowkit.errors import UnknownComponentError
+
+    try:
+        entry = registry.get(name)
+    except UnknownComponentError:
+        raise ModelFileError(
+            f"{source}: this model needs the {registry.kind} {name!r}, which no installed "
+            "plugin provides; install the plugin it was trained with"
+        ) from None
+    accepted = accepted_options(entry.factory, skip=1 if entry.namespace else 0)
+    if accepted is not None and "pretrained" in accepted:
+        options = {**options, "pretrained": False}  # the saved weights replace any download
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return registry.create(name, **{**kwargs, **options})
+    except ConfigError as exc:
+        raise ModelFileError(
+            f"{source}: cannot rebuild the {registry.kind} {name!r}: {exc}"
+        ) from None
+
+
+# -- stage 1 ----------------------------------------------------------------------------------
+
+
+class EncoderStage:
+    """Build, fit and run the encoder. Fitted: ``encoder_``, ``input_shape_``, ``history_``."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        self.config = config
+
+    @staticmethod
+    def spec_of(config: DetectorConfig) -> Spec:
+        return Spec.parse(config.encoder, config.encoder_options)
+
+    @property
+    def spec(self) -> Spec:
+        return self.spec_of(self.config)
+
+    @property
+    def fitted(self) -> bool:
+        return hasattr(self, "encoder_")
+
+    def build(self, input_shape: tuple[int, int, int]) -> nn.Module:
+        """The untrained encoder for images of ``input_shape`` ``(C, H, W)`` (seeded)."""
+        c, h, w = (int(s) for s in input_shape)
+        if h != w:
+            raise DataError(f"images must be square, got {h}×{w}")
+        name, options = self.spec.factory_args()
+        torch.manual_seed(self.config.seed)
+        encoder = encoders.create(name, in_channels=c, image_size=h, **options)
+        expected = tuple(getattr(encoder, "input_shape", (c, h, w)))
+        if expected != (c, h, w):
+            raise DataError(f"encoder expects images {expected}, got {(c, h, w)}")
+        return encoder
+
+    def fit(
+        self,
+        train: torch.Tensor,
+        val: torch.Tensor,
+        *,
+        device: str | torch.device,
+        encoder: nn.Module | None = None,
+        progress: Any = None,
+    ) -> EncoderStage:
+        """Stage 1 on uint8 images (``encoder``: one already built by :meth:`build`)."""
+        cfg = self.config
+        shape = tuple(int(s) for s in train.shape[1:])
+        encoder = encoder if encoder is not None else self.build(shape)  # type: ignore[arg-type]
+        history = fit_encoder(
+            encoder,
+            train,
+            val,
+            epochs=cfg.epochs_encoder,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr_encoder,
+            patience=cfg.patience_encoder,
+            precision=cfg.precision,
+            channels_last=resolve_precision(resolve_device(device), cfg.precision) == "bf16",
+            device=device,
+            seed=cfg.seed,
+            progress=progress,
+            verbose=cfg.verbose,
+        )
+        return self._set(encoder, shape, history.to_dict())
+
+    def _set(self, encoder: nn.Module, shape: tuple, history: dict[str, Any]) -> EncoderStage:
+        self.encoder_ = encoder.eval()
+        self.input_shape_ = tuple(int(s) for s in shape)
+        self.history_ = history
+        return self
+
+    def restore(
+        self,
+        input_shape: tuple[int, int, int],
+        weights: dict[str, torch.Tensor],
+        history: dict[str, Any] | None = None,
+    ) -> EncoderStage:
+        """A trained encoder from its weights (the bench's cache), built as :meth:`build`
+        builds it."""
+        encoder = self.build(input_shape)
+        encoder.load_state_dict(weights)
+        return self._set(encoder, input_shape, history or History("encoder").to_dict())
+
+    @property
+    def part_sizes(self) -> tuple[int, ...]:
+        return latent_parts(self.encoder_)
+
+    def embed(
+        self, images: torch.Tensor, *, device: str | torch.device, transform: Any = None
+    ) -> torch.Tensor:
+        """Latents ``(N, embed_dim)`` (float32, CPU) of uint8 images."""
+        return embed(
+            self.encoder_,
+            images,
+            batch_size=max(self.config.batch_size, 256),
+            device=device,
+            transform=transform,
+        )
+
+    def embed_augmented(
+        self, images: torch.Tensor, *, device: str | torch.device
+    ) -> torch.Tensor | None:
+        """Latents of ``flow_augment`` augmented copies of every image, copy by copy
+        ``(flow_augment * N, embed_dim)``, made by the encoder's own views (seeded), or
+        ``None`` when ``flow_augment`` is 0."""
+        copies = self.config.flow_augment
+        if not copies:
+            return None
+        transform = views(self.encoder_)
+        torch.manual_seed(self.config.seed + 2)
+        return torch.cat([self.embed(images, device=device, transform=transform) for _ in range(copies)])
+
+    def state_dict(self) -> dict[str, Any]:
+        name, options = self.spec.factory_args()
+        return {
+            "name": name,
+            "options": options,
+            "input_shape": list(self.input_shape_),
+            "state": _cpu_state(self.encoder_),
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls, config: DetectorConfig, state: dict[str, Any], history: dict, source: Any
+    ) -> EncoderStage:
+        stage = cls(config)
+        shape = tuple(int(s) for s in state["input_shape"])
+        c, h, _ = shape
+        encoder = _rebuild(
+            encoders, state["name"], state["options"], source, in_channels=c, image_size=h
+        )
+        encoder.load_state_dict(state["state"])
+        return stage._set(encoder, shape, history)
+
+
+# -- stage 2 ----------------------------------------------------------------------------------
+
+
+class Density(nn.Module):
+    """The density of raw encoder latents: preprocessing, then one flow (or a product of
+    flows, one per latent part). ``log_prob`` includes the preprocessing's Jacobian, so that
+    it is the density of what the encoder gives."""
+
+    def __init__(self, preprocess: Preprocess, flow: nn.Module) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.flow = flow
+
+    @property
+    def part_sizes(self) -> tuple[int, ...]:
+        """What each latent part becomes after preprocessing."""
+        return self.preprocess.out_part_sizes
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(preprocessed latents, log p(z))`` for raw latents ``z``."""
+        u = self.preprocess(z)
+        log_det = self.preprocess.log_abs_det().to(u.device)
+        return u, self.flow.log_prob(u) + log_det
+
+    @torch.inference_mode()
+    def evaluate(self, z: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` in batches on ``device``: (preprocessed latents on CPU, float64
+        log-likelihoods on CPU)."""
+        self.to(device).eval()
+        u = self.preprocess(z.to(device))
+        if len(u):
+            lp = torch.cat(
+                [self.flow.log_prob(u[i : i + SCORE_BATCH]) for i in range(0, len(u), SCORE_BATCH)]
+            )
+        else:
+            lp = torch.empty(0, device=device)
+        lp = (lp + self.preprocess.log_abs_det().to(device)).double().cpu()
+        return u.cpu(), lp
+
+    def for_export(self, label: str = "flow") -> nn.Module:
+        """The same density in ONNX-exportable form (the Jacobian a constant buffer), or
+        :class:`NotExportableError` naming (as ``label``) the flow that has none, and why."""
+        why = getattr(self.flow, "not_exportable", None)
+        if why:
+            raise NotExportableError(f"the {label} has no ONNX form: {why}")
+        return _ExportDensity(self.preprocess, export_form(self.flow))
+
+
+class _ExportDensity(nn.Module):
+    def __init__(self, preprocess: Preprocess, flow: nn.Module) -> None:
+        super().__init__()
+        self.preprocess, self.flow = preprocess, flow
+        self.register_buffer("log_det", preprocess.log_abs_det().float().reshape(()))
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = self.preprocess(z)
+        return u, self.flow.log_prob(u) + self.log_det
+
+
+def _flow_over(part_sizes: tuple[int, ...], make: Any) -> nn.Module:
+    """``make(features)`` for a latent of one part; for several, one flow per part and the
+    product of their densities (:class:`~flowkit.flows.product.ProductFlow`)."""
+    if len(part_sizes) == 1:
+        return make(part_sizes[0])
+    return ProductFlow([make(d) for d in part_sizes], part_sizes)
+
+
+def _merge_histories(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One flow history from those of a product flow's parts (each part's in ``parts``)."""
+    return {
+        "best_epoch": max(h["best_epoch"] for h in parts),
+        "epochs_run": max(h["epochs_run"] for h in parts),
+        "max_epochs": max(h["max_epochs"] for h in parts),
+        "stopped_early": all(h["stopped_early"] for h in parts),
+        "restarts": sum(h["restarts"] for h in parts),
+        "seconds": sum(h["seconds"] for h in parts),
+        "parts": parts,
+    }
+
+
+def _legacy_flow_options(name: str, options: dict[str, Any], state: dict[str, Any]) -> dict:
+    """Models saved before flowkit recorded every option (``realnvp`` then defaulted to
+    ``hidden=256, blocks=2``): read the coupling width and depth off the saved weights."""
+    if name != "realnvp" or ("hidden" in options and "blocks" in options):
+        return options
+    prefix = "transform._transforms.0.transform_net."
+    first = state.get(prefix + "initial_layer.weight")
+    if first is None:
+        return options
+    blocks = {k[len(prefix) :].split(".")[1] for k in state if k.startswith(prefix + "blocks.")}
+    return {"hidden": int(first.shape[0]), "blocks": len(blocks), **options}
+
+
+_SIMPLE = (bool, int, float, str)
+
+
+def _resolved_options(registry: Registry, name: str, options: dict[str, Any]) -> dict:
+    """``options`` with the factory's other keyword defaults filled in (simple values only),
+    so that a saved model rebuilds the same network after a default changes."""
+    import inspect
+
+    from flowkit.errors import UnknownComponentError
+
+    try:
+        entry = registry.get(name)
+        params = list(inspect.signature(entry.factory).parameters.values())
+    except (TypeError, ValueError, UnknownComponentError):
+        return dict(options)
+    if entry.namespace:  # the first parameter is the sub-name (timm/<model>), not an option
+        params = params[1:]
+    defaults = {
+        p.name: p.default
+        for p in params
+        if p.name != "features"
+        and isinstance(p.default, _SIMPLE)
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    return {**defaults, **options}
+
+
+class DensityStage:
+    """Fit the preprocessing and the flow(s). Fitted: ``density_``, ``history_``."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        self.config = config
+
+    @staticmethod
+    def spec_of(config: DetectorConfig) -> Spec:
+        return Spec.parse(config.flow, config.flow_options)
+
+    @property
+    def spec(self) -> Spec:
+        return self.spec_of(self.config)
+
+    @property
+    def fitted(self) -> bool:
+        return hasattr(self, "density_")
+
+    def build(self, in_dim: int, part_sizes: tuple[int, ...] | None = None) -> Density:
+        """The untrained density for raw latents of ``in_dim`` dimensions in ``part_sizes``."""
+        preprocess = Preprocess(self.config.preprocess, in_dim=in_dim, part_sizes=part_sizes)
+        name, options = self.spec.factory_args()
+        flow = _flow_over(
+            preprocess.out_part_sizes, lambda d: flows.create(name, features=d, **options)
+        )
+        return Density(preprocess, flow)
+
+    def check(self, in_dim: int, part_sizes: tuple[int, ...]) -> Density:
+        """Build once, untrained, and evaluate on two latents (a flow's shape contract)."""
+        density = self.build(in_dim, part_sizes)
+        with torch.no_grad():
+            check_log_prob(density.flow.eval(), torch.zeros(2, density.preprocess.out_dim))
+        return density
+
+    def fit(
+        self,
+        z_train: torch.Tensor,
+        z_val: torch.Tensor,
+        *,
+        device: str | torch.device,
+        part_sizes: tuple[int, ...] | None = None,
+        progress: Any = None,
+    ) -> DensityStage:
+        """Stage 2: the preprocessing on ``z_train``, then the flow(s) on its output, with
+        early stopping on ``z_val``. ``z_train`` holds every latent the flow trains on
+        (augmented copies included)."""
+        cfg = self.config
+        preprocess = Preprocess(cfg.preprocess, in_dim=z_train.shape[1], part_sizes=part_sizes)
+        preprocess.fit(z_train)
+        p_train, p_val = preprocess(z_train), preprocess(z_val)
+        torch.manual_seed(cfg.seed + 1)
+        name, options = self.spec.factory_args()
+        flow = _flow_over(
+            preprocess.out_part_sizes, lambda d: flows.create(name, features=d, **options)
+        )
+        fit = functools.partial(
+            fit_flow,
+            epochs=cfg.epochs_flow,
+            batch_size=cfg.flow_batch_size,
+            lr=cfg.lr_flow,
+            # auto: the flow stays fp32 (a small flow is bound by per-step overhead, which
+            # autocast adds to)
+            precision="fp32" if cfg.precision == "auto" else cfg.precision,
+            patience=cfg.patience,
+            device=device,
+            seed=cfg.seed,
+            progress=progress,
+            verbose=cfg.verbose,
+        )
+        if isinstance(flow, ProductFlow):
+            # each part trains on its own with its own schedule and early stopping: one joint
+            # run would stop and cut the learning rate where the sum of the parts' losses
+            # says, which is rarely where each part's own would (benchmarks/EXPERIMENTS.md)
+            history = _merge_histories(
+                [
+                    fit(part, train, val).to_dict()
+                    for (part, train), (_, val) in zip(
+                        flow.per_part(p_train), flow.per_part(p_val), strict=True
+                    )
+                ]
+            )
+            flow.eval()
+        else:
+            history = fit(flow, p_train, p_val).to_dict()
+        self.density_ = Density(preprocess, flow)
+        self.history_ = history
+        return self
+
+    def context(
+        self,
+        latents: torch.Tensor,
+        images: torch.Tensor | None,
+        encoder: nn.Module | None,
+        device: str | torch.device,
+    ) -> ScoreContext:
+        """What a scorer sees of raw ``latents`` (and their images)."""
+        dev = resolve_device(device)
+        u, lp = self.density_.evaluate(latents, dev)
+        return ScoreContext(
+            log_prob=lp,
+            latents=u,
+            images=images,
+            encoder=encoder,
+            device=dev,
+            part_sizes=self.density_.part_sizes,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        pre, flow = self.density_.preprocess, self.density_.flow
+        name, options = self.spec.factory_args()
+        return {
+            "pipeline": {
+                "spec": self.config.preprocess,
+                "in_dim": pre.in_dim,
+                "blocks": list(pre.part_sizes),  # the file's name for the part sizes
+                "state": _cpu_state(pre),
+            },
+            "flow": {
+                "name": name,
+                # every option, defaults included: a later default must not change this model
+                "options": _resolved_options(flows, name, options),
+                "features": pre.out_dim,
+                "state": _cpu_state(flow),
+            },
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        config: DetectorConfig,
+        pipeline: dict[str, Any],
+        flow: dict[str, Any],
+        history: dict[str, Any],
+        source: Any,
+    ) -> DensityStage:
+        stage = cls(config)
+        pre = Preprocess(pipeline["spec"], in_dim=pipeline["in_dim"], part_sizes=pipeline.get("blocks"))
+        pre.load_state_dict(pipeline["state"])
+        options = _legacy_flow_options(flow["name"], flow["options"], flow["state"])
+        model = _flow_over(
+            pre.out_part_sizes,
+            lambda d: _rebuild(flows, flow["name"], options, source, features=d),
+        )
+        model.load_state_dict(flow["state"])
+        stage.density_ = Density(pre, model.eval())
+        stage.history_ = history
+        return stage
+
+
+# -- calibration ------------------------------------------------------------------------------
+
+
+class CalibrationStage:
+    """Fit the scorer and the threshold on normal data. Fitted: ``scorer_``, ``threshold_``."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        self.config = config
+
+    @staticmethod
+    def spec_of(config: DetectorConfig) -> Spec:
+        return Spec.parse(config.scorer, config.scorer_options)
+
+    @property
+    def spec(self) -> Spec:
+        return self.spec_of(self.config)
+
+    @property
+    def fitted(self) -> bool:
+        return hasattr(self, "threshold_")
+
+    def build(self) -> Scorer:
+        name, options = self.spec.factory_args()
+        return scorers.create(name, **options)
+
+    def check(self, parts: int) -> Scorer:
+        """Build the scorer, untrained, and refuse a latent part it asks for that the
+        encoder's latent does not have."""
+        scorer = self.build()
+        check_scorer_parts(scorer, parts)
+        return scorer
+
+    def fit(self, train: ScoreContext, val: ScoreContext) -> CalibrationStage:
+        """The scorer on normal training and validation contexts, then the threshold: the
+        ``confidence`` quantile (or ``1 - contamination``) of the anomaly scores of normal
+        validation images (of the training images when fewer than 10 are held out)."""
+        scorer = self.build()
+        if scorer.needs_images and val.images is None:
+            raise ConfigError(f"scorer {self.spec.name!r} needs the training images")
+        scorer.fit(train, val)
+        calib = scorer.score(val) if len(val.log_prob) >= 10 else scorer.score(train)
+        cfg = self.config
+        q = 1.0 - cfg.contamination if cfg.contamination is not None else cfg.confidence
+        self.scorer_ = scorer
+        self.threshold_ = float(torch.quantile(calib.double(), q))
+        return self
+
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        """Anomaly scores (float64), higher = more anomalous."""
+        return self.scorer_.score(ctx).double()
+
+    def state_dict(self) -> dict[str, Any]:
+        name, options = self.spec.factory_args()
+        return {"name": name, "options": options, "state": self.scorer_.state_dict()}
+
+    @classmethod
+    def from_state_dict(
+        cls, config: DetectorConfig, state: dict[str, Any], threshold: float, source: Any
+    ) -> CalibrationStage:
+        stage = cls(config)
+        scorer = _rebuild(scorers, state["name"], state["options"], source)
+        scorer.load_state_dict(state["state"])
+        stage.scorer_ = scorer
+        stage.threshold_ = float(threshold)
+        return stage
+
+
