@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import flowkit
 from flowkit.data import leave_one_class_out, load_images, to_float
+from flowkit.stages import split_validation
 from flowkit.training import (
     embed,
     fit_encoder,
@@ -314,7 +315,7 @@ def main() -> None:
         what = "embedded scikit-learn digits"
     split = leave_one_class_out(data, 1, seed=0)
     det = flowkit.Detector(device=str(dev))
-    train, val = det.split_validation(split.train.images)
+    train, val = split_validation(split.train.images, det.val_fraction, det.seed)
     cpu_bf16 = dev.type == "cpu" and torch.backends.mkldnn.is_available()
     fp32_libs = matmul_peak(dev, torch.float32)
     nan = (float("nan"), float("nan"))

@@ -19,7 +19,7 @@ neither torch nor the registries, so the CLI can build ``--help`` from it quickl
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
-from typing import Any, Optional, Union
+from typing import Any
 
 from flowkit.errors import ConfigError
 
@@ -45,7 +45,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 # -- checks (pure Python: a value, never data) ------------------------------------------------
 
 
-def _int(low: int, why: str = "", high: Optional[int] = None) -> Callable[[str, Any], None]:
+def _int(low: int, why: str = "", high: int | None = None) -> Callable[[str, Any], None]:
     def check(name: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) and not _is_np_int(value):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
@@ -80,7 +80,8 @@ def _is_np(value: Any) -> bool:
 
 
 def _spec(name: str, value: Any) -> None:
-    if not isinstance(value, str) or not value.strip():
+    """A spec's type; its syntax and names are the registries' (flowkit.stages.check_options)."""
+    if not isinstance(value, str):
         raise ConfigError(f"{name} must be a spec string NAME:key=value,..., got {value!r}")
 
 
@@ -194,15 +195,15 @@ class DetectorConfig:
         help="Latent preprocessing fitted on normal training latents: auto (whitened PCA to "
         "at most 32 dimensions), standardize, pca:K, l2 or none, joined by '+'.",
     )
-    encoder_options: Optional[dict] = option(
+    encoder_options: dict | None = option(
         None, stage="encoder", check=_options, cell=False, cli=False,
         help="Encoder options merged over those in the encoder spec.",
     )  # fmt: skip
-    flow_options: Optional[dict] = option(
+    flow_options: dict | None = option(
         None, stage="density", check=_options, cell=False, cli=False,
         help="Flow options merged over those in the flow spec.",
     )  # fmt: skip
-    scorer_options: Optional[dict] = option(
+    scorer_options: dict | None = option(
         None, stage="calibration", check=_options, cell=False, cli=False,
         help="Scorer options merged over those in the scorer spec.",
     )  # fmt: skip
@@ -212,7 +213,7 @@ class DetectorConfig:
         check=_number(0.0, 1.0),
         help="Threshold = this quantile of the anomaly scores of normal validation images.",
     )
-    contamination: Optional[float] = option(
+    contamination: float | None = option(
         None,
         stage="calibration",
         check=_number(0.0, 0.5, optional=True),
@@ -250,7 +251,7 @@ class DetectorConfig:
         check=_int(2, "(BatchNorm needs two samples per batch)"),
         help="Encoder minibatch size (at least 2).",
     )
-    flow_batch_size: Union[int, str] = option(
+    flow_batch_size: int | str = option(
         "auto",
         stage="density",
         check=_flow_batch,

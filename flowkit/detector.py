@@ -89,15 +89,16 @@ class Detector:
     @classmethod
     def from_stages(
         cls,
-        encoder: EncoderStage,
+        encoding: EncoderStage,
         density: DensityStage,
         calibration: CalibrationStage,
+        /,
         **params: Any,
     ) -> Detector:
         """A fitted Detector made of fitted stages (``params`` default to the
         calibration's configuration)."""
         det = cls(**{**calibration.config.params(), **params})
-        det._compose(encoder, density, calibration)
+        det._compose(encoding, density, calibration)
         return det
 
     # -- scikit-learn plumbing --------------------------------------------------------------
@@ -178,6 +179,25 @@ class Detector:
         calibration = CalibrationStage(config).fit(*contexts)
         self._compose(encoding, density, calibration)
         return self
+
+    def with_scorer(self, X: Any, scorer: str, **params: Any) -> Detector:
+        """A new Detector sharing this one's fitted encoder and density, with ``scorer`` (and
+        any calibration ``params``: ``confidence``, ``contamination``, ``scorer_options``)
+        fitted on normal images ``X``, split as :meth:`fit` splits them (give the images
+        this Detector was fitted on). Compare scorers without training anything twice."""
+        self.check_fitted()
+        config = self.config.replace(scorer=scorer, **params)
+        check_options(config)
+        images = as_uint8_images(X, "training images", config.value_range)
+        train, val = split_validation(images, config.val_fraction, config.seed)
+        encoding, density = self.encoder_stage_, self.density_stage_
+        CalibrationStage(config).check(len(density.density_.part_sizes))
+        contexts = (
+            density.context(encoding.embed(x, device=self.device), x, self.encoder_, self.device)
+            for x in (train, val)
+        )
+        calibration = CalibrationStage(config).fit(*contexts)
+        return Detector.from_stages(encoding, density, calibration, **config.params())
 
     def _compose(
         self, encoder: EncoderStage, density: DensityStage, calibration: CalibrationStage

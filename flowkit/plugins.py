@@ -8,8 +8,8 @@ working. ``FLOWKIT_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point name.
 
 from __future__ import annotations
 
+import inspect
 import os
-import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -143,7 +143,7 @@ def _call_hook(
         before = set(registry.names())
 
         def origin(owners: dict[Any, str] = owners) -> tuple[str, str | None]:
-            name = _innermost_owner(_frames(sys._getframe(1)), owners)
+            name = _innermost_owner(_frames(inspect.currentframe().f_back), owners)  # type: ignore[union-attr]
             return (name, infos[name].distribution) if name else ("user", None)
 
         try:

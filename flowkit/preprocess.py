@@ -7,9 +7,9 @@ latents of D ≤ 32 dimensions. Example: ``"l2+pca:32"``. The preprocessing is s
 Detector artifact.
 
 An encoder whose latent is several parts side by side (its ``latent_parts``, e.g.
-``simclr``'s ``features=trunk+head``) gets the preprocessing applied to each part on its own, the outputs
-concatenated: ``pca:32`` on a (128, 128) latent gives 64 dimensions, 32 whitened per part, so
-neither part's scale drowns the other's.
+``simclr``'s ``features=trunk+head``) gets the preprocessing applied to each part on its own,
+the outputs concatenated: ``pca:32`` on a (128, 128) latent gives 64 dimensions, 32 whitened
+per part, so neither part's scale drowns the other's.
 """
 
 from __future__ import annotations

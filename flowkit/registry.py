@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowkit.errors import ConfigError, FlowkitError, UnknownComponentError
-from flowkit.spec import Spec, format_spec, parse_spec
+from flowkit.spec import format_spec, parse_spec
 
 __all__ = [
     "Entry",

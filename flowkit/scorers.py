@@ -211,8 +211,10 @@ class _EncoderMethodScorer(Scorer):
     requirement = ""
 
     def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
+        from flowkit.encoders.base import has_capability
+
         encoder = train.encoder
-        if not hasattr(encoder, self.method):
+        if encoder is None or not has_capability(encoder, self.method):
             raise ConfigError(
                 f"the {self.name} scorer needs {self.requirement}; "
                 f"{type(encoder).__name__} has no {self.method}()"
@@ -225,7 +227,10 @@ class _EncoderMethodScorer(Scorer):
     def export_score(self, ctx: ScoreContext) -> torch.Tensor:
         from flowkit.data.base import to_float
 
-        return getattr(ctx.encoder, self.method)(to_float(_require_images(ctx, self.name)))
+        from flowkit.encoders.base import capability
+
+        method = capability(ctx.encoder, self.method)
+        return method(to_float(_require_images(ctx, self.name)))
 
 
 class ReconScorer(_EncoderMethodScorer):
@@ -253,8 +258,10 @@ def _per_image(ctx: ScoreContext, name: str, method: str) -> torch.Tensor:
     images = _require_images(ctx, name)
     if ctx.encoder is None:
         raise ConfigError(f"the {name} scorer needs the detector's encoder")
+    from flowkit.encoders.base import capability
+
     dev = ctx.device
-    fn = getattr(ctx.encoder.to(dev).eval(), method)
+    fn = capability(ctx.encoder.to(dev).eval(), method)
     parts = [
         fn(to_float(images[i : i + 256].to(dev))).double().cpu() for i in range(0, len(images), 256)
     ]
@@ -392,19 +399,20 @@ class ComboScorer(Scorer):
     name = "combo"
 
     def __init__(self, parts: str = "nll+knn") -> None:
-        from flowkit.registry import parse_spec, scorers
+        from flowkit.registry import scorers
+        from flowkit.spec import Spec
 
-        names = [p.strip() for p in str(parts).split("+") if p.strip()]
-        if len(names) < 2 or "combo" in names:
+        spec = Spec.parse(str(parts))
+        if not spec.is_combination:
             raise ConfigError(f"combo needs two or more scorers joined by '+', got {parts!r}")
-        self.parts = "+".join(names)
+        self.parts = "+".join(p.strip() for p in str(parts).split("+") if p.strip())
         self.scorers = []
-        for part in names:
-            name, options = parse_spec(part.replace(";", ","))
+        for leaf in spec.leaves():
+            name, options = leaf.factory_args()
             self.scorers.append(scorers.create(name, **options))
         self.needs_images = any(s.needs_images for s in self.scorers)
-        self.means = torch.zeros(len(names), dtype=torch.double)
-        self.stds = torch.ones(len(names), dtype=torch.double)
+        self.means = torch.zeros(len(self.scorers), dtype=torch.double)
+        self.stds = torch.ones(len(self.scorers), dtype=torch.double)
 
     def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
         ctx = val if len(val.log_prob) >= 10 else train

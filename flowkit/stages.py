@@ -32,7 +32,7 @@ from flowkit.encoders.base import latent_parts, views
 from flowkit.errors import ConfigError, DataError, ModelFileError, NotExportableError
 from flowkit.flows.base import check_log_prob, export_form
 from flowkit.flows.product import ProductFlow
-from flowkit.preprocess import Preprocess
+from flowkit.preprocess import Preprocess, parse_preprocess
 from flowkit.registry import Registry, accepted_options, encoders, flows, scorers
 from flowkit.scorers import ScoreContext, Scorer, check_scorer_parts
 from flowkit.spec import Spec
@@ -76,7 +76,7 @@ def check_options(config: DetectorConfig) -> None:
     so that a misspelt option fails now, not after an hour of encoder training."""
     config.validate()
     resolve_precision(resolve_device(config.device), config.precision)
-    Preprocess(config.preprocess)  # the spec's syntax; its sizes are checked with the data
+    parse_preprocess(config.preprocess)  # the syntax; the sizes are checked with the data
     given = {"encoder": ("in_channels", "image_size"), "flow": ("features",)}
     for registry, spec in (
         (encoders, EncoderStage.spec_of(config)),
@@ -224,7 +224,9 @@ class EncoderStage:
             return None
         transform = views(self.encoder_)
         torch.manual_seed(self.config.seed + 2)
-        return torch.cat([self.embed(images, device=device, transform=transform) for _ in range(copies)])
+        return torch.cat(
+            [self.embed(images, device=device, transform=transform) for _ in range(copies)]
+        )
 
     def state_dict(self) -> dict[str, Any]:
         name, options = self.spec.factory_args()
@@ -453,9 +455,7 @@ class DensityStage:
             flow.eval()
         else:
             history = fit(flow, p_train, p_val).to_dict()
-        self.density_ = Density(preprocess, flow)
-        self.history_ = history
-        return self
+        return self._set(Density(preprocess, flow), history)
 
     def context(
         self,
@@ -505,7 +505,9 @@ class DensityStage:
         source: Any,
     ) -> DensityStage:
         stage = cls(config)
-        pre = Preprocess(pipeline["spec"], in_dim=pipeline["in_dim"], part_sizes=pipeline.get("blocks"))
+        pre = Preprocess(
+            pipeline["spec"], in_dim=pipeline["in_dim"], part_sizes=pipeline.get("blocks")
+        )
         pre.load_state_dict(pipeline["state"])
         options = _legacy_flow_options(flow["name"], flow["options"], flow["state"])
         model = _flow_over(
@@ -513,9 +515,11 @@ class DensityStage:
             lambda d: _rebuild(flows, flow["name"], options, source, features=d),
         )
         model.load_state_dict(flow["state"])
-        stage.density_ = Density(pre, model.eval())
-        stage.history_ = history
-        return stage
+        return stage._set(Density(pre, model.eval()), history)
+
+    def _set(self, density: Density, history: dict[str, Any]) -> DensityStage:
+        self.density_, self.history_ = density, history
+        return self
 
 
 # -- calibration ------------------------------------------------------------------------------
@@ -561,9 +565,7 @@ class CalibrationStage:
         calib = scorer.score(val) if len(val.log_prob) >= 10 else scorer.score(train)
         cfg = self.config
         q = 1.0 - cfg.contamination if cfg.contamination is not None else cfg.confidence
-        self.scorer_ = scorer
-        self.threshold_ = float(torch.quantile(calib.double(), q))
-        return self
+        return self._set(scorer, float(torch.quantile(calib.double(), q)))
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         """Anomaly scores (float64), higher = more anomalous."""
@@ -580,8 +582,8 @@ class CalibrationStage:
         stage = cls(config)
         scorer = _rebuild(scorers, state["name"], state["options"], source)
         scorer.load_state_dict(state["state"])
-        stage.scorer_ = scorer
-        stage.threshold_ = float(threshold)
-        return stage
+        return stage._set(scorer, float(threshold))
 
-
+    def _set(self, scorer: Scorer, threshold: float) -> CalibrationStage:
+        self.scorer_, self.threshold_ = scorer, threshold
+        return self

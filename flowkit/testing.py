@@ -172,7 +172,11 @@ def check_encoder(
     encoder: Any, in_channels: int = 1, image_size: int = 32, batch: int = 4, **options: Any
 ) -> None:
     """Check an encoder: attributes, output shape ``(B, embed_dim)``, finite, deterministic in
-    eval mode, a finite scalar ``loss`` with gradients if trainable, and a save/load round trip.
+    eval mode, a finite scalar ``loss`` with gradients if trainable, a save/load round trip,
+    and every optional capability it declares (:data:`flowkit.encoders.base.CAPABILITIES`):
+    ``latent_parts`` positive and adding up to ``embed_dim``; ``augment`` keeping the batch's
+    shape and range and changing it; ``reconstruction_error`` and ``rotation_loss`` giving one
+    finite, non-negative value per image that depends on that image alone.
 
     Args:
         encoder: a registered name (built with ``in_channels``, ``image_size`` and
@@ -214,6 +218,33 @@ def check_encoder(
         assert torch.allclose(clone.encode(x), z1, atol=1e-5), (
             "latents changed after a state_dict save/load round trip"
         )
+    _check_capabilities(e, x)
+
+
+def _check_capabilities(e: Any, x: torch.Tensor) -> None:
+    """The optional capabilities ``e`` declares work as :mod:`flowkit.encoders.base` says."""
+    from flowkit.encoders.base import capability, has_capability, latent_parts
+
+    parts = latent_parts(e)
+    assert sum(parts) == e.embed_dim and min(parts) >= 1, (
+        f"latent_parts {parts} must be positive and add up to embed_dim {e.embed_dim}"
+    )
+    if has_capability(e, "augment"):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            views = capability(e, "augment")(x)
+        assert views.shape == x.shape, f"augment changed the shape to {tuple(views.shape)}"
+        assert views.min() >= -1 and views.max() <= 1, "augment left the [-1, 1] range"
+        assert not torch.allclose(views, x), "augment returned the images unchanged"
+    for name in ("reconstruction_error", "rotation_loss"):
+        if not has_capability(e, name):
+            continue
+        with torch.no_grad():
+            per = capability(e, name)(x)
+            alone = torch.cat([capability(e, name)(x[i : i + 1]) for i in range(len(x))])
+        assert per.shape == (len(x),), f"{name} must return ({len(x)},), got {tuple(per.shape)}"
+        assert torch.isfinite(per).all() and (per >= 0).all(), f"{name} must be finite, >= 0"
+        assert torch.allclose(per, alone, atol=1e-4), f"{name} of an image depends on its batch"
 
 
 def _score_contexts(features: int = 3) -> tuple[Any, Any, Any]:

@@ -371,8 +371,8 @@ def embed(
 
     ``channels_last`` runs the encoder in the NHWC memory layout (the same arithmetic in
     another summation order); ``None`` means: on a CPU, for encoders with 2-D convolutions
-    (oneDNN's native layout: 1.8x the images/s of NCHW in fp32 on the machine of
-    ``benchmarks/README.md``). An encoder that cannot run in it (a ``.view`` on its
+    (oneDNN's native layout, faster than NCHW there: ``benchmarks/perf.py`` measures both).
+    An encoder that cannot run in it (a ``.view`` on its
     activations, say) is run in the usual layout instead. The encoder is handed back in the
     usual layout either way.
 
@@ -442,7 +442,7 @@ def auto_flow_batch_size(n: int) -> int:
 
     A flow step over a few hundred latents costs about what one over a thousand does on a CPU
     (the time goes to per-operation overhead, not arithmetic), so large batches train many
-    times faster; measured on real MNIST latents in ``benchmarks/README.md``.
+    times faster (``benchmarks/perf.py`` measures flow throughput by batch size).
     """
     low, high = FLOW_BATCH_RANGE
     size = 1 << max(int(n // 4), 1).bit_length() - 1

@@ -110,7 +110,7 @@ def test_corrupt_png_in_folder_is_named(tmp_path, tiny_detector):
     "args,code,text",
     [
         (["train", "--encoder", "dcgan_aee"], 2, "did you mean 'dcgan_ae'"),
-        (["train", "--flow", "realnvp:layer=3"], 2, "accepted: features, layers"),
+        (["train", "--flow", "realnvp:layer=3"], 2, "accepted: layers, hidden"),
         (
             ["train", "--dataset", "mnist", "--data-root", "/nonexistent/x", "--no-download"],
             2,

@@ -106,12 +106,12 @@ def test_a_flow_with_only_log_prob_trains_end_to_end(probe_plugin, fake_split, t
 def test_a_component_missing_its_minimum_is_refused_at_creation(
     probe_plugin, monkeypatch, kind, spec, match
 ):
-    import flowkit.detector as detector_module
+    import flowkit.stages as stages_module
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(detector_module, "fit_encoder", no_training)
+    monkeypatch.setattr(stages_module, "fit_encoder", no_training)
     with pytest.raises(ConfigError, match=match) as info:
         Detector(**{**TINY, kind: spec}).fit(torch.zeros(20, 1, 32, 32, dtype=torch.uint8))
     assert "\n" not in str(info.value)

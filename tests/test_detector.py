@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from flowkit import Detector, artifact
 from flowkit.errors import ConfigError, DataError, ModelFileError
+from flowkit.stages import CalibrationStage, DensityStage, EncoderStage, split_validation
 
 from .conftest import TINY
 
@@ -33,7 +33,7 @@ def test_fit_score_predict_conventions(tiny_detector, fake_split):
 
 def test_threshold_is_the_confidence_quantile_of_validation_scores(tiny_detector, fake_split):
     det = tiny_detector
-    _, val = det.split_validation(fake_split.train.images)
+    _, val = split_validation(fake_split.train.images, det.val_fraction, det.seed)
     scores = det.anomaly_score(val)
     assert np.isfinite(det.threshold_)
     assert det.threshold_ == pytest.approx(float(np.quantile(scores, 0.95)), rel=1e-6)
@@ -150,12 +150,9 @@ def test_unfitted_and_bad_params():
 
 
 def test_contamination_overrides_confidence(tiny_detector, fake_split):
-    det = Detector(**{**TINY, "contamination": 0.3})
-    det.set_encoder(tiny_detector.encoder_, tiny_detector.input_shape_)
-    train, val = det.split_validation(fake_split.train.images)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        det.fit_from_latents(det.embed(train), det.embed(val))
+    det = tiny_detector.with_scorer(fake_split.train, "nll", contamination=0.3)
+    assert det.contamination == 0.3 and tiny_detector.contamination is None
+    _, val = split_validation(fake_split.train.images, det.val_fraction, det.seed)
     flagged = (det.anomaly_score(val) > det.threshold_).mean()
     assert 0.2 <= flagged <= 0.4
 
@@ -185,10 +182,7 @@ def test_scores_do_not_depend_on_the_other_images_in_the_batch(tiny_detector, fa
 
 @pytest.mark.parametrize("scorer", ["nll", "knn", "typicality", "recon", "nll+knn"])
 def test_sklearn_score_conventions_hold_for_every_scorer(tiny_detector, fake_split, scorer):
-    det = Detector(**{**TINY, "scorer": scorer})
-    det.set_encoder(tiny_detector.encoder_, tiny_detector.input_shape_)
-    train, val = det.split_validation(fake_split.train.images)
-    det.fit_from_latents(det.embed(train), det.embed(val), train, val)
+    det = tiny_detector.with_scorer(fake_split.train, scorer)
     x = fake_split.test.images
     s = det.score_samples(x)
     np.testing.assert_allclose(s, -det.anomaly_score(x))
@@ -271,13 +265,13 @@ def test_unfitted_detector_says_so():
     ],
 )
 def test_bad_configuration_is_refused_before_any_training(params, match, monkeypatch):
-    import flowkit.detector as detector_module
+    import flowkit.stages as stages_module
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started on a configuration that cannot finish")
 
-    monkeypatch.setattr(detector_module, "fit_encoder", no_training)
-    monkeypatch.setattr(detector_module, "fit_flow", no_training)
+    monkeypatch.setattr(stages_module, "fit_encoder", no_training)
+    monkeypatch.setattr(stages_module, "fit_flow", no_training)
     images = torch.randint(0, 255, (40, 1, 32, 32), dtype=torch.uint8)
     with pytest.raises(ConfigError, match=match):
         Detector(**{**TINY, **params}).fit(images)
@@ -305,7 +299,7 @@ def test_saved_models_record_every_flow_option_and_old_files_still_load(tiny_det
 
     import flowkit
     from flowkit.artifact import read
-    from flowkit.detector import _legacy_flow_options
+    from flowkit.stages import _legacy_flow_options
 
     path = tiny_detector.save(tmp_path / "m.flowkit")
     saved = read(path)["flow"]["options"]
@@ -328,12 +322,12 @@ def test_flow_augment_trains_the_flow_on_augmented_latents_too(fake_split, tmp_p
     train = fake_split.train.images
     det = Detector(**{**TINY, "encoder": "simclr:width=8,latent_dim=8", "flow_augment": 2})
     det.fit(train)
-    tr, val = det.split_validation(train)
+    tr, val = split_validation(train, det.val_fraction, det.seed)
     clean = det.embed(tr)
-    aug = det.embed_augmented(tr)
+    aug = det.encoder_stage_.embed_augmented(tr, device="cpu")
     assert aug.shape == (2 * len(tr), clean.shape[1])
     assert not torch.allclose(aug[: len(tr)], clean)  # the copies are really augmented
-    torch.testing.assert_close(det.embed_augmented(tr), aug)  # and seeded
+    torch.testing.assert_close(det.encoder_stage_.embed_augmented(tr, device="cpu"), aug)
     # the preprocessing (and so the flow) saw clean + augmented latents; the threshold did not
     torch.testing.assert_close(det.pipeline_.stages[0].mean, torch.cat([clean, aug]).mean(0))
     scores = det.anomaly_score(fake_split.test.images)
@@ -342,12 +336,17 @@ def test_flow_augment_trains_the_flow_on_augmented_latents_too(fake_split, tmp_p
     np.testing.assert_array_equal(again.anomaly_score(fake_split.test.images), scores)
     # an encoder without views of its own gets flowkit's random affine warps
     plain = Detector(**{**TINY, "flow_augment": 1}).fit(train)
-    assert plain.embed_augmented(tr).shape == (len(tr), 8)
-    with pytest.raises(ConfigError, match="needs the augmented latents"):
-        plain.fit_from_latents(plain.embed(tr), plain.embed(val))
-    # given the training images, fit_from_latents makes the augmented latents itself
-    by_hand = Detector(**{**TINY, "flow_augment": 1}).fit_encoder(tr, val)
-    by_hand.fit_from_latents(by_hand.embed(tr), by_hand.embed(val), tr, val)
+    assert plain.encoder_stage_.embed_augmented(tr, device="cpu").shape == (len(tr), 8)
+    # the stages by hand, as the bench runs them, give the Detector's model
+    cfg = plain.config
+    enc = EncoderStage(cfg).fit(tr, val, device="cpu")
+    z_tr, z_val = enc.embed(tr, device="cpu"), enc.embed(val, device="cpu")
+    z_flow = torch.cat([z_tr, enc.embed_augmented(tr, device="cpu")])
+    dens = DensityStage(cfg).fit(z_flow, z_val, device="cpu", part_sizes=enc.part_sizes)
+    cal = CalibrationStage(cfg).fit(
+        dens.context(z_tr, tr, enc.encoder_, "cpu"), dens.context(z_val, val, enc.encoder_, "cpu")
+    )
+    by_hand = Detector.from_stages(enc, dens, cal)
     np.testing.assert_array_equal(
         by_hand.anomaly_score(fake_split.test.images), plain.anomaly_score(fake_split.test.images)
     )
@@ -379,7 +378,7 @@ def test_defaults_are_the_recommended_pipeline_and_paper_the_papers_pair(fake_sp
 def test_an_encoder_of_two_parts_gets_each_part_preprocessed_and_round_trips(fake_split, tmp_path):
     enc = "simclr:width=8,latent_dim=8,projection_dim=6,features=trunk+head"
     det = Detector(**{**TINY, "encoder": enc, "preprocess": "pca:4"}).fit(fake_split.train)
-    assert det.pipeline_.blocks == (8, 6) and det.pipeline_.out_dim == 8  # 4 per part
+    assert det.preprocess_.part_sizes == (8, 6) and det.pipeline_.out_dim == 8  # 4 per part
     # one flow per part, each trained on its own block with its own early stopping
     assert [p.features for p in det.flow_.parts] == [4, 4]
     assert len(det.history_["flow"]["parts"]) == 2
@@ -387,5 +386,5 @@ def test_an_encoder_of_two_parts_gets_each_part_preprocessed_and_round_trips(fak
     torch.testing.assert_close(det.pipeline_.parts[1](z[:, 8:]), det.pipeline_(z)[:, 4:])
     scores = det.anomaly_score(fake_split.test.images)
     again = Detector.load(det.save(tmp_path / "b.flowkit"), device="cpu")
-    assert again.pipeline_.blocks == (8, 6)
+    assert again.preprocess_.part_sizes == (8, 6)
     np.testing.assert_array_equal(again.anomaly_score(fake_split.test.images), scores)

@@ -118,9 +118,9 @@ def test_contrastive_features_trunk_head_or_both(name):
     trunk = flowkit.create_encoder(spec, in_channels=3).eval()
     both = flowkit.create_encoder(spec + ",features=trunk+head", in_channels=3).eval()
     head = flowkit.create_encoder(spec + ",features=head", in_channels=3).eval()
-    assert (trunk.embed_dim, trunk.embed_blocks) == (16, (16,))
-    assert (both.embed_dim, both.embed_blocks) == (28, (16, 12))
-    assert (head.embed_dim, head.embed_blocks) == (12, (12,))
+    assert (trunk.embed_dim, trunk.latent_parts) == (16, (16,))
+    assert (both.embed_dim, both.latent_parts) == (28, (16, 12))
+    assert (head.embed_dim, head.latent_parts) == (12, (12,))
     both.load_state_dict(trunk.state_dict())  # the same networks: only encode differs
     head.load_state_dict(trunk.state_dict())
     with torch.no_grad():

@@ -168,8 +168,15 @@ def test_auto_is_the_default_and_workers_or_devices_make_it_process():
     proc = make_executor("auto", workers=3)
     assert isinstance(proc, ProcessExecutor) and proc.workers == 3
     assert make_executor("auto", devices=["cpu", "cpu"]).devices == ["cpu", "cpu"]
-    with pytest.raises(ConfigError, match="--ray-address needs --executor ray"):
+    # the library speaks of its parameters; the CLI maps them to flags (the table above)
+    with pytest.raises(ConfigError, match="ray_address needs the ray executor"):
         make_executor("auto", ray_address="auto")
+    with pytest.raises(ConfigError, match="threads must be a positive integer"):
+        make_executor("process", threads=0)
+    # --threads is honoured by every executor, not dropped
+    assert make_executor("process", workers=2, threads=1).threads == 1
+    assert make_executor("local", threads=1).threads == 1
+    assert AutoExecutor(threads=1).plan(5, "cpu").threads == 1
 
 
 def test_auto_executor_gives_the_local_results(tmp_path, local_aucs):

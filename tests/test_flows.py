@@ -171,5 +171,5 @@ def test_product_flow_is_the_product_of_its_parts_densities():
     # invertible, change of variables exact, sampling, save/load: the flow contract
     nvp = [flowkit.create_flow("realnvp", features=d, hidden=8, layers=2) for d in (4, 3)]
     check_flow(ProductFlow(nvp, (4, 3)), features=7)
-    with pytest.raises(flowkit.ConfigError, match="2 flows for 3 latent blocks"):
+    with pytest.raises(flowkit.ConfigError, match="2 flows for 3 latent parts"):
         ProductFlow(parts, (2, 2, 1))

@@ -13,6 +13,7 @@ from flowkit import Detector
 from flowkit.bench.runner import run_suite
 from flowkit.bench.suite import Suite
 from flowkit.scorers import ScoreContext, image_complexity
+from flowkit.stages import split_validation
 from flowkit.testing import registered
 
 from .conftest import TINY
@@ -21,8 +22,12 @@ from .conftest import TINY
 @pytest.fixture(scope="module")
 def fitted(tiny_detector, fake_split):
     det = tiny_detector
-    train, val = det.split_validation(fake_split.train.images)
+    train, val = split_validation(fake_split.train.images, det.val_fraction, det.seed)
     return det, (det.embed(train), det.embed(val), train, val)
+
+
+def _context(det, z, images):
+    return det.density_stage_.context(z, images, det.encoder_, "cpu")
 
 
 NEEDS_ROTNET = {"rotation"}
@@ -33,12 +38,8 @@ NEEDS_ROTNET = {"rotation"}
     [s for s in registered("scorers", plugin="builtin") if s not in NEEDS_ROTNET] + ["nll+knn:k=3"],
 )
 def test_every_scorer_round_trips_with_identical_scores(scorer, fitted, fake_split, tmp_path):
-    det, stage = fitted
-    det = Detector(**{**TINY, "scorer": scorer})
-    det.set_encoder(fitted[0].encoder_, fitted[0].input_shape_)
-    det.pipeline_, det.flow_ = fitted[0].pipeline_, fitted[0].flow_
-    det.history_["flow"] = {}
-    det.fit_scorer(*stage)
+    det = fitted[0].with_scorer(fake_split.train, scorer)
+    assert det.scorer == scorer and det.flow_ is fitted[0].flow_  # nothing retrained
     x = fake_split.test.images
     before = det.anomaly_score(x)
     assert before.shape == (len(x),) and np.isfinite(before).all()
@@ -50,12 +51,12 @@ def test_every_scorer_round_trips_with_identical_scores(scorer, fitted, fake_spl
 
 def test_scorer_semantics(fitted):
     det, (zt, zv, xt, xv) = fitted
-    ctx = det._context(zv, xv)
+    ctx = _context(det, zv, xv)
     nll = -ctx.log_prob
-    typ = flowkit.create_scorer("typicality").fit(det._context(zt, xt), ctx)
+    typ = flowkit.create_scorer("typicality").fit(_context(det, zt, xt), ctx)
     np.testing.assert_allclose(typ.score(ctx), (nll - nll.mean()).abs() / nll.std())
-    knn = flowkit.create_scorer("knn:k=1").fit(det._context(zt, xt), ctx)
-    train_ctx = det._context(zt, xt)
+    knn = flowkit.create_scorer("knn:k=1").fit(_context(det, zt, xt), ctx)
+    train_ctx = _context(det, zt, xt)
     assert torch.allclose(knn.score(train_ctx), torch.zeros(len(zt), dtype=torch.double))
     combo = flowkit.create_scorer("combo:parts=nll+typicality").fit(train_ctx, ctx)
     s = combo.score(ctx)
@@ -75,7 +76,7 @@ def test_knn_on_one_part_sees_that_part_alone():
     y = np.r_[np.zeros(20), np.ones(20)]
 
     def ctx(z: torch.Tensor, blocks: tuple[int, ...] | None = (3, 2)) -> ScoreContext:
-        return ScoreContext(log_prob=torch.zeros(len(z)), latents=z, blocks=blocks)
+        return ScoreContext(log_prob=torch.zeros(len(z)), latents=z, part_sizes=blocks)
 
     whole = flowkit.create_scorer("knn:k=2").fit(ctx(train), ctx(train))
     first = flowkit.create_scorer("knn:k=2,part=0").fit(ctx(train), ctx(train))

@@ -69,6 +69,61 @@ def test_no_module_imports_a_private_name_of_another():
     assert not bad, bad
 
 
+def _private_uses(module_trees: dict[str, ast.Module]) -> list[str]:
+    """``obj._name`` where ``obj`` is not ``self``/``cls`` and ``_name`` is not defined in the
+    module that uses it: reaching into another module's (or library's) private state."""
+    bad = []
+    for module, tree in module_trees.items():
+        own = {
+            n.name
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        }
+        own |= {
+            t.attr
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign))
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+            if isinstance(t, ast.Attribute)
+        }
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            name = node.attr
+            if not name.startswith("_") or name.startswith("__"):
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
+                continue
+            if name not in own:
+                bad.append(f"{module}:{node.lineno} uses {ast.unparse(node)}")
+    return bad
+
+
+def test_no_module_reaches_into_another_objects_private_attributes_or_methods():
+    """``det._fitted()`` from export.py or ``det.flow_ = ...`` style writes from the bench
+    would show here (the second as a write to another object's fitted state, below)."""
+    assert not _private_uses(_modules()), _private_uses(_modules())
+
+
+def test_no_module_assigns_another_objects_fitted_attributes():
+    bad = []
+    for module, tree in _modules().items():
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            for t in targets:
+                for leaf in ast.walk(t):
+                    if (
+                        isinstance(leaf, ast.Attribute)
+                        and leaf.attr.endswith("_")
+                        and not leaf.attr.startswith("_")
+                        and not (
+                            isinstance(leaf.value, ast.Name) and leaf.value.id in ("self", "cls")
+                        )
+                    ):
+                        bad.append(f"{module}:{node.lineno} assigns {ast.unparse(leaf)}")
+    assert not bad, bad
+
+
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     cycles, state, stack = [], {}, []
 
@@ -112,6 +167,8 @@ def test_no_import_cycles():
 
 
 def test_the_checks_above_can_fail():
+    uses = _private_uses({"flowkit.x": ast.parse("def f(d):\n    d._fitted()\n    self._ok()\n")})
+    assert uses == ["flowkit.x:2 uses d._fitted"]
     tree = ast.parse("from flowkit.registry import _parse_value\n")
     assert _imports("flowkit.x", tree, lazy=False) == [("flowkit.registry", ["_parse_value"])]
     assert _cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]

@@ -273,7 +273,9 @@ class LocalExecutor:
 
 
 def _threads(threads: int | None) -> int | None:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
         raise ConfigError(f"threads must be a positive integer, got {threads!r}")
     return threads
 
@@ -512,7 +514,9 @@ class RayExecutor:
             modules = component_modules(units)
             data_ref = ray.put(data)
             refs = {
-                task.remote(unit, pack_cache(sink, unit), data_ref, dev, self.threads, modules): unit
+                task.remote(
+                    unit, pack_cache(sink, unit), data_ref, dev, self.threads, modules
+                ): unit
                 for unit in units
             }
             try:

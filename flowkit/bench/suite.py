@@ -11,7 +11,7 @@ import typing
 import warnings
 from dataclasses import asdict, field, make_dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from flowkit.config import PAPER, DetectorConfig, cell_fields, stage_fields
 from flowkit.errors import ConfigError
@@ -41,6 +41,8 @@ PROTOCOLS = ("loo", "ood", "given")
 def _paper(option: str) -> Any:
     """A default factory: the paper's value of ``option``, as a one-item list (a grid axis)."""
     return lambda: [getattr(PAPER, option)]
+
+
 PROTOCOL_HELP = (
     "loo (leave one class out), ood (train on dataset, test against out_datasets) or given "
     "(the dataset's own train/test parts with labelled anomalies, e.g. MVTec AD)"
@@ -63,7 +65,13 @@ def list_suites() -> list[str]:
 
 
 # Suite fields that are not options of a cell: the grid's axes and what the data is.
-_GRID_AXES = {"encoder": "encoders", "flow": "flows", "scorer": "scorers", "preprocess": "preprocess", "seed": "seeds"}
+_GRID_AXES = {
+    "encoder": "encoders",
+    "flow": "flows",
+    "scorer": "scorers",
+    "preprocess": "preprocess",
+    "seed": "seeds",
+}
 
 
 class _SuiteMethods:
@@ -160,16 +168,20 @@ Suite = make_dataclass(
         ("name", str),
         ("dataset", str, field(default="digits")),
         ("protocol", str, field(default="loo")),
-        ("classes", Optional[list[int]], field(default=None)),  # None: every class
+        ("classes", list[int] | None, field(default=None)),  # None: every class
         ("out_datasets", list[str], field(default_factory=list)),
         # given: None = the dataset as it is; ["all"] = every category found
-        ("categories", Optional[list[str]], field(default=None)),
+        ("categories", list[str] | None, field(default=None)),
         *(
             (axis, list[str] if key != "seed" else list[int], field(default_factory=_paper(key)))
             for key, axis in _GRID_AXES.items()
         ),
         ("image_size", int, field(default=32)),
-        *((f.name, f.type, field(default=f.metadata["paper"])) for f in cell_fields() if f.name in SHARED_FIELDS),
+        *(
+            (f.name, f.type, field(default=f.metadata["paper"]))
+            for f in cell_fields()
+            if f.name in SHARED_FIELDS
+        ),
         ("description", str, field(default="")),
     ],
     bases=(_SuiteMethods,),
@@ -230,7 +242,7 @@ Cell = make_dataclass(
     [
         ("dataset", str),
         ("protocol", str),
-        ("target", Union[int, str]),
+        ("target", int | str),
         ("image_size", int, field(default=32)),
         # an option missing from an old record takes the value it had before it existed
         *((f.name, f.type, field(default=f.metadata["paper"])) for f in cell_fields()),

@@ -10,16 +10,21 @@ from flowkit import hookimpl
 
 
 class MeanPool(flowkit.Encoder):
-    """Average-pools the image to a 4x4 grid: a fixed (untrained) encoder."""
+    """Average-pools the image to a 4x4 and a 2x2 grid: a fixed (untrained) encoder whose
+    latent has two parts (each gets its own preprocessing and flow)."""
 
     def __init__(self, in_channels: int = 1, image_size: int = 32):
         super().__init__()
         self.input_shape = (in_channels, image_size, image_size)
-        self.embed_dim = in_channels * 16
-        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.latent_parts = (in_channels * 16, in_channels * 4)  # optional capability
+        self.embed_dim = sum(self.latent_parts)
+        self.fine, self.coarse = nn.AdaptiveAvgPool2d(4), nn.AdaptiveAvgPool2d(2)
 
     def encode(self, x):
-        return self.pool(x).flatten(1)
+        return torch.cat([self.fine(x).flatten(1), self.coarse(x).flatten(1)], 1)
+
+    def augment(self, x):  # optional capability: the views flow_augment embeds
+        return (x + 0.05 * torch.randn_like(x)).clamp(-1, 1)
 
 
 @hookimpl

@@ -38,6 +38,23 @@ def test_cli_sees_and_trains_the_installed_plugin(tmp_path):
     assert "test ROC AUC" in res.output
     det = flowkit.Detector.load(tmp_path / "m.flowkit")
     assert det.encoder_spec_[0] == "mean_pool" and det.scorer_spec_[0] == "latent_distance"
+    # its declared capabilities were used: one flow per latent part, trained with its views
+    assert det.density_.part_sizes == (16, 4) and len(det.flow_.parts) == 2
+
+
+def test_the_capabilities_the_example_declares_are_checked():
+    from flowkit.encoders.base import has_capability
+
+    enc = flowkit.create_encoder("mean_pool", in_channels=1, image_size=32)
+    assert has_capability(enc, "latent_parts") and has_capability(enc, "augment")
+    assert not has_capability(enc, "reconstruction_error")
+
+    class Broken(type(enc)):
+        def augment(self, x):
+            return x[:1]  # drops images: check_encoder must say so
+
+    with pytest.raises(AssertionError, match="augment changed the shape"):
+        check_encoder(Broken())
 
 
 def _section(text: str, kind: str) -> str:

@@ -56,7 +56,10 @@ class TimmEncoder(Encoder):
         self.trainable = train == "ae"
         if self.trainable:
             self.decoder = dcgan_decoder(self.embed_dim, in_channels, image_size, width=64)
-        elif freeze:
+        else:
+            # no decoder, so not the reconstruction_error capability (None: not had)
+            self.reconstruction_error = None
+        if not self.trainable and freeze:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
 
@@ -82,9 +85,7 @@ class TimmEncoder(Encoder):
             raise NotImplementedError("this timm encoder is frozen; use train=ae to train it")
         return F.l1_loss(self.decoder(self.encode(x)), x)
 
-    def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.trainable:
-            raise NotImplementedError("only train=ae timm encoders can reconstruct")
+    def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:  # train=ae only
         return (self.decoder(self.encode(x)) - x).abs().flatten(1).mean(1)
 
 
