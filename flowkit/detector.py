@@ -31,7 +31,9 @@ from flowkit.stages import (
     DensityStage,
     EncoderStage,
     check_options,
+    model_payload,
     split_validation,
+    stages_from_payload,
 )
 from flowkit.training import resolve_device
 
@@ -62,8 +64,7 @@ class Detector:
     log-likelihood (the density's, preprocessing Jacobian included) is :meth:`log_likelihood`.
 
     Fitted attributes end in ``_``: the stages ``encoder_stage_``, ``density_stage_``,
-    ``calibration_stage_``, and what they hold: ``encoder_``, ``input_shape_``, ``density_``,
-    ``preprocess_``, ``flow_``, ``scorer_``, ``threshold_``, ``offset_``, ``history_``.
+    ``calibration_stage_``, and what they hold (``encoder_``, ``density_``, ``threshold_``...).
     """
 
     def __init__(self, **params: Any) -> None:
@@ -316,17 +317,9 @@ class Detector:
         """Write one file: parameters, each stage's state, threshold, versions. The write is
         atomic (a crash never leaves a half-written model behind)."""
         self.check_fitted()
-        density = self.density_stage_.state_dict()
-        payload = {
-            "params": {k: v for k, v in self.get_params().items() if k != "verbose"},
-            "encoder": self.encoder_stage_.state_dict(),
-            "pipeline": density["pipeline"],
-            "flow": density["flow"],
-            "scorer": self.calibration_stage_.state_dict(),
-            "threshold": self.threshold_,
-            "history": self.history_,
-        }
-        return artifact.write(path, payload)
+        params = {k: v for k, v in self.get_params().items() if k != "verbose"}
+        stages = (self.encoder_stage_, self.density_stage_, self.calibration_stage_)
+        return artifact.write(path, model_payload(params, *stages))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> Detector:
@@ -338,19 +331,7 @@ class Detector:
         payload = artifact.read(path)
         try:
             det = cls(**{**payload["params"], "device": device})
-            config = det.config
-            history = payload.get("history", {})
-            det._compose(
-                EncoderStage.from_state_dict(
-                    config, payload["encoder"], history.get("encoder", {}), path
-                ),
-                DensityStage.from_state_dict(
-                    config, payload["pipeline"], payload["flow"], history.get("flow", {}), path
-                ),
-                CalibrationStage.from_state_dict(
-                    config, payload["scorer"], payload["threshold"], path
-                ),
-            )
+            det._compose(*stages_from_payload(det.config, payload, path))
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:

@@ -226,7 +226,6 @@ class _EncoderMethodScorer(Scorer):
 
     def export_score(self, ctx: ScoreContext) -> torch.Tensor:
         from flowkit.data.base import to_float
-
         from flowkit.encoders.base import capability
 
         method = capability(ctx.encoder, self.method)

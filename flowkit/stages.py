@@ -52,6 +52,8 @@ __all__ = [
     "Density",
     "split_validation",
     "check_options",
+    "model_payload",
+    "stages_from_payload",
 ]
 
 #: Latents evaluated by the flow at a time when scoring (bounds memory).
@@ -587,3 +589,42 @@ class CalibrationStage:
     def _set(self, scorer: Scorer, threshold: float) -> CalibrationStage:
         self.scorer_, self.threshold_ = scorer, threshold
         return self
+
+
+# -- the model file ---------------------------------------------------------------------------
+
+
+def model_payload(
+    params: dict[str, Any],
+    encoding: EncoderStage,
+    density: DensityStage,
+    calibration: CalibrationStage,
+) -> dict[str, Any]:
+    """What a model file holds: the parameters and each fitted stage's state (the layout of
+    every model saved so far: ``encoder``, ``pipeline`` and ``flow``, ``scorer``)."""
+    state = density.state_dict()
+    return {
+        "params": params,
+        "encoder": encoding.state_dict(),
+        "pipeline": state["pipeline"],
+        "flow": state["flow"],
+        "scorer": calibration.state_dict(),
+        "threshold": calibration.threshold_,
+        "history": {"encoder": encoding.history_, "flow": density.history_},
+    }
+
+
+def stages_from_payload(
+    config: DetectorConfig, payload: dict[str, Any], source: Any
+) -> tuple[EncoderStage, DensityStage, CalibrationStage]:
+    """The three fitted stages of a model file's payload (:func:`model_payload`)."""
+    history = payload.get("history", {})
+    return (
+        EncoderStage.from_state_dict(
+            config, payload["encoder"], history.get("encoder", {}), source
+        ),
+        DensityStage.from_state_dict(
+            config, payload["pipeline"], payload["flow"], history.get("flow", {}), source
+        ),
+        CalibrationStage.from_state_dict(config, payload["scorer"], payload["threshold"], source),
+    )

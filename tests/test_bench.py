@@ -305,7 +305,7 @@ def test_recommended_suite_runs_unchanged_on_3_channel_cifar_files(tmp_path, mon
 
 def test_detector_defaults_are_the_recommended_suites_primary_pipeline():
     from flowkit import Detector
-    from flowkit.preprocess import LatentPipeline
+    from flowkit.preprocess import Preprocess
 
     suite = load_suite("recommended")
     cell = next(c for c in suite.cells(targets=[0]) if c.scorer == suite.scorers[-1])
@@ -313,8 +313,8 @@ def test_detector_defaults_are_the_recommended_suites_primary_pipeline():
     differ = {k for k in params if params[k] != defaults[k]}
     assert differ == {"preprocess"}, differ  # the suite spells out what "auto" is for it
     parts = (128, 128)  # simclr's trunk and head, side by side: pca:32 on each
-    assert LatentPipeline(params["preprocess"], 256, blocks=parts).out_dim == 64
-    assert LatentPipeline(defaults["preprocess"], 256, blocks=parts).out_dim == 64
+    assert Preprocess(params["preprocess"], 256, part_sizes=parts).out_dim == 64
+    assert Preprocess(defaults["preprocess"], 256, part_sizes=parts).out_dim == 64
 
 
 def _rec(combination, seed, target, auc, **timings):

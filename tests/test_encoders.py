@@ -132,3 +132,39 @@ def test_contrastive_features_trunk_head_or_both(name):
     torch.testing.assert_close(zh, zb[:, 16:])
     with pytest.raises(flowkit.ConfigError, match="features must be one of trunk, head"):
         flowkit.create_encoder(f"{name}:features=projection")
+
+
+def test_capabilities_are_read_through_the_declared_helpers():
+    from torch import nn
+
+    from flowkit.encoders.base import capability, has_capability, latent_parts
+
+    class Old(nn.Module):  # a plugin written before latent_parts: its embed_blocks still count
+        embed_dim = 5
+        embed_blocks = (3, 2)
+
+        def encode(self, x):
+            return x.flatten(1)[:, :5]
+
+    assert latent_parts(Old()) == (3, 2) and has_capability(Old(), "latent_parts")
+
+    class WithViews(flowkit.Encoder):  # a submodule named like a capability is found
+        embed_dim = 4
+
+        def __init__(self):
+            super().__init__()
+            self.augment = nn.Identity()
+
+        def encode(self, x):
+            return x.flatten(1)[:, :4]
+
+    assert isinstance(capability(WithViews(), "augment"), nn.Identity)
+    assert not has_capability(WithViews(), "reconstruction_error")
+    with pytest.raises(ValueError, match="unknown encoder capability"):
+        has_capability(WithViews(), "teleport")
+    with pytest.raises(flowkit.ConfigError, match="add up to embed_dim 5"):
+
+        class Bad(Old):
+            embed_blocks = (3, 3)
+
+        flowkit.encoders.base.check_encoder_object(Bad(), "encoder bad")

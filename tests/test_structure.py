@@ -172,3 +172,30 @@ def test_the_checks_above_can_fail():
     tree = ast.parse("from flowkit.registry import _parse_value\n")
     assert _imports("flowkit.x", tree, lazy=False) == [("flowkit.registry", ["_parse_value"])]
     assert _cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
+
+
+def test_no_class_is_over_300_lines_and_the_detector_is_a_facade():
+    long = [
+        f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for module, tree in _modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 300
+    ]
+    assert not long, long
+    (detector,) = [
+        n
+        for n in ast.walk(_modules()["flowkit.detector"])
+        if isinstance(n, ast.ClassDef) and n.name == "Detector"
+    ]
+    methods = {n.name for n in detector.body if isinstance(n, ast.FunctionDef)}
+    bench_only = {
+        "split_validation",
+        "build_encoder",
+        "fit_encoder",
+        "set_encoder",
+        "embed_augmented",
+        "fit_from_latents",
+        "fit_scorer",
+        "score_latents",
+    }
+    assert not methods & bench_only, methods & bench_only

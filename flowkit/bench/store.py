@@ -79,7 +79,7 @@ class RunStore:
                     self.root,
                     self.root / "scores",
                     self.cache / "encoders",
-                    self.cache / "flows",
+                    self.cache / "densities",
                 ):
                     d.mkdir(parents=True, exist_ok=True)
             except OSError as exc:

@@ -104,10 +104,7 @@ def capability(encoder: Any, name: str) -> Any:
     ``None`` would hide it from plain attribute lookup."""
     own = getattr(encoder, name, None)
     if own is None and isinstance(encoder, nn.Module):
-        try:
-            own = encoder.get_submodule(name)
-        except AttributeError:
-            own = None
+        own = dict(encoder.named_children()).get(name)
     return own
 
 
