@@ -108,6 +108,34 @@ def write(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_write_bytes(path, MAGIC + json.dumps(header).encode() + b"\n" + body)
 
 
+def _check_header(path: Path, header: Any) -> tuple[int, int, str]:
+    """``(format, size, sha256)`` of a header whose every field has its type and range (the
+    header is outside the checksum: an edit by hand must fail here, in one line)."""
+
+    def bad(what: str) -> ModelFileError:
+        return ModelFileError(f"{path}: the model file's header is corrupt ({what})")
+
+    if not isinstance(header, dict):
+        raise bad("not a JSON object")
+    fmt, size, digest = header.get("format"), header.get("size"), header.get("sha256")
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt < 1:
+        raise bad(f"format must be a positive integer, got {fmt!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise bad(f"size must be a non-negative integer, got {size!r}")
+    if not (
+        isinstance(digest, str)
+        and len(digest) == 64
+        and all(c in "0123456789abcdef" for c in digest)
+    ):
+        raise bad("sha256 must be 64 hexadecimal digits")
+    versions = header.get("versions", {})
+    if not isinstance(versions, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in versions.items()
+    ):
+        raise bad("versions must map package names to version strings")
+    return fmt, size, digest
+
+
 def _major_minor(version: str) -> tuple[str, ...]:
     return tuple(version.split("+")[0].split(".")[:2])
 
@@ -126,10 +154,10 @@ def read(path: str | Path) -> dict[str, Any]:
         )
     end = raw.find(b"\n", len(MAGIC))
     try:
-        header = json.loads(raw[len(MAGIC) : end])
-        fmt, size, digest = int(header["format"]), int(header["size"]), str(header["sha256"])
-    except (ValueError, KeyError, TypeError):
-        raise ModelFileError(f"{path}: the model file's header is corrupt") from None
+        header = json.loads(raw[len(MAGIC) : end]) if end > 0 else None
+    except ValueError:
+        header = None
+    fmt, size, digest = _check_header(path, header)
     if fmt > FORMAT_VERSION:
         raise ModelFileError(
             f"{path} was written by a newer flowkit (model format {fmt}, this "
@@ -151,7 +179,7 @@ def read(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict):
         raise ModelFileError(f"{path}: unexpected payload of type {type(payload).__name__}")
-    saved = header.get("versions", {})
+    saved = header.get("versions") or {}
     now = package_versions()
     drift = [
         f"{k} {saved[k]} → {now[k]}"

@@ -23,7 +23,7 @@ from flowkit import artifact
 from flowkit.config import PAPER_PARAMS, DetectorConfig, check_names, option_fields
 from flowkit.data.base import as_uint8_images
 from flowkit.errors import ModelFileError, NotFittedError
-from flowkit.images import check_input_shape
+from flowkit.images import check_input_shape, check_unambiguous
 from flowkit.scorers import ScoreContext
 from flowkit.stages import (
     CalibrationStage,
@@ -272,6 +272,7 @@ class Detector:
         """What the scorer sees of images ``X``: log-likelihoods, preprocessed latents, the
         images and the encoder (:class:`~flowkit.scorers.ScoreContext`)."""
         self.check_fitted()
+        check_unambiguous(X, self.input_shape_)
         images = as_uint8_images(X, value_range=self.value_range)
         check_input_shape(tuple(images.shape[1:]), self.input_shape_)
         z = self.encoder_stage_.embed(images, device=self.device)

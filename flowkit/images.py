@@ -13,7 +13,8 @@ the batch, so an image's pixels (and its score) never depend on the images besid
 
 - ``I;16`` (and ``I;16B``/``I;16L``/``I``): 16-bit values ``0..65535`` are rescaled to
   ``0..255`` (``v / 257``), never clipped;
-- ``F`` (float): read as ``[0, 1]``, the float input contract;
+- ``F`` (float): read as ``[0, 1]`` (the float input contract) or, when a pixel is above 1,
+  as ``[0, 255]``; anything else (negative, above 255, NaN) is refused, never clipped;
 - ``1``, ``P`` (palette), ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: Pillow's own conversions;
 - ``LA``, ``RGBA``, ``PA`` and palettes with transparency: alpha-composited onto **black**
   (``pixel * alpha / 255``), so a transparent background reads as dark, as in MNIST-style
@@ -57,6 +58,8 @@ __all__ = [
     "Layout",
     "detect_layout",
     "labelled_files",
+    "check_unambiguous",
+    "layout_files",
 ]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -70,16 +73,30 @@ LAYOUTS_HELP = (
 
 
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Image files among ``paths`` (folders searched recursively, sorted)."""
+    """Image files among ``paths`` (folders searched recursively, sorted), each once however
+    often the paths name it (``a a/0.png a``: a/0.png once, where it first appears). Only
+    regular files are images: a folder named ``d.png`` is searched, never opened, and a FIFO
+    or device named ``*.png`` is passed over in a folder and refused when named."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(
+                f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+            )
         elif p.is_file():
             found.append(p)
+        elif p.exists():
+            raise DataError(f"{p} is not a regular file (a FIFO, socket or device?)")
         else:
             raise DataError(f"no such file or folder: {p}")
-    return found
+    seen: set[Path] = set()
+    unique = []
+    for f in found:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
 
 
 def _composite_on_black(im: Any) -> np.ndarray:
@@ -91,6 +108,23 @@ def _composite_on_black(im: Any) -> np.ndarray:
     return out if has_color else out[..., 0]
 
 
+def _float_to_8bit(arr: np.ndarray) -> np.ndarray:
+    """A float (``F``) image by the range its pixels are in, never clipped: ``[0, 1]`` (the
+    array contract's float range) or, if any pixel is above 1, ``[0, 255]`` (an 8-bit image
+    stored as floats). Each image is read alone, so its pixels never depend on others'."""
+    if not np.isfinite(arr).all():
+        raise DataError("a float (F) image with NaN or infinite pixels")
+    low, high = float(arr.min()), float(arr.max())
+    if low >= 0.0 and high <= 1.0:
+        return np.rint(arr * 255.0).astype(np.uint8)
+    if low >= 0.0 and high <= 255.0:
+        return np.rint(arr).astype(np.uint8)
+    raise DataError(
+        f"a float (F) image with pixels in [{low:g}, {high:g}]: flowkit reads float images "
+        "in [0, 1] or [0, 255]; rescale it (or save it as 8 or 16 bit)"
+    )
+
+
 def _to_8bit(im: Any) -> np.ndarray:
     """``(H, W)`` for grayscale modes or ``(H, W, 3)``, uint8, per the module's rules."""
     mode = im.mode
@@ -98,8 +132,7 @@ def _to_8bit(im: Any) -> np.ndarray:
         arr = np.asarray(im).astype(np.float64)
         return np.rint(np.clip(arr, 0, 65535) / 257.0).astype(np.uint8)
     if mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
-        return np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return _float_to_8bit(np.asarray(im, dtype=np.float64))
     if mode in ("LA", "La", "RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info):
         return _composite_on_black(im)
     if mode == "L":
@@ -178,6 +211,16 @@ def as_uint8_array(
     Values outside the contract, NaN or inf, empty batches and non-numeric arrays raise a
     :class:`DataError` naming the offending images.
     """
+    if isinstance(x, (list, tuple)) and x:
+        shapes = [tuple(np.shape(item)) for item in x]
+        if len(set(shapes)) > 1:
+            first = shapes[0]
+            other = next(i for i, s in enumerate(shapes) if s != first)
+            raise DataError(
+                f"{name}: a list of images of different shapes ({first} at index 0, "
+                f"{shapes[other]} at index {other}); resize them to one size first "
+                "(flowkit.images.read_images does this for image files)"
+            )
     arr = np.asarray(x)
     if arr.dtype.kind == "c":
         raise DataError(f"{name}: complex values are not images")
@@ -218,6 +261,21 @@ def as_uint8_array(
         )
     scaled = (arr.astype(np.float64) - lo) * (255.0 / (hi - lo))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def check_unambiguous(x: object, expected: tuple[int, int, int]) -> None:
+    """Refuse a 3-D batch ``(A, H, W)`` of the model's size whose first axis could be a
+    channel count (3 or 4, or the model's own): it reads as A one-channel images or as one
+    A-channel image, and the wrong guess would score silently."""
+    shape = tuple(getattr(x, "shape", ()) or ())
+    c, h, w = expected
+    if len(shape) == 3 and shape[1:] == (h, w) and shape[0] > 1 and shape[0] in (3, 4, c):
+        a = shape[0]
+        raise DataError(
+            f"images of shape {shape} are ambiguous: {a} one-channel {h}×{w} images (N, H, W) "
+            f"or one {a}-channel image (C, H, W); say which with x[:, None] (N, 1, H, W) or "
+            "x[None] (1, C, H, W)"
+        )
 
 
 def check_input_shape(got: tuple[int, ...], expected: tuple[int, int, int]) -> None:
@@ -262,7 +320,7 @@ def read_images(
             arrays.append(_resize(arr if arr.ndim == 3 else arr[..., None], image_size))
             kept.append(f)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            bad.append(f"{f} ({type(exc).__name__}: {str(exc)[:80]})")
+            bad.append(f"{f} ({type(exc).__name__}: {str(exc)[:160]})")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             bad.append(
                 f"{f} (over Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} "
@@ -364,18 +422,50 @@ def detect_layout(root: Path) -> Layout:
     if with_images and loose:
         raise _ambiguous(root, "image files both directly in it and in sub-folders")
     if with_images:
-        classes = sorted(with_images)
+        # every class folder keeps its index (sorted order), an empty one too: dropping it
+        # would shift the indices of the others
+        classes = sorted(n for n in subdirs if not n.startswith("."))
+        empty = [n for n in classes if n not in with_images]
+        if empty:
+            warnings.warn(
+                f"{root}: class folder(s) {', '.join(map(repr, empty))} hold no images; "
+                "they keep their class index "
+                f"({', '.join(str(classes.index(n)) for n in empty)}) with no images",
+                stacklevel=2,
+            )
         return Layout(
             "classes", classes, [(subdirs[c], i, "any") for i, c in enumerate(classes)], False
         )
     return Layout("flat", ["normal"], [(root, 0, "any")], labelled=False)
 
 
-def labelled_files(root: Path) -> list[tuple[Path, bool]] | None:
-    """``(file, is_anomaly)`` for every image of a folder in a labelled layout (MVTec AD,
-    normal/ + anomalous/), or ``None`` for other layouts. MVTec's ``ground_truth/`` masks
-    are not among them."""
+def layout_files(root: Path, layout: Layout | None = None) -> list[tuple[Path, int, str]]:
+    """``(file, label, part)`` for every image of a folder, ``part`` being ``"train"`` or
+    ``"test"``: a group that has no part of its own (``normal/``) gets a fixed, seeded split,
+    :data:`TEST_FRACTION` of it for the test part, the same for training and scoring."""
+    import numpy as np
+
+    layout = layout or detect_layout(root)
+    out: list[tuple[Path, int, str]] = []
+    for d, label, part in layout.groups:
+        found = find_images([d])
+        if part == "any":
+            order = np.random.default_rng(0).permutation(len(found))
+            test = set(order[: int(round(len(found) * TEST_FRACTION))].tolist())
+            out += [(f, label, "test" if i in test else "train") for i, f in enumerate(found)]
+        else:
+            out += [(f, label, part) for f in found]
+    return out
+
+
+def labelled_files(root: Path) -> tuple[list[Path], dict[Path, bool]] | None:
+    """For a folder in a labelled layout (MVTec AD, normal/ + anomalous/): every image file,
+    and ``is_anomaly`` for the files of its **evaluation part** only (``test/``; for
+    normal/ + anomalous/, the normal images training held out and ``anomalous/``), so that
+    metrics never count training images as normal test images. ``None`` for other layouts.
+    MVTec's ``ground_truth/`` masks are not among the files."""
     layout = detect_layout(root)
     if not layout.labelled:
         return None
-    return [(f, label != 0) for d, label, _ in layout.groups for f in find_images([d])]
+    files = layout_files(root, layout)
+    return [f for f, _, _ in files], {f: label != 0 for f, label, part in files if part == "test"}

@@ -55,12 +55,12 @@ def progress_bar(
             yield self.make_tasks_table(self.tasks)
 
     with _Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=Console(stderr=True, markup=False, highlight=False),
         transient=header is None,
     ) as prog:
         yield prog

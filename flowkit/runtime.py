@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from flowkit.errors import ConfigError, ModelFileError
-from flowkit.images import as_uint8_array, check_input_shape
+from flowkit.images import as_uint8_array, check_input_shape, check_unambiguous
 from flowkit.registry import parse_spec
 
 __all__ = ["OnnxDetector"]
@@ -73,6 +73,13 @@ class OnnxDetector:
                 str(self.path), options, providers=_providers(device)
             )
         except Exception as exc:  # onnxruntime raises its own exception types
+            with open(self.path, "rb") as fh:
+                if fh.read(len(b"FLOWKIT-MODEL")) == b"FLOWKIT-MODEL":
+                    raise ModelFileError(
+                        f"{self.path} is a flowkit model file (Detector.save, flowkit train), "
+                        "not an ONNX graph: score it with --backend torch, or make an .onnx "
+                        "file with flowkit export"
+                    ) from None
             first = (str(exc).strip().splitlines() or [""])[0][:160]
             raise ModelFileError(
                 f"{self.path} is not a readable ONNX model ({type(exc).__name__}: {first})"
@@ -84,15 +91,9 @@ class OnnxDetector:
                 f"{self.path} is an ONNX model but not one written by `flowkit export` "
                 f"(metadata lacks {', '.join(missing)})"
             )
-        try:
-            self.threshold_ = float(meta["threshold"])
-            shape = tuple(int(v) for v in meta["input_shape"].split(","))
-            lo, hi = (float(v) for v in meta["value_range"].split(","))
-        except ValueError:
-            raise ModelFileError(f"{self.path}: malformed flowkit metadata {meta}") from None
-        if len(shape) != 3:
-            raise ModelFileError(f"{self.path}: input_shape metadata {shape} is not (C, H, W)")
-        self.input_shape_: tuple[int, int, int] = shape  # type: ignore[assignment]
+        threshold, shape, (lo, hi) = _check_metadata(self.path, meta, self.session)
+        self.threshold_ = threshold
+        self.input_shape_: tuple[int, int, int] = shape
         self.value_range = (lo, hi)
         self.offset_ = -self.threshold_
         self.scorer_spec_ = parse_spec(meta["scorer"])
@@ -102,6 +103,7 @@ class OnnxDetector:
         return f"OnnxDetector({str(self.path)!r}, scorer={self.metadata['scorer']!r})"
 
     def _check_images(self, X: Any) -> np.ndarray:
+        check_unambiguous(X, self.input_shape_)
         images = as_uint8_array(X, value_range=self.value_range)
         check_input_shape(images.shape[1:], self.input_shape_)
         return images
@@ -135,3 +137,45 @@ class OnnxDetector:
     def predict(self, X: Any) -> np.ndarray:
         """1 for normal, -1 for anomalies (score above the stored threshold)."""
         return np.where(self.anomaly_score(X) > self.threshold_, -1, 1)
+
+
+def _check_metadata(
+    path: Path, meta: dict[str, str], session: Any
+) -> tuple[float, tuple[int, int, int], tuple[float, float]]:
+    """The threshold, input shape and value range of flowkit's metadata, each checked by
+    type and range, and the shape against the graph's own input: a NaN threshold would label
+    every image normal, a wrong shape fail deep inside onnxruntime."""
+    import math
+
+    def bad(what: str) -> ModelFileError:
+        return ModelFileError(f"{path}: invalid flowkit metadata: {what}")
+
+    try:
+        threshold = float(meta["threshold"])
+    except ValueError:
+        raise bad(f"threshold {meta['threshold']!r} is not a number") from None
+    if not math.isfinite(threshold):
+        raise bad(f"threshold must be finite, got {meta['threshold']!r}")
+    try:
+        shape = tuple(int(v) for v in meta["input_shape"].split(","))
+        lo, hi = (float(v) for v in meta["value_range"].split(","))
+    except ValueError:
+        raise bad(
+            f"input_shape {meta['input_shape']!r} or value_range {meta['value_range']!r} "
+            "is malformed"
+        ) from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise bad(f"input_shape must be three positive integers C,H,W, got {shape}")
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise bad(f"value_range must be two finite numbers lo < hi, got {(lo, hi)}")
+    if not isinstance(meta.get("flowkit_version", ""), str):
+        raise bad("flowkit_version must be text")
+    inputs = session.get_inputs()
+    graph = tuple(inputs[0].shape[1:]) if inputs else ()
+    if (
+        len(inputs) != 1
+        or len(graph) != 3
+        or any(isinstance(g, int) and g != s for g, s in zip(graph, shape, strict=True))
+    ):
+        raise bad(f"input_shape {shape} does not match the graph's input {tuple(graph)}")
+    return threshold, shape, (lo, hi)  # type: ignore[return-value]

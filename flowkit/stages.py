@@ -53,11 +53,15 @@ __all__ = [
     "split_validation",
     "check_options",
     "model_payload",
+    "check_payload",
     "stages_from_payload",
 ]
 
 #: Latents evaluated by the flow at a time when scoring (bounds memory).
 SCORE_BATCH = 1024
+#: Fewer normal validation images than this cannot place a quantile threshold: the training
+#: images' scores are used instead, with a warning.
+MIN_CALIBRATION = 10
 
 
 def split_validation(
@@ -100,9 +104,20 @@ def _rebuild(registry: Registry, name: str, options: dict, source: Any, **kwargs
     try:
         entry = registry.get(name)
     except UnknownComponentError:
+        import os
+
+        blocked = {n.strip() for n in os.environ.get("FLOWKIT_DISABLE_PLUGINS", "").split(",")}
+        if "builtin" in blocked:
+            raise ModelFileError(
+                f"{source}: this model needs the {registry.kind} {name!r}, but flowkit's "
+                "built-in components are disabled (FLOWKIT_DISABLE_PLUGINS includes "
+                "builtin); remove builtin from it"
+            ) from None
+        others = ", ".join(sorted(blocked - {""}))
+        enable = f" (or enable it: FLOWKIT_DISABLE_PLUGINS blocks {others})" if others else ""
         raise ModelFileError(
             f"{source}: this model needs the {registry.kind} {name!r}, which no installed "
-            "plugin provides; install the plugin it was trained with"
+            f"plugin provides; install the plugin it was trained with{enable}"
         ) from None
     accepted = accepted_options(entry.factory, skip=1 if entry.namespace else 0)
     if accepted is not None and "pretrained" in accepted:
@@ -117,18 +132,20 @@ def _rebuild(registry: Registry, name: str, options: dict, source: Any, **kwargs
         ) from None
 
 
-# -- stage 1 ----------------------------------------------------------------------------------
+class _Stage:
+    """What every stage shares: its configuration and the spec of the component it fits."""
 
-
-class EncoderStage:
-    """Build, fit and run the encoder. Fitted: ``encoder_``, ``input_shape_``, ``history_``."""
+    component = ""  # the config field naming it: "encoder", "flow" or "scorer"
+    fitted_attribute = ""  # set by fit (or from_state_dict)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
 
-    @staticmethod
-    def spec_of(config: DetectorConfig) -> Spec:
-        return Spec.parse(config.encoder, config.encoder_options)
+    @classmethod
+    def spec_of(cls, config: DetectorConfig) -> Spec:
+        """The component's spec, its ``*_options`` merged over the spec's own."""
+        options = getattr(config, f"{cls.component}_options")
+        return Spec.parse(getattr(config, cls.component), options)
 
     @property
     def spec(self) -> Spec:
@@ -136,7 +153,17 @@ class EncoderStage:
 
     @property
     def fitted(self) -> bool:
-        return hasattr(self, "encoder_")
+        return hasattr(self, self.fitted_attribute)
+
+
+# -- stage 1 ----------------------------------------------------------------------------------
+
+
+class EncoderStage(_Stage):
+    """Build, fit and run the encoder. Fitted: ``encoder_``, ``input_shape_``, ``history_``."""
+
+    component = "encoder"
+    fitted_attribute = "encoder_"
 
     def build(self, input_shape: tuple[int, int, int]) -> nn.Module:
         """The untrained encoder for images of ``input_shape`` ``(C, H, W)`` (seeded)."""
@@ -373,23 +400,11 @@ def _resolved_options(registry: Registry, name: str, options: dict[str, Any]) ->
     return {**defaults, **options}
 
 
-class DensityStage:
+class DensityStage(_Stage):
     """Fit the preprocessing and the flow(s). Fitted: ``density_``, ``history_``."""
 
-    def __init__(self, config: DetectorConfig) -> None:
-        self.config = config
-
-    @staticmethod
-    def spec_of(config: DetectorConfig) -> Spec:
-        return Spec.parse(config.flow, config.flow_options)
-
-    @property
-    def spec(self) -> Spec:
-        return self.spec_of(self.config)
-
-    @property
-    def fitted(self) -> bool:
-        return hasattr(self, "density_")
+    component = "flow"
+    fitted_attribute = "density_"
 
     def build(self, in_dim: int, part_sizes: tuple[int, ...] | None = None) -> Density:
         """The untrained density for raw latents of ``in_dim`` dimensions in ``part_sizes``."""
@@ -527,23 +542,11 @@ class DensityStage:
 # -- calibration ------------------------------------------------------------------------------
 
 
-class CalibrationStage:
+class CalibrationStage(_Stage):
     """Fit the scorer and the threshold on normal data. Fitted: ``scorer_``, ``threshold_``."""
 
-    def __init__(self, config: DetectorConfig) -> None:
-        self.config = config
-
-    @staticmethod
-    def spec_of(config: DetectorConfig) -> Spec:
-        return Spec.parse(config.scorer, config.scorer_options)
-
-    @property
-    def spec(self) -> Spec:
-        return self.spec_of(self.config)
-
-    @property
-    def fitted(self) -> bool:
-        return hasattr(self, "threshold_")
+    component = "scorer"
+    fitted_attribute = "threshold_"
 
     def build(self) -> Scorer:
         name, options = self.spec.factory_args()
@@ -564,7 +567,18 @@ class CalibrationStage:
         if scorer.needs_images and val.images is None:
             raise ConfigError(f"scorer {self.spec.name!r} needs the training images")
         scorer.fit(train, val)
-        calib = scorer.score(val) if len(val.log_prob) >= 10 else scorer.score(train)
+        n_val = len(val.log_prob)
+        if n_val < MIN_CALIBRATION:
+            warnings.warn(
+                f"only {n_val} normal validation image(s) (val_fraction="
+                f"{self.config.val_fraction} of the training images): the threshold is taken "
+                f"from the {len(train.log_prob)} training images' scores instead, which the "
+                f"model has seen; give {MIN_CALIBRATION} or more validation images (more "
+                "normal images, or a larger val_fraction) for a threshold you can trust",
+                UserWarning,
+                stacklevel=2,
+            )
+        calib = scorer.score(val) if n_val >= MIN_CALIBRATION else scorer.score(train)
         cfg = self.config
         q = 1.0 - cfg.contamination if cfg.contamination is not None else cfg.confidence
         return self._set(scorer, float(torch.quantile(calib.double(), q)))
@@ -594,6 +608,40 @@ class CalibrationStage:
 # -- the model file ---------------------------------------------------------------------------
 
 
+def check_payload(payload: dict[str, Any], source: Any) -> None:
+    """Refuse a payload whose fields have the wrong type or range: a threshold that is not a
+    finite number (a NaN one would label every image normal), an input shape that is not
+    three positive integers, component names that are not text, options that are not dicts."""
+    import math
+
+    def bad(what: str) -> ModelFileError:
+        return ModelFileError(f"{source}: the model file is invalid: {what}")
+
+    for key in ("params", "encoder", "pipeline", "flow", "scorer"):
+        if not isinstance(payload.get(key), dict):
+            raise bad(f"{key} must be a mapping")
+    threshold = payload.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise bad(f"threshold must be a number, got {threshold!r}")
+    if not math.isfinite(threshold):
+        raise bad(f"threshold must be finite, got {threshold!r}")
+    shape = payload["encoder"].get("input_shape")
+    if not (
+        isinstance(shape, (list, tuple))
+        and len(shape) == 3
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
+        raise bad(f"input_shape must be three positive integers (C, H, W), got {shape!r}")
+    for key in ("encoder", "flow", "scorer"):
+        part = payload[key]
+        if not isinstance(part.get("name"), str) or not isinstance(part.get("options"), dict):
+            raise bad(f"{key} must have a name (text) and options (a mapping)")
+        if not isinstance(part.get("state"), dict):
+            raise bad(f"{key} state must be a mapping")
+    if not isinstance(payload.get("history", {}), dict):
+        raise bad("history must be a mapping")
+
+
 def model_payload(
     params: dict[str, Any],
     encoding: EncoderStage,
@@ -617,8 +665,10 @@ def model_payload(
 def stages_from_payload(
     config: DetectorConfig, payload: dict[str, Any], source: Any
 ) -> tuple[EncoderStage, DensityStage, CalibrationStage]:
-    """The three fitted stages of a model file's payload (:func:`model_payload`)."""
-    history = payload.get("history", {})
+    """The three fitted stages of a model file's payload (:func:`model_payload`), every
+    field checked by type and range first (:class:`ModelFileError` in one line)."""
+    check_payload(payload, source)
+    history = payload.get("history") or {}
     return (
         EncoderStage.from_state_dict(
             config, payload["encoder"], history.get("encoder", {}), source

@@ -7,8 +7,10 @@ not even of the option's type).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,6 +59,20 @@ def place(tmp_path_factory, fake_data):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(amb / "a" / "x.png")
     (root / "badtypes.toml").write_text('classes = "0,1"\n')
     (root / "adir").mkdir()
+    (root / "escape.toml").write_text('name = "../../escaped"\n')
+    (root / "m[/]x.flowkit").write_bytes(raw)  # a model whose name is markup
+    (root / "renamed.onnx").write_bytes(raw)  # a model file with the wrong suffix
+    os.mkfifo(root / "pipe.png")
+    only = root / "only_crack"  # MVTec with test/crack alone: no normal test image
+    for sub, n in (("train/good", 3), ("test/crack", 3)):
+        (only / sub).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((32, 32), 60 * i, np.uint8)).save(only / sub / f"{i}.png")
+    tree = root / "classes"
+    for name in ("c_cat", "c_dog"):
+        (tree / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((32, 32), 30 * i, np.uint8)).save(tree / name / f"{i}.png")
     return root
 
 
@@ -154,6 +170,74 @@ CASES: list[tuple[list[str], str]] = [
     (["bench", "--threads", "0"], "Invalid value for '--threads'"),
     (["bench", "--out", "{root}/afile.txt"], "is a file, not a run directory"),
     (["bench", "--dataset", "nosuch", "--out", "{root}/b7"], "unknown dataset 'nosuch'"),
+    (["bench", "--suite", "{root}/escape.toml", "--out", "{root}/b8"], "one path component"),
+    (
+        ["bench", "--executor", "process", "--devices", "bogus", "--out", "{root}/b9"],
+        "--devices: unknown device 'bogus'",
+    ),
+    (
+        ["bench", "--executor", "local", "--workers", "2", "--out", "{root}/b1"],
+        "--workers and --devices need",
+    ),
+    (["bench", "--ray-address", "auto", "--out", "{root}/b2"], "--ray-address needs --executor"),
+    (["bench", "--executor", "warp", "--out", "{root}/b0"], "unknown executor 'warp'"),
+    (["bench", "--flow-batch-size", "big", "--out", "{root}/b3"], "must be 'auto' or an integer"),
+    (["bench", "--confidence", "2", "--out", "{root}/b4"], "confidence must be in (0, 1)"),
+    (["bench", "--precision", "fp8", "--out", "{root}/b5"], "precision must be one of"),
+    (["bench", "--lr-encoder", "-1", "--out", "{root}/b6"], "lr_encoder must be in (0, inf)"),
+    (["bench", "--val-fraction", "0.9", "--out", "{root}/b7"], "val_fraction must be in (0, 0.5)"),
+    # -- issue 26: markup, metadata, files that are not images, output paths
+    (["score", "{root}/m[/]x.flowkit", "{root}/nothere"], "no such file or folder"),
+    (["score", "{root}/n[bold]o.flowkit", "{root}/images"], "n[bold]o.flowkit"),
+    (["score", "{root}/renamed.onnx", "{root}/images"], "score it with --backend torch"),
+    (["score", "{root}/model.flowkit", "{root}/pipe.png"], "is not a regular file"),
+    (
+        ["score", "{root}/model.flowkit", "{root}/images", "--metrics", "{root}/afile.txt/m.json"],
+        "is a file, not a directory",
+    ),
+    (
+        ["score", "{root}/model.flowkit", "{root}/images", "--metrics", "{root}/m.json"],
+        "--metrics needs one folder in a labelled layout",
+    ),
+    (
+        ["score", "{root}/model.flowkit", "{root}/only_crack", "--metrics", "{root}/m.json"],
+        "no metrics to write (only anomalies)",
+    ),
+    (["export", "{root}/model.flowkit", "-o", "{root}/adir"], "{root}/adir/model.onnx"),
+    (["export", "{root}/m[/]x.onnx", "-o", "{root}/x.onnx"], "m[/]x.onnx"),
+    (
+        [
+            "train",
+            *FAST,
+            *OUT,
+            "--dataset",
+            "folder",
+            "--data-root",
+            "{root}/classes",
+            "--anomaly-class",
+            "c_dgo",
+        ],
+        "no class 'c_dgo'; did you mean 'c_dog'",
+    ),
+    (
+        [
+            "train",
+            *FAST,
+            *OUT,
+            "--dataset",
+            "folder",
+            "--data-root",
+            "{root}/classes",
+            "--anomaly-class",
+            "7",
+        ],
+        "anomaly class must be in 0..1",
+    ),
+    (["train", *FAST, *OUT, "--lr-flow", "0"], "lr_flow must be in (0, inf)"),
+    (["train", *FAST, *OUT, "--patience", "0"], "patience must be >= 1"),
+    (["train", *FAST, *OUT, "--val-fraction", "0"], "val_fraction must be in (0, 0.5)"),
+    (["train", *FAST, *OUT, "--contamination", "0.7"], "contamination must be in (0, 0.5)"),
+    (["train", *FAST, *OUT, "--flow-batch-size", "1"], "flow_batch_size must be >= 2"),
     # -- report and list
     (["report", "{root}/nothere"], "not a bench run directory"),
     (["report", "{root}/afile.txt"], "not a bench run directory"),
@@ -162,7 +246,57 @@ CASES: list[tuple[list[str], str]] = [
 
 
 def test_the_sweep_is_large_enough():
-    assert len(CASES) >= 60
+    assert len(CASES) + len(API_CASES) >= 100 and len(CASES) >= 85
+
+
+def _api_cases() -> list[tuple[Any, str]]:
+    """(call, text expected in the one-line error) for the Python API's bad inputs."""
+    import torch
+
+    from flowkit import load_dataset
+    from flowkit.bench.executors import make_executor
+    from flowkit.data import leave_one_class_out
+
+    def det(**kw: Any) -> Any:
+        return lambda: Detector(**kw).check_config()
+
+    digits = load_dataset("digits")
+    img = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    return [
+        (det(confidence=1.5), "confidence must be in (0, 1)"),
+        (det(epochs_flow=0), "epochs_flow must be >= 1"),
+        (det(batch_size=True), "batch_size must be an integer"),
+        (det(seed=-3), "seed must be in [0, "),
+        (det(precision="half"), "precision must be one of"),
+        (det(device="gpu9"), "unknown device 'gpu9'"),
+        (det(encoder="nosuch"), "unknown encoder 'nosuch'"),
+        (det(flow="realnvp:layer=3"), "has no option 'layer'"),
+        (det(scorer="knn:k=two"), "option k must be an integer"),
+        (det(preprocess="pca:x"), "pca needs a dimension"),
+        (det(value_range=(1, 1)), "low < high"),
+        (lambda: Detector(epochs_flwo=3), "did you mean 'epochs_flow'"),
+        (lambda: Detector().set_params(bogus=1), "has no parameter 'bogus'"),
+        (lambda: Detector().predict(img), "not fitted yet"),
+        (lambda: leave_one_class_out(digits, 12), "anomaly class must be in 0..9"),
+        (lambda: leave_one_class_out(digits, "eleven"), "has no class 'eleven'"),
+        (lambda: make_executor("process", workers=0), "workers must be a positive integer"),
+        (lambda: make_executor("auto", threads=-1), "threads must be a positive integer"),
+        (lambda: make_executor("process", devices=["nope"]), "devices: unknown device"),
+        (lambda: Detector.load("/nonexistent/m.flowkit"), "no such model file"),
+    ]
+
+
+API_CASES = list(range(20))  # the calls are built lazily (they need the registries)
+
+
+@pytest.mark.parametrize("index", API_CASES)
+def test_bad_api_input_raises_one_clear_line(index):
+    from flowkit.errors import FlowkitError
+
+    call, expected = _api_cases()[index]
+    with pytest.raises(FlowkitError) as info:
+        call()
+    assert expected in str(info.value) and "\n" not in str(info.value)
 
 
 def _case_id(value: object) -> str:

@@ -100,9 +100,10 @@ def test_every_setting_that_changes_an_artifact_is_in_its_cache_key():
 
 
 def test_runs_recorded_before_a_field_was_added_keep_their_keys():
-    # a cell of benchmarks/results/mnist-dev-recommended-v1, recorded before flow_augment existed
-    path = Path(__file__).resolve().parents[1] / "benchmarks/results/mnist-dev-recommended-v1"
-    record = json.loads((path / "results.jsonl").read_text().splitlines()[0])
+    # a cell of the recommended suite's v1 run on the MNIST dev sample (in git history),
+    # recorded before flow_augment existed
+    path = Path(__file__).resolve().parent / "data" / "record-before-flow-augment.jsonl"
+    record = json.loads(path.read_text().splitlines()[0])
     assert "flow_augment" not in record["config"]
     cell = Cell(**record["config"])
     assert cell.flow_augment == 0
@@ -288,3 +289,50 @@ def test_report_into_an_unwritable_place_is_one_line(tmp_path):
     res = runner.invoke(app, ["report", str(tmp_path), "--no-plots"])
     assert res.exit_code == 2 and "cannot write the report" in res.output
     assert "Traceback" not in res.output
+
+
+def _as_before_the_rename(record: dict) -> dict:
+    """A record as flowkit wrote it before ``latent`` became ``preprocess`` (its cell id
+    hashed under the old field name)."""
+    import hashlib
+
+    cfg = dict(record["config"])
+    cfg["latent"] = cfg.pop("preprocess")
+    blob = json.dumps(cfg, sort_keys=True)
+    return {**record, "config": cfg, "cell_id": hashlib.sha256(blob.encode()).hexdigest()[:16]}
+
+
+def test_records_from_before_the_preprocess_rename_are_read_and_not_retrained(tmp_path):
+    suite = Suite(**{**TINY_SUITE, "classes": [0]}).validate()
+    run_suite(suite, tmp_path, device="cpu")
+    new = lines(tmp_path / "results.jsonl")
+    old = [_as_before_the_rename(r) for r in new]
+    assert {r["cell_id"] for r in old}.isdisjoint(r["cell_id"] for r in new)
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    paths = write_report(tmp_path, plots=False)
+    text = paths["markdown"].read_text()
+    assert f"{len(old)} cells finished" in text and "no results" not in text
+    assert "dcgan_ae" in paths["csv"].read_text()
+    run_suite(suite, tmp_path, device="cpu")  # resume: every cell is done already
+    assert len(lines(tmp_path / "results.jsonl")) == len(old)
+
+
+def test_a_report_of_no_readable_record_keeps_the_existing_one(tmp_path):
+    run_suite(Suite(**{**TINY_SUITE, "classes": [0]}).validate(), tmp_path, device="cpu")
+    write_report(tmp_path, plots=False)
+    good = (tmp_path / "report.md").read_text()
+    (tmp_path / "results.jsonl").write_text('{"cell_id": "x"}\nnot json\n')
+    res = runner.invoke(app, ["report", str(tmp_path), "--no-plots"])
+    assert res.exit_code == 2 and "existing report is kept" in res.output
+    assert (tmp_path / "report.md").read_text() == good
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", ".hidden", "", "x" * 101, "a\\b"])
+def test_a_suite_name_that_is_not_one_path_component_is_refused(tmp_path, name):
+    toml = tmp_path / "s.toml"
+    toml.write_text(f"name = {json.dumps(name)}\nclasses = [0]\n")
+    with pytest.raises(ConfigError, match="must be one path component"):
+        load_suite(str(toml))
+    res = runner.invoke(app, ["bench", "--suite", str(toml)], catch_exceptions=False)
+    assert res.exit_code == 2 and "must be one path component" in res.output
+    assert not (tmp_path.parent.parent / "escaped").exists()

@@ -184,3 +184,43 @@ def test_auto_executor_gives_the_local_results(tmp_path, local_aucs):
 
     store = run_suite(Suite(**GRID).validate(), tmp_path, device="cpu", executor=AutoExecutor())
     _same(_aucs(store), local_aucs)
+
+
+def test_library_errors_name_parameters_and_the_cli_spells_them_as_flags(tmp_path):
+    from flowkit.bench.runner import run_suite
+    from flowkit.cli._common import as_flags
+
+    with pytest.raises(ConfigError, match="^workers must be a positive integer") as info:
+        make_executor("process", workers=0)
+    assert as_flags(str(info.value)).startswith("--workers must be a positive integer")
+    with pytest.raises(ConfigError, match="^workers and devices need") as info:
+        make_executor("local", workers=2)
+    assert as_flags(str(info.value)).startswith("--workers and --devices need")
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ConfigError, match="^out_dir .* is a file") as info:
+        run_suite(Suite(**GRID).validate(), tmp_path / "f", device="cpu")
+    assert as_flags(str(info.value)).startswith("--out ")
+    assert as_flags("the threads of torch") == "the threads of torch"  # only the phrases
+
+
+def test_every_executor_flag_is_checked_before_the_run_folder_exists(tmp_path):
+    out = tmp_path / "run"
+    for args, message in (
+        (["--executor", "process", "--devices", "bogus"], "--devices: unknown device 'bogus'"),
+        (["--executor", "ray", "--devices", "cpu,bogus"], "--devices: unknown device 'bogus'"),
+        (["--devices", "cuda:7"], "--devices: device 'cuda:7' asked for"),
+    ):
+        res = CliRunner().invoke(app, ["bench", "--classes", "0", "--out", str(out), *args])
+        if "cuda:7" in args and "CUDA is not available" not in res.output:
+            continue  # a machine with a GPU: cuda:7 may exist
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert not out.exists()
+
+
+def test_threads_reach_the_workers_and_their_count_is_recorded(tmp_path):
+    grid = {**GRID, "classes": [0]}
+    store = run_suite(
+        Suite(**grid).validate(), tmp_path, device="cpu", executor=ProcessExecutor(1, threads=1)
+    )
+    recs = [json.loads(line) for line in store.results_path.read_text().splitlines()]
+    assert recs and all(r["provenance"]["torch_threads"] == 1 for r in recs)

@@ -233,6 +233,8 @@ def test_export_cli_refuses_in_one_line(fake_split, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
     res = runner.invoke(app, ["export", str(tmp_path / "m.flowkit"), "-o", str(tmp_path)])
     assert res.exit_code == 2 and "--output" in res.output and "is a directory" in res.output
+    flat = res.output.replace("\n", "")
+    assert f"{tmp_path}/model.onnx" in flat and "model.flowkit" not in flat.replace("m.flowkit", "")
 
 
 def test_python_module_entry_point_runs():
@@ -240,3 +242,36 @@ def test_python_module_entry_point_runs():
         [sys.executable, "-m", "flowkit", "--version"], capture_output=True, text=True
     )
     assert proc.returncode == 0 and proc.stdout.startswith("flowkit ")
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("threshold", "nan", "threshold must be finite"),
+        ("threshold", "inf", "threshold must be finite"),
+        ("threshold", "high", "is not a number"),
+        ("input_shape", "1,16,16", r"does not match the graph's input"),
+        ("input_shape", "0,32,32", "three positive integers"),
+        ("input_shape", "1,32", "three positive integers"),
+        ("value_range", "1,0", "lo < hi"),
+    ],
+)
+def test_onnx_metadata_is_checked_by_type_and_range(onnx_model, tmp_path, key, value, match):
+    import onnx
+
+    model = onnx.load(onnx_model)
+    for entry in model.metadata_props:
+        if entry.key == key:
+            entry.value = value
+    onnx.save(model, tmp_path / "edited.onnx")
+    with pytest.raises(ModelFileError, match=match) as info:
+        OnnxDetector(tmp_path / "edited.onnx")
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_file_renamed_to_onnx_says_what_it_is(tiny_detector, tmp_path):
+    renamed = tiny_detector.save(tmp_path / "m.flowkit").rename(tmp_path / "m.onnx")
+    with pytest.raises(ModelFileError, match="is a flowkit model file .* --backend torch"):
+        OnnxDetector(renamed)
+    res = CliRunner().invoke(app, ["score", str(renamed), str(tmp_path)])
+    assert res.exit_code == 2 and "--backend torch" in res.output

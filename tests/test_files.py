@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from flowkit import Detector, load_dataset
+from flowkit.cli import app
 from flowkit.data import decode_image, detect_layout, labelled_split, load_images
 from flowkit.errors import ConfigError, DataError, DatasetNotFoundError
 
@@ -267,3 +270,104 @@ def test_score_a_labelled_folder_prints_json_lines_and_metrics(tmp_path, tiny_de
         ["score", str(model), str(root / "test" / "crack"), "--metrics", str(tmp_path / "x.json")],
     )
     assert res.exit_code == 2 and "labelled layout" in res.output
+
+
+def test_score_metrics_use_the_evaluation_part_only(tmp_path, tiny_detector):
+    from flowkit.images import labelled_files
+
+    root = make_mvtec(tmp_path / "bottle", n_train=12)
+    files, truth = labelled_files(root)
+    assert len(files) == 12 + 20 and len(truth) == 20  # train/good scored, never evaluated
+    assert not any("/train/" in str(f) for f in truth)
+    model = tiny_detector.save(tmp_path / "m.flowkit")
+    res = CliRunner().invoke(app, ["score", str(model), str(root), "--csv", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "(12 anomalous of 20)" in res.output
+    # only test/crack beside train/good: one label alone, so no AUC at all
+    only = tmp_path / "only"
+    _write(only / "train" / "good", 12, 0.3, 0)
+    _write(only / "test" / "crack", 6, 0.7, 2)
+    res = CliRunner().invoke(app, ["score", str(model), str(only), "--csv", "-q"])
+    assert res.exit_code == 0 and "ROC AUC" not in res.output.replace("ROC AUC is undefined", "")
+    assert "only anomalies (6 image(s))" in res.output
+    res = CliRunner().invoke(
+        app, ["score", str(model), str(only), "--csv", "--metrics", str(tmp_path / "m.json")]
+    )
+    assert res.exit_code == 2 and not (tmp_path / "m.json").exists()
+
+
+def test_float_tiffs_are_read_by_their_range_never_clipped(tmp_path):
+    from flowkit.images import read_images
+
+    ramp = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    for name, scale in (("unit", 1.0), ("byte", 255.0), ("over", 300.0)):
+        Image.fromarray(ramp * scale, mode="F").save(tmp_path / f"{name}.tif")
+    images, _ = read_images([tmp_path / "unit.tif", tmp_path / "byte.tif"], 32)
+    np.testing.assert_array_equal(images[0], images[1])  # the same ramp either way
+    assert images[1].max() == 255 and (images[1] == 255).mean() < 0.01  # not clipped
+    with pytest.raises(DataError, match=r"over.tif .*pixels in \[0, 300\].*rescale it"):
+        read_images([tmp_path / "over.tif"], 32)
+
+
+def test_each_file_is_scored_once_and_only_regular_files_are_images(tmp_path):
+    import os
+
+    from flowkit.images import find_images
+
+    many = tmp_path / "many"
+    _write(many, 3, 0.3, 0)
+    (many / "d.png").mkdir()  # a folder with an image's name: searched, not opened
+    _write(many / "d.png", 1, 0.3, 1)
+    os.mkfifo(many / "pipe.png")  # would block forever if opened
+    files = find_images([many, many / "000.png", many])
+    assert len(files) == 4 and len({f.resolve() for f in files}) == 4
+    assert all(f.is_file() for f in files)
+    with pytest.raises(DataError, match="not a regular file"):
+        find_images([many / "pipe.png"])
+
+
+def test_an_empty_class_folder_keeps_the_indices_and_classes_go_by_name(tmp_path):
+    from flowkit.data import leave_one_class_out
+
+    for name, seed in (("c_cat", 0), ("c_dog", 1)):
+        _write(tmp_path / "tree" / name, 10, 0.3 + 0.3 * seed, seed)
+    (tmp_path / "tree" / "c_bird").mkdir()  # empty, sorts first
+    with pytest.warns(
+        UserWarning, match=r"'c_bird' hold no images; they keep their class index \(0\)"
+    ):
+        data = load_dataset("folder", root=tmp_path / "tree")
+    assert data.classes == ["c_bird", "c_cat", "c_dog"]
+    assert set(data.labels.tolist()) == {1, 2}  # c_dog is still class 2
+    by_name = leave_one_class_out(data, "c_dog")
+    assert by_name.is_anomaly.sum() == 10
+    assert leave_one_class_out(data, "2").is_anomaly.sum() == 10
+    with pytest.raises(ConfigError, match=r"no class 'c_dgo'; did you mean 'c_dog'"):
+        leave_one_class_out(data, "c_dgo")
+    with pytest.raises(ConfigError, match=r"no image of class 0 \('c_bird'\)"):
+        leave_one_class_out(data, "c_bird")
+    res = CliRunner().invoke(
+        app,
+        ["train", "--dataset", "folder", "--data-root", str(tmp_path / "tree"),
+         "--anomaly-class", "c_dog", "--out", str(tmp_path / "m.flowkit"),
+         "--encoder", "dcgan_ae:width=8,latent_dim=8", "--flow", "gaussian",
+         "--epochs-encoder", "1", "--device", "cpu", "--paper", "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "class 'c_dog' held out" in res.output and "test ROC AUC" in res.output
+
+
+def test_score_checks_the_metrics_path_before_scoring(tmp_path, tiny_detector):
+    root = make_mvtec(tmp_path / "bottle", n_train=4)
+    model = tiny_detector.save(tmp_path / "m.flowkit")
+    (tmp_path / "afile").write_text("")
+    res = CliRunner().invoke(
+        app, ["score", str(model), str(root), "--csv", "--metrics", str(tmp_path / "afile/m.json")]
+    )
+    assert res.exit_code == 2 and "is a file, not a directory" in res.output
+    assert "anomaly_score" not in res.output  # refused before any image was scored
+    res = CliRunner().invoke(
+        app, ["score", str(model), str(root), "--csv", "--metrics", str(tmp_path / "d" / "m.json")]
+    )
+    assert res.exit_code == 0 and json.loads((tmp_path / "d" / "m.json").read_text())["n"] == 20
+    res = CliRunner().invoke(app, ["score", str(model), str(root), "--metrics", str(tmp_path)])
+    assert res.exit_code == 2 and f"{tmp_path}/metrics.json" in res.output.replace("\n", "")

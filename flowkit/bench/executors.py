@@ -241,16 +241,20 @@ class Executor(Protocol):
     ) -> None: ...
 
 
-class LocalExecutor:
+class _Runs:
+    """An executor that runs units itself: its plan is itself."""
+
+    def plan(self, units: int, device: str) -> Executor:
+        return self  # type: ignore[return-value]
+
+
+class LocalExecutor(_Runs):
     """Units one after another in this process (on ``threads`` torch threads, if given)."""
 
     name = "local"
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = _threads(threads)
-
-    def plan(self, units: int, device: str) -> Executor:
-        return self
 
     def run(
         self,
@@ -331,7 +335,7 @@ class RetrySchedule:
             self.pending.appendleft((unit, tries + 1))
 
 
-class ProcessExecutor:
+class ProcessExecutor(_Runs):
     """Units on ``workers`` spawned processes (``concurrent.futures``), each on ``threads``
     torch threads (default ``cores / workers``) or one device each of ``devices``."""
 
@@ -359,9 +363,6 @@ class ProcessExecutor:
             initializer=_init_worker,
             initargs=(data, self.threads, devices, modules, device),
         )
-
-    def plan(self, units: int, device: str) -> Executor:
-        return self
 
     def run(
         self,
@@ -450,7 +451,7 @@ class AutoExecutor:
         self.plan(len(units), device).run(units, data, sink, device, progress)
 
 
-class RayExecutor:
+class RayExecutor(_Runs):
     """Units as Ray tasks: on the cluster at ``address`` or on a local Ray instance, each
     on ``threads`` torch threads (default ``cores / workers``)."""
 
@@ -489,9 +490,6 @@ class RayExecutor:
                 log_to_driver=False,
             )
         return True
-
-    def plan(self, units: int, device: str) -> Executor:
-        return self
 
     def run(
         self,
@@ -552,6 +550,14 @@ def make_executor(
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")
     _threads(threads)
+    if devices:  # every device checked now, not when a worker first uses it
+        from flowkit.training import resolve_device
+
+        for d in devices:
+            try:
+                resolve_device(d)
+            except ConfigError as exc:
+                raise ConfigError(f"devices: {exc}") from None
     if name == "local" and (workers not in (None, 1) or devices):
         raise ConfigError(
             "workers and devices need the process or ray executor (local runs one unit at a time)"
@@ -559,12 +565,12 @@ def make_executor(
     if ray_address and name != "ray":
         raise ConfigError("ray_address needs the ray executor")
     if name == "auto":
-        if not (workers or devices):
+        if workers is None and not devices:
             return AutoExecutor(threads)
         name = "process"
     if name == "local":
         return LocalExecutor(threads)
-    n = workers or (len(devices) if devices else 2)
+    n = workers if workers is not None else (len(devices) if devices else 2)
     if name == "process":
         return ProcessExecutor(n, devices, threads)
     return RayExecutor(n, ray_address, devices, threads)

@@ -95,6 +95,11 @@ def write_report(run_dir: str | Path, plots: bool = True) -> dict[str, Path]:
     store = RunStore(run_dir)
     if not store.results_path.is_file():
         raise ConfigError(f"{run_dir} holds no results.jsonl (not a bench run directory)")
+    if not store.records() and (store.root / "report.md").exists():
+        raise ConfigError(
+            f"{store.results_path} has no readable record (see the warnings above); the "
+            "existing report is kept"
+        )
     try:
         paths = _write_report(store, plots)
     except OSError as exc:

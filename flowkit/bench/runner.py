@@ -477,14 +477,20 @@ def run_suite(
     """
     dev = str(resolve_device(device))
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise ConfigError(f"--out {out_dir} is a file, not a run directory")
+        raise ConfigError(f"out_dir {out_dir} is a file, not a run directory")
     # Everything that can be refused is refused before the run directory is touched.
     bench_data = data or load_bench_data(suite, data_root, download)
     cells = suite.cells(bench_data.targets(suite))
     check_cells(cells, bench_data.input_shape(), dev)
     store = RunStore(out_dir, cache, create=True)
     with store.lock():
-        previous = {r["cell_id"]: r for r in store.records()}
+        previous = {}
+        for r in store.records():
+            previous[r["cell_id"]] = r
+            # a record written under earlier field names counts for the cell it describes
+            current = _current_cell_id(r["config"])
+            if current is not None:
+                previous.setdefault(current, r)
         todo = [
             c
             for c in cells
@@ -506,6 +512,17 @@ def run_suite(
         else:
             plan.run(units, bench_data, sink, dev, progress)
     return store
+
+
+def _current_cell_id(config: dict[str, Any]) -> str | None:
+    """The id today's :class:`Cell` has for a record's config (``None`` if it is not one)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(Cell)}
+    try:
+        return Cell(**{k: v for k, v in config.items() if k in names}).cell_id
+    except TypeError:
+        return None
 
 
 def cell_scores(store: RunStore, cell_id: str) -> dict[str, np.ndarray] | None:

@@ -73,7 +73,7 @@ class RunStore:
         self.lock_path = self.root / LOCK_NAME
         if create:
             if self.root.exists() and not self.root.is_dir():
-                raise ConfigError(f"--out {self.root} is a file, not a run directory")
+                raise ConfigError(f"out_dir {self.root} is a file, not a run directory")
             try:
                 for d in (
                     self.root,
@@ -200,6 +200,7 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
             except json.JSONDecodeError:
                 warnings.warn(f"{path}:{n}: skipping an unreadable record", stacklevel=2)
                 continue
+            rec = upgrade_record(rec)
             missing = _missing_fields(rec)
             if missing:
                 warnings.warn(
@@ -208,6 +209,23 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
                 continue
             out[rec["cell_id"]] = rec
     return out
+
+
+#: Config fields of earlier versions and their names now (the commit that renamed each
+#: promised that old records stay readable).
+RENAMED_CONFIG = {"latent": "preprocess"}
+
+
+def upgrade_record(rec: Any) -> Any:
+    """A record of an earlier version with today's field names (a copy; others unchanged)."""
+    cfg = rec.get("config") if isinstance(rec, dict) else None
+    if not isinstance(cfg, dict) or not any(old in cfg for old in RENAMED_CONFIG):
+        return rec
+    cfg = dict(cfg)
+    for old, new in RENAMED_CONFIG.items():
+        if old in cfg and new not in cfg:
+            cfg[new] = cfg.pop(old)
+    return {**rec, "config": cfg}
 
 
 def _missing_fields(rec: Any) -> list[str]:

@@ -38,6 +38,18 @@ __all__ = [
 PROTOCOLS = ("loo", "ood", "given")
 
 
+def check_suite_name(name: str) -> None:
+    """A suite's name becomes a path component (``runs/<name>``), so it must be one: letters,
+    digits, ``.``, ``_``, ``-`` and ``+``, not starting with a dot (no ``..``, no ``/``)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,99}", name):
+        raise ConfigError(
+            f"suite name {name!r} must be one path component: letters, digits, '.', '_', "
+            "'-' or '+', not starting with a dot (it names the run folder runs/<name>)"
+        )
+
+
 def _paper(option: str) -> Any:
     """A default factory: the paper's value of ``option``, as a one-item list (a grid axis)."""
     return lambda: [getattr(PAPER, option)]
@@ -89,7 +101,8 @@ class _SuiteMethods:
     """
 
     def validate(self) -> Suite:
-        check_field_types(self.name, asdict(self))
+        check_field_types(repr(self.name), asdict(self))
+        check_suite_name(self.name)
         if self.protocol not in PROTOCOLS:
             raise ConfigError(
                 f"suite {self.name}: protocol must be {PROTOCOL_HELP}; got {self.protocol!r}"

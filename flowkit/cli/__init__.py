@@ -14,6 +14,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # help texts are plain text: "flowkit[ray]" and "[0, 1]" must print as they are written
+    rich_markup_mode=None,
 )
 app.command("list")(_components.list_components)
 app.command("plugins")(_components.plugins)

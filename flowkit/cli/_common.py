@@ -6,15 +6,15 @@ import functools
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from flowkit.errors import FlowkitError
+from flowkit.errors import ConfigError, FlowkitError
 
 # Options that several commands share, declared once.
 DataRootOpt = Annotated[
@@ -27,16 +27,38 @@ DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cud
 ThreadsOpt = Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads.")]
 DownloadOpt = Annotated[bool, typer.Option(help="Try to download missing datasets.")]
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# No markup and no highlighting: file names, class names, specs and error texts are the
+# user's, and "a[/]b.png" or "[bold]" must print as they are. Styling goes through Text.
+out = Console(soft_wrap=True, markup=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def shown(value: Any) -> str:
+    """``value`` as text that prints on any terminal and reads back unambiguously: bytes a
+    file name has that are not UTF-8 as backslash escapes, control characters (a newline in a file
+    name) as escapes; everything else, markup characters included, as it is."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def styled(label: str, style: str, rest: Any = "") -> Text:
+    """``label`` in ``style``, then the user's text as it is (never parsed as markup)."""
+    return Text.assemble((label, style), " " if rest != "" else "", shown(rest))
+
+
+def warn(message: Any) -> None:
+    err.print(styled("warning:", "yellow", message))
 
 
 def _show_warning(
     message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
 ) -> None:
-    err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    warn(message)
 
 
 def handle_errors(func: F) -> F:
@@ -49,10 +71,11 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except FlowkitError as exc:
-            err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+            text = as_flags(str(exc)) if isinstance(exc, ConfigError) else str(exc)
+            err.print(styled("error:", "red", text))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err.print("interrupted", highlight=False)
+            err.print("interrupted")
             raise typer.Exit(130) from None
         finally:
             warnings.showwarning = previous
@@ -95,32 +118,28 @@ def config_options(*names: str, overrides: bool = False) -> Callable[[F], F]:
     return decorate
 
 
-#: Library parameter names as the command line spells them, for errors that name them.
+#: How the library's errors name a parameter, and the flag the command line has for it.
 _FLAGS = {
-    "workers": "--workers",
-    "devices": "--devices",
-    "ray_address": "--ray-address",
-    "threads": "--threads",
+    "workers must": "--workers must",
+    "workers and devices need": "--workers and --devices need",
+    "threads must": "--threads must",
+    "devices: ": "--devices: ",
+    "ray_address needs": "--ray-address needs",
     "the process or ray executor": "--executor process or ray",
     "the ray executor": "--executor ray",
+    "out_dir ": "--out ",
+    "root=DIR": "--data-root DIR",
 }
 
 
-@contextmanager
-def as_flags() -> Iterator[None]:
-    """Re-raise a :class:`ConfigError` from the library with its parameter names spelt as
-    this command's flags (``workers must be ...`` → ``--workers must be ...``)."""
+def as_flags(message: str) -> str:
+    """A library error's parameter names spelt as the command line's flags
+    (``workers must be ...`` → ``--workers must be ...``)."""
     import re
 
-    from flowkit.errors import ConfigError
-
-    try:
-        yield
-    except ConfigError as exc:
-        text = str(exc)
-        for name, flag in sorted(_FLAGS.items(), key=lambda kv: -len(kv[0])):
-            text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, text)
-        raise ConfigError(text) from None
+    for name, flag in sorted(_FLAGS.items(), key=lambda kv: -len(kv[0])):
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}", flag, message)
+    return message
 
 
 def int_or_auto(value: Any, flag: str) -> Any:
@@ -135,13 +154,14 @@ def int_or_auto(value: Any, flag: str) -> Any:
         raise ConfigError(f"{flag} must be 'auto' or an integer, got {value!r}") from None
 
 
-def check_output_file(path: Path, option: str = "--out") -> None:
-    """Refuse an output path that cannot be written, before any work is done."""
+def check_output_file(path: Path, option: str = "--out", example: str = "model.flowkit") -> None:
+    """Refuse an output path that cannot be written, before any work is done (a missing
+    folder on the way is created when the file is written)."""
     from flowkit.errors import ConfigError
 
     if path.is_dir():
         raise ConfigError(
-            f"{option} {path} is a directory; give a file name, e.g. {path}/model.flowkit"
+            f"{option} {shown(path)} is a directory; give a file name, e.g. {shown(path / example)}"
         )
     parent = path.parent
     while not parent.exists():

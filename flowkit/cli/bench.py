@@ -15,13 +15,14 @@ from flowkit.cli._common import (
     DeviceOpt,
     DownloadOpt,
     ThreadsOpt,
-    as_flags,
     config_options,
     err,
     handle_errors,
     int_or_auto,
     out,
     set_threads,
+    shown,
+    styled,
 )
 from flowkit.errors import ConfigError
 
@@ -52,10 +53,12 @@ class _LiveTable:
         target = rec.get("target_name", rec["config"]["target"])
         if rec["status"] == "ok":
             self.auc[label].append(rec["metrics"]["auc"])
-            self.last = f"{label} on {target}: AUC {rec['metrics']['auc']:.3f}"
+            self.last = f"{shown(label)} on {shown(target)}: AUC {rec['metrics']['auc']:.3f}"
         else:
             self.failed[label] += 1
-            self.last = f"[red]{label} on {target} failed:[/] {rec.get('error', '')[:120]}"
+            self.last = styled(
+                f"{shown(label)} on {shown(target)} failed:", "red", rec.get("error", "")[:120]
+            )
 
     def render(self) -> Table:
         table = Table(title="bench (this run)", caption=self.last or None)
@@ -167,8 +170,7 @@ def bench(
 
     set_threads(threads)
     device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
-    with as_flags():
-        runner = make_executor(executor, workers, device_list, ray_address, threads)
+    runner = make_executor(executor, workers, device_list, ray_address, threads)
     options["flow_batch_size"] = int_or_auto(options["flow_batch_size"], "--flow-batch-size")
     s = load_suite(suite).with_overrides(
         dataset=dataset,
@@ -208,8 +210,8 @@ def bench(
     failed = [r for r in store.records() if r["status"] != "ok"]
     if failed:
         err.print(
-            f"[yellow]{len(failed)} cell(s) failed; see the report. Rerun the same command "
-            "to retry them.[/]"
+            f"{len(failed)} cell(s) failed; see the report. Rerun the same command to retry them.",
+            style="yellow",
         )
         raise typer.Exit(1)
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from flowkit.cli._common import handle_errors, out
 from flowkit.registry import REGISTRIES
@@ -57,6 +58,6 @@ def plugins() -> None:
             info.version or "-",
             hooks,
             comps,
-            "[red]failed[/]" if info.error else "[green]ok[/]",
+            Text("failed", style="red") if info.error else Text("ok", style="green"),
         )
     out.print(table)

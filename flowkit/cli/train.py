@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from flowkit.cli._common import (
     DataRootOpt,
@@ -23,6 +24,8 @@ from flowkit.cli._common import (
     int_or_auto,
     out,
     set_threads,
+    shown,
+    warn,
 )
 from flowkit.config import option_fields
 from flowkit.errors import ConfigError
@@ -50,9 +53,9 @@ def train(
     ] = "digits",
     data_root: DataRootOpt = None,
     anomaly_class: Annotated[
-        Optional[int],
+        Optional[str],
         typer.Option(
-            help="Hold this class out as the anomaly (leave-one-class-out protocol) and report test metrics."
+            help="Hold this class out as the anomaly (leave-one-class-out protocol) and report test metrics: its index or its name (a folder's name for --dataset folder)."
         ),
     ] = None,
     image_size: Annotated[
@@ -84,6 +87,7 @@ def train(
     from flowkit import Detector, load_dataset
     from flowkit.config import PAPER
     from flowkit.data import labelled_split, leave_one_class_out
+    from flowkit.data.protocols import class_index
     from flowkit.metrics import detection_metrics
 
     set_threads(threads)
@@ -100,9 +104,8 @@ def train(
     split = None
     if anomaly_class is not None:
         split = leave_one_class_out(data, anomaly_class, seed=det.seed)
-        err.print(
-            f"{data.name}: class {data.classes[anomaly_class]!r} held out; {split.describe()}"
-        )
+        held = data.classes[class_index(data, anomaly_class)]
+        err.print(f"{data.name}: class {shown(repr(held))} held out; {split.describe()}")
     elif data.labelled_anomalies:
         split = labelled_split(data)
         err.print(f"{data.name}: {split.describe()}")
@@ -122,7 +125,7 @@ def train(
         scores = det.anomaly_score(split.test)
         m = detection_metrics(split.is_anomaly.numpy(), scores, det.threshold_)
         out.print(f"test ROC AUC {m['auc']:.4f}  AP {m['ap']:.4f}  F1 {m['f1']:.4f}")
-    out.print(f"saved {path}")
+    out.print(f"saved {shown(path)}")
 
 
 def _files_to_score(paths: list[Path]) -> tuple[list[Path], dict[Path, bool] | None]:
@@ -133,7 +136,7 @@ def _files_to_score(paths: list[Path]) -> tuple[list[Path], dict[Path, bool] | N
     if len(paths) == 1 and paths[0].is_dir():
         labelled = labelled_files(paths[0])
         if labelled is not None:
-            return [f for f, _ in labelled], dict(labelled)
+            return labelled
     return find_images(paths), None
 
 
@@ -176,22 +179,30 @@ def _report_metrics(
 ) -> None:
     import json
 
-    y = [truth[r[0]] for r in rows]
+    evaluated = [r for r in rows if r[0] in truth]  # the evaluation part: never training images
+    y = [truth[r[0]] for r in evaluated]
     if not 0 < sum(y) < len(y):
-        err.print("labelled folder, but its images are all of one kind: no metrics")
+        kind = "no image" if not y else ("only anomalies" if sum(y) else "only normal images")
+        err.print(
+            f"labelled folder, but its evaluation part has {kind} ({len(y)} image(s)): ROC AUC "
+            "is undefined without both kinds, so no metrics"
+        )
+        if metrics_file is not None:
+            raise ConfigError(f"--metrics {shown(metrics_file)}: no metrics to write ({kind})")
         return
     try:
         from flowkit.metrics import detection_metrics
     except ImportError:
-        err.print("[yellow]warning:[/] metrics need scikit-learn: pip install scikit-learn")
+        warn("metrics need scikit-learn: pip install scikit-learn")
         return
-    metrics = detection_metrics(y, [r[1] for r in rows], threshold)
+    metrics = detection_metrics(y, [r[1] for r in evaluated], threshold)
     err.print(
         f"labelled folder: ROC AUC {metrics['auc']:.4f}  AP {metrics['ap']:.4f}  "
         f"F1 {metrics['f1']:.4f} ({sum(y)} anomalous of {len(y)})"
     )
     if metrics_file is not None:
         payload = {**metrics, "n": len(y), "anomalies": int(sum(y)), "threshold": threshold}
+        metrics_file.parent.mkdir(parents=True, exist_ok=True)
         metrics_file.write_text(json.dumps(payload, indent=2) + "\n")
 
 
@@ -243,6 +254,8 @@ def score(
 
     if csv_out and json_out:
         raise ConfigError("choose one of --csv and --json")
+    if metrics_file is not None:  # before any work: a bad path must not cost the scoring
+        check_output_file(metrics_file, "--metrics", "metrics.json")
     det = _open_model(model, backend, device)
     files, truth = _files_to_score(paths)
     if not files:
@@ -266,7 +279,7 @@ def score(
             except DataError:
                 if not skip_unreadable:
                     raise
-                err.print(f"[yellow]warning:[/] skipped {len(chunk)} unreadable file(s)")
+                warn(f"skipped {len(chunk)} unreadable file(s)")
                 prog.advance(task, len(chunk))
                 continue
             result = det.score(images)
@@ -274,7 +287,7 @@ def score(
                 row = (f, float(s), float(ll), "anomaly" if s > threshold else "normal")
                 rows.append(row)
                 if writer is not None:
-                    writer.writerow([str(f), f"{s:.6g}", f"{ll:.6g}", f"{threshold:.6g}", row[3]])
+                    writer.writerow([shown(f), f"{s:.6g}", f"{ll:.6g}", f"{threshold:.6g}", row[3]])
                 elif json_out:
                     sys.stdout.write(_row_json(row, threshold))
             prog.advance(task, len(chunk))
@@ -314,7 +327,7 @@ def export(
     from flowkit import Detector
     from flowkit.export import export_onnx
 
-    check_output_file(output, "--output")
+    check_output_file(output, "--output", "model.onnx")
     det = Detector.load(model, device="cpu")
     path = export_onnx(det, output, opset=opset, check=check)
     c, h, w = det.input_shape_
@@ -326,7 +339,9 @@ def export(
 
 
 def _print_table(model: Path, det, rows: list[tuple[Path, float, float, str]]) -> None:
-    table = Table(title=f"{model.name}: scorer {det.scorer_spec_[0]}, higher = more anomalous")
+    table = Table(
+        title=f"{shown(model.name)}: scorer {det.scorer_spec_[0]}, higher = more anomalous"
+    )
     for col in ("path", "anomaly score", "log-likelihood", "threshold", "label"):
         table.add_column(
             col,
@@ -335,10 +350,10 @@ def _print_table(model: Path, det, rows: list[tuple[Path, float, float, str]]) -
         )
     for f, s, ll, lab in rows:
         table.add_row(
-            str(f),
+            shown(f),
             f"{s:.4g}",
             f"{ll:.4g}",
             f"{det.threshold_:.4g}",
-            f"[red]{lab}[/]" if lab == "anomaly" else lab,
+            Text(lab, style="red") if lab == "anomaly" else lab,
         )
     out.print(table)

@@ -9,19 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from flowkit.data.base import ImageSet, check_split
 from flowkit.errors import ConfigError, DataError, DatasetNotFoundError
 from flowkit.images import (
     IMAGE_SUFFIXES,
-    TEST_FRACTION,
     Layout,
     decode_image,
     detect_layout,
     find_images,
     labelled_files,
+    layout_files,
     read_images,
 )
 
@@ -63,7 +62,7 @@ def folder(
     layouts without a test part of their own get a fixed, seeded 80/20 split.
     """
     if root is None:
-        raise ConfigError("the folder dataset needs a root: --data-root DIR")
+        raise ConfigError("the folder dataset needs a root: root=DIR, the folder of images")
     check_split(split)
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -72,18 +71,10 @@ def folder(
     files: list[Path] = []
     labels: list[int] = []
     parts: list[str] = []
-    for d, label, part in layout.groups:
-        found = find_images([d])
-        if part == "any":  # a fixed split of this group's files, the same for every split=
-            order = np.random.default_rng(0).permutation(len(found))
-            n_test = int(round(len(found) * TEST_FRACTION))
-            test_idx = set(order[:n_test].tolist())
-            part_of = ["test" if i in test_idx else "train" for i in range(len(found))]
-        else:
-            part_of = [part] * len(found)
-        files += found
-        labels += [label] * len(found)
-        parts += part_of
+    for f, label, part in layout_files(root, layout):
+        files.append(f)
+        labels.append(label)
+        parts.append(part)
     if split != "all":
         keep = [i for i, p in enumerate(parts) if p == split]
         files, labels, parts = ([x[i] for i in keep] for x in (files, labels, parts))

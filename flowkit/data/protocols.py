@@ -17,7 +17,7 @@ import torch
 from flowkit.data.base import ImageSet
 from flowkit.errors import ConfigError
 
-__all__ = ["Split", "leave_one_class_out", "out_of_distribution", "labelled_split"]
+__all__ = ["Split", "class_index", "leave_one_class_out", "out_of_distribution", "labelled_split"]
 
 
 @dataclass
@@ -36,15 +36,36 @@ class Split:
         )
 
 
+def class_index(data: ImageSet, anomaly_class: int | str) -> int:
+    """A class by index or by name (``"c_dog"``, or ``"3"`` for index 3 when no class is
+    called ``"3"``); an unknown name is refused with the closest ones."""
+    if isinstance(anomaly_class, str):
+        if anomaly_class in data.classes:
+            return data.classes.index(anomaly_class)
+        if anomaly_class.strip().lstrip("-").isdigit():
+            return int(anomaly_class)
+        import difflib
+
+        close = difflib.get_close_matches(anomaly_class, data.classes, n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(
+            f"{data.name} has no class {anomaly_class!r}{hint} Its classes: "
+            f"{', '.join(f'{i} {c!r}' for i, c in enumerate(data.classes))}"
+        )
+    return int(anomaly_class)
+
+
 def leave_one_class_out(
-    data: ImageSet, anomaly_class: int, seed: int = 0, test_fraction: float = 0.2
+    data: ImageSet, anomaly_class: int | str, seed: int = 0, test_fraction: float = 0.2
 ) -> Split:
-    """Hold class ``anomaly_class`` out as the anomaly; the other classes are normal."""
+    """Hold class ``anomaly_class`` (an index or a class name) out as the anomaly; the other
+    classes are normal."""
     if data.labelled_anomalies:
         raise ConfigError(
             f"{data.name} has its own test part with labelled anomalies ({data.layout}); "
             "holding a class out does not apply: leave --anomaly-class out"
         )
+    anomaly_class = class_index(data, anomaly_class)
     if not 0 <= anomaly_class < len(data.classes):
         raise ConfigError(
             f"anomaly class must be in 0..{len(data.classes) - 1} for "
@@ -53,7 +74,9 @@ def leave_one_class_out(
     normal_idx = (data.labels != anomaly_class).nonzero().flatten()
     anomal_idx = (data.labels == anomaly_class).nonzero().flatten()
     if len(anomal_idx) == 0:
-        raise ConfigError(f"{data.name} has no image of class {anomaly_class}")
+        raise ConfigError(
+            f"{data.name} has no image of class {anomaly_class} ({data.classes[anomaly_class]!r})"
+        )
     order = normal_idx[
         torch.randperm(len(normal_idx), generator=torch.Generator().manual_seed(seed))
     ]

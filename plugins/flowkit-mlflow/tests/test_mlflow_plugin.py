@@ -78,7 +78,8 @@ def test_a_failing_tracker_warns_and_the_bench_goes_on(store, monkeypatch):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "'mlflow'" in res.output and "tracking server down" in res.output
+    assert "tracking server down" in res.output and "logs nothing more" in res.output
+    assert res.output.count("is unavailable") == 1  # warned once, then off
     lines = (store / "r2" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 1 and np.isfinite(
         float(__import__("json").loads(lines[0])["metrics"]["auc"])
@@ -98,3 +99,26 @@ def test_nothing_is_logged_without_a_tracking_uri(tmp_path, monkeypatch):
     flowkit_mlflow.flowkit_bench_record(record={}, run_dir=tmp_path)
     flowkit_mlflow.flowkit_bench_report(run_dir=tmp_path, paths={}, records=[])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreachable_server_is_checked_once_and_never_stalls_the_bench(tmp_path, monkeypatch):
+    import time
+
+    import flowkit_mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")  # nothing listens there
+    calls = []
+    monkeypatch.setattr(flowkit_mlflow, "_client", lambda: calls.append(1))
+    start = time.perf_counter()
+    res = CliRunner().invoke(
+        app,
+        ["bench", "--suite", "quick", "--classes", "0,1", "--flow", "gaussian",
+         "--epochs-encoder", "1", "--encoder", "dcgan_ae:width=8,latent_dim=8",
+         "--out", str(tmp_path / "r"), "-q", "--no-plots", "--device", "cpu",
+         "--executor", "local"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert res.output.count("is unavailable") == 1 and "127.0.0.1:1" in res.output
+    assert calls == []  # no MLflow call after the failed check, for cells or the report
+    assert time.perf_counter() - start < 60
+    assert len((tmp_path / "r" / "results.jsonl").read_text().splitlines()) == 2

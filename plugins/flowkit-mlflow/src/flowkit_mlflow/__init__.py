@@ -11,11 +11,17 @@ MLflow 3 asks for ``MLFLOW_ALLOW_FILE_STORE=true`` for the latter); without it t
 nothing, so installing it never makes a bench write tracking files into the working folder.
 ``FLOWKIT_MLFLOW_EXPERIMENT`` overrides the experiment name. Resumed runs log only the cells
 they finish.
+
+A tracking server that cannot be reached never stalls the bench: it is checked once, up
+front, with a short timeout (``FLOWKIT_MLFLOW_TIMEOUT`` seconds, default 3), and on failure
+(or the first failed call to MLflow) the plugin warns once and logs nothing more in this
+process; the bench's own results are unaffected.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +60,73 @@ def cell_metrics(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+_STATE: dict[str, Any] = {}  # per process: the URI checked, and whether it answered
+
+
+def _off(why: str) -> None:
+    """Warn once and log nothing more in this process."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if _STATE.get("off") != uri:
+        warnings.warn(
+            f"MLflow tracking at {uri} is unavailable ({why}); flowkit-mlflow logs nothing "
+            "more in this run (the bench's own results are unaffected)",
+            stacklevel=3,
+        )
+    _STATE["off"] = uri
+
+
+def _reachable(uri: str) -> str | None:
+    """``None`` when a tracking server answers within the timeout (any HTTP status counts),
+    else why not. Non-HTTP URIs (a folder, a database) are not probed."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import urllib.error
+    import urllib.request
+
+    timeout = float(os.environ.get("FLOWKIT_MLFLOW_TIMEOUT", "3"))
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    return None
+
+
 def enabled() -> bool:
-    """Whether runs are logged: only where the user chose a tracking URI."""
-    return bool(os.environ.get("MLFLOW_TRACKING_URI"))
+    """Whether runs are logged: only where the user chose a tracking URI, and while it is
+    reachable (checked once per URI and process)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri or _STATE.get("off") == uri:
+        return False
+    if _STATE.get("checked") != uri:
+        _STATE["checked"] = uri
+        why = _reachable(uri)
+        if why is not None:
+            _off(why)
+            return False
+    return True
+
+
+def _guarded(hook: Any) -> Any:
+    """A hook whose MLflow failures warn once and turn the plugin off, never the bench."""
+    import functools
+
+    @functools.wraps(hook)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        if not enabled():
+            return
+        try:
+            hook(*args, **kwargs)
+        except Exception as exc:  # MLflow's own errors are many; none may stop a bench
+            _off(f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+
+    return wrapper
 
 
 @hookimpl
+@_guarded
 def flowkit_bench_record(record: dict[str, Any], run_dir: Path) -> None:
-    if not enabled():
-        return
     from mlflow.entities import Metric, Param, RunTag
 
     client = _client()
@@ -99,11 +163,10 @@ def flowkit_bench_record(record: dict[str, Any], run_dir: Path) -> None:
 
 
 @hookimpl
+@_guarded
 def flowkit_bench_report(
     run_dir: Path, paths: dict[str, Path], records: list[dict[str, Any]]
 ) -> None:
-    if not enabled():
-        return
     client = _client()
     suites = sorted({r.get("suite", "bench") for r in records}) or ["bench"]
     run = client.create_run(
