@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from flowkit import artifact
-from flowkit.config import PAPER_PARAMS, DetectorConfig, check_names, option_fields
+from flowkit.config import DEFAULTS, PAPER_PARAMS, DetectorConfig, check_names, option_fields
 from flowkit.data.base import as_uint8_images
 from flowkit.errors import ModelFileError, NotFittedError
 from flowkit.images import check_input_shape, check_unambiguous
@@ -31,6 +31,7 @@ from flowkit.stages import (
     DensityStage,
     EncoderStage,
     check_options,
+    check_payload,
     model_payload,
     split_validation,
     stages_from_payload,
@@ -119,11 +120,7 @@ class Detector:
         return DetectorConfig(**self.get_params())
 
     def __repr__(self) -> str:
-        changed = [
-            f"{f.name}={getattr(self, f.name)!r}"
-            for f in option_fields()
-            if getattr(self, f.name) != f.default
-        ]
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v != DEFAULTS.params()[k]]
         return f"Detector({', '.join(changed)})"
 
     def check_config(self, input_shape: tuple[int, int, int] | None = None) -> Detector:
@@ -330,6 +327,7 @@ class Detector:
         tampered with, from an incompatible format version, or needs a missing plugin.
         """
         payload = artifact.read(path)
+        check_payload(payload, path)
         try:
             det = cls(**{**payload["params"], "device": device})
             det._compose(*stages_from_payload(det.config, payload, path))

@@ -60,7 +60,8 @@ def place(tmp_path_factory, fake_data):
     (root / "badtypes.toml").write_text('classes = "0,1"\n')
     (root / "adir").mkdir()
     (root / "escape.toml").write_text('name = "../../escaped"\n')
-    (root / "m[/]x.flowkit").write_bytes(raw)  # a model whose name is markup
+    (root / "m[").mkdir()  # "[/]" in a path spans a folder: m[/]x.flowkit
+    (root / "m[" / "]x.flowkit").write_bytes(raw)  # a model whose path is markup
     (root / "renamed.onnx").write_bytes(raw)  # a model file with the wrong suffix
     os.mkfifo(root / "pipe.png")
     only = root / "only_crack"  # MVTec with test/crack alone: no normal test image
@@ -203,7 +204,7 @@ CASES: list[tuple[list[str], str]] = [
         ["score", "{root}/model.flowkit", "{root}/only_crack", "--metrics", "{root}/m.json"],
         "no metrics to write (only anomalies)",
     ),
-    (["export", "{root}/model.flowkit", "-o", "{root}/adir"], "{root}/adir/model.onnx"),
+    (["export", "{root}/model.flowkit", "-o", "{root}/adir"], "adir/model.onnx"),
     (["export", "{root}/m[/]x.onnx", "-o", "{root}/x.onnx"], "m[/]x.onnx"),
     (
         [

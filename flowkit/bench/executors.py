@@ -550,6 +550,12 @@ def make_executor(
     if name not in EXECUTORS:
         raise ConfigError(f"unknown executor {name!r}; use one of {', '.join(EXECUTORS)}")
     _threads(threads)
+    if name == "local" and (workers not in (None, 1) or devices):
+        raise ConfigError(
+            "workers and devices need the process or ray executor (local runs one unit at a time)"
+        )
+    if ray_address and name != "ray":
+        raise ConfigError("ray_address needs the ray executor")
     if devices:  # every device checked now, not when a worker first uses it
         from flowkit.training import resolve_device
 
@@ -558,12 +564,6 @@ def make_executor(
                 resolve_device(d)
             except ConfigError as exc:
                 raise ConfigError(f"devices: {exc}") from None
-    if name == "local" and (workers not in (None, 1) or devices):
-        raise ConfigError(
-            "workers and devices need the process or ray executor (local runs one unit at a time)"
-        )
-    if ray_address and name != "ray":
-        raise ConfigError("ray_address needs the ray executor")
     if name == "auto":
         if workers is None and not devices:
             return AutoExecutor(threads)

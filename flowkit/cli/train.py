@@ -131,10 +131,15 @@ def train(
 def _files_to_score(paths: list[Path]) -> tuple[list[Path], dict[Path, bool] | None]:
     """The image files to score, and their labels when one folder in a labelled layout
     (MVTec AD, normal/ + anomalous/) is given."""
+    from flowkit.errors import DataError
     from flowkit.images import find_images, labelled_files
 
     if len(paths) == 1 and paths[0].is_dir():
-        labelled = labelled_files(paths[0])
+        try:
+            labelled = labelled_files(paths[0])
+        except DataError:  # a tree in no one layout: every image in it is still an image
+            err.print(f"{shown(paths[0])}: in no labelled layout; scoring every image, no metrics")
+            labelled = None
         if labelled is not None:
             return labelled
     return find_images(paths), None
