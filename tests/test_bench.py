@@ -144,6 +144,10 @@ def test_reference_figures_are_labelled():
     assert "unverified" in notes[0]
     names, cols, _ = _reference_columns("mnist", ref, [("1", "1")])
     assert cols[names[0]] == ["chart only"]
+    # a folder of CIFAR-10 classes (torchvision's names) gets the CIFAR-10 rows, by name
+    names, cols, _ = _reference_columns("folder", ref, [("0", "airplane"), ("2", "bird")])
+    assert cols["GANomaly (published)"] == ["0.633†", "0.510"]
+    assert _reference_columns("folder", ref, [("0", "airplane"), ("1", "c_dog")]) == ([], {}, [])
 
 
 def test_ood_protocol(tmp_path):

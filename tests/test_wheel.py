@@ -64,11 +64,12 @@ def test_the_wheel_is_what_runs_and_it_holds_the_suites(wheel_env):
     env_dir, work, env = wheel_env
     where = subprocess.check_output(
         [str(env_dir / "bin" / "python"), "-c",
-         "import flowkit, flowkit.bench.suite as s; print(flowkit.__file__); "
-         "print(s.list_suites())"],
+         "import flowkit, flowkit.bench.suite as s, flowkit.bench.report as r; "
+         "print(flowkit.__file__); print(s.list_suites()); print(r.reference_path().is_file())"],
         cwd=work, env=env, text=True,
     )  # fmt: skip
-    path, suites = where.strip().splitlines()
+    path, suites, reference = where.strip().splitlines()
+    assert reference == "True"  # the published figures ship too
     assert Path(path).is_relative_to(env_dir) and not Path(path).is_relative_to(ROOT)
     for name in ("quick", "recommended", "paper-mnist", "paper-cifar10", "ood-digits"):
         assert f"'{name}'" in suites

@@ -33,11 +33,15 @@ __all__ = ["Aggregate", "aggregate", "combination_label", "write_report", "load_
 
 
 def reference_path() -> Path:
-    return Path(__file__).resolve().parents[2] / "benchmarks" / "reference" / "ganomaly.toml"
+    """The published figures, shipped inside the package (``flowkit/reference``), so that a
+    wheel install's reports show them too."""
+    from importlib.resources import files
+
+    return Path(str(files("flowkit") / "reference" / "ganomaly.toml"))
 
 
 def load_reference() -> dict[str, Any]:
-    """Published figures (``benchmarks/reference/ganomaly.toml``); empty if not available."""
+    """Published figures (``flowkit/reference/ganomaly.toml``); empty if not available."""
     path = reference_path()
     if not path.exists():
         return {}
@@ -47,8 +51,19 @@ def load_reference() -> dict[str, Any]:
 def _reference_columns(
     dataset: str, ref: dict[str, Any], targets: list[tuple[str, str]]
 ) -> tuple[list[str], dict[str, list[str]], list[str]]:
-    """Columns of published figures for this dataset, with markers and notes."""
+    """Columns of published figures for this dataset, with markers and notes. A dataset the
+    figures are not keyed to (``folder``) gets them when every held-out class's name is one
+    of a published table's classes (``airplane`` … ``truck`` for CIFAR-10)."""
     table = ref.get(dataset)
+    by_name = False
+    if not table:
+        for other in ref.values():
+            if not isinstance(other, dict) or "classes" not in other:
+                continue
+            known = set(other["classes"]) | set(other.get("aliases", []))
+            if targets and all(name in known for _, name in targets):
+                table, by_name = other, True
+                break
     if not table:
         return [], {}, []
     if table.get("chart_only"):
@@ -64,8 +79,12 @@ def _reference_columns(
         if method not in table:
             continue
         col = []
-        for t, _name in targets:
-            idx = int(t) if t.isdigit() and int(t) < len(classes) else None
+        aliases = table.get("aliases", [])
+        for t, name in targets:
+            if by_name:
+                idx = classes.index(name) if name in classes else aliases.index(name)
+            else:
+                idx = int(t) if t.isdigit() and int(t) < len(classes) else None
             if idx is None:
                 col.append("-")
                 continue
