@@ -119,6 +119,32 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_features() -> str:
+    """What torch runs on here: its CPU capability (the widest vector kernels it dispatches
+    to), AMX / AVX-512 BF16 (what ``precision="auto"`` turns bf16 on for), and the BLAS and
+    oneDNN libraries of the build."""
+    import re
+
+    from flowkit.training import fast_bf16
+
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            flags = set(next((ln for ln in fh if ln.startswith("flags")), "").split())
+    except OSError:
+        flags = set()
+    config = torch.__config__.show()
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    onednn = re.search(r"MKL-DNN v([\d.]+)", config)
+    return (
+        f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+        f"AMX {'yes' if 'amx_bf16' in flags else 'no'}, AVX-512 BF16 "
+        f"{'yes' if 'avx512_bf16' in flags else 'no'} (so precision auto trains the encoder in "
+        f"{'bf16' if fast_bf16(torch.device('cpu')) else 'fp32'}); BLAS "
+        f"{blas.group(1) if blas else '?'}, oneDNN {onednn.group(1) if onednn else '?'}"
+        f"{'' if torch.backends.mkldnn.is_available() else ' (unavailable)'}"
+    )
+
+
 def flops_of(fn: Callable[[], object]) -> float:
     """FLOPs of one call (forward and, if ``fn`` calls it, backward)."""
     with FlopCounterMode(display=False) as counter:
@@ -322,7 +348,7 @@ def main() -> None:
     bf16_libs = matmul_peak(dev, torch.bfloat16) if (dev.type == "cuda" or cpu_bf16) else nan
     fp32, bf16 = max(fp32_libs, key=_or_zero), max(bf16_libs, key=_or_zero)
     lines = [
-        f"Machine: {cpu_name()}, device {dev}, "
+        f"Machine: {cpu_name()} ({cpu_features()}), device {dev}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; data: {what}, "
         f"32×32, {len(train)} training images. Measured matmul peak (the better of BLAS "
         f"`torch.mm` and oneDNN, n×n for n = 1024 and 2048): fp32 {fp32:,.0f} GFLOP/s "
