@@ -122,6 +122,7 @@ def config_options(*names: str, overrides: bool = False) -> Callable[[F], F]:
 _FLAGS = {
     "workers must": "--workers must",
     "workers and devices need": "--workers and --devices need",
+    "workers need": "--workers need",
     "threads must": "--threads must",
     "devices: ": "--devices: ",
     "ray_address needs": "--ray-address needs",

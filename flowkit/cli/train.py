@@ -151,17 +151,6 @@ class Backend(str, Enum):
     onnx = "onnx"
 
 
-def _open_model(model: Path, backend: Backend, device: str):
-    """A Detector (torch) or an OnnxDetector (onnxruntime, no torch import)."""
-    if backend == Backend.onnx or (backend == Backend.auto and model.suffix.lower() == ".onnx"):
-        from flowkit.runtime import OnnxDetector
-
-        return OnnxDetector(model, device=device)
-    from flowkit import Detector
-
-    return Detector.load(model, device=device)
-
-
 def _row_json(row: tuple[Path, float, float, str], threshold: float) -> str:
     import json
 
@@ -247,21 +236,32 @@ def score(
         bool, typer.Option(help="Warn about unreadable files instead of failing.")
     ] = False,
     device: DeviceOpt = "auto",
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="Where chunks of --batch-size files are read and scored: local (here), process (--workers spawned processes) or ray (--workers Ray actors; pip install 'flowkit[ray]'). Each worker opens the model once; the rows come out in the same order, with the same scores, as local."
+        ),
+    ] = "local",
+    workers: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Workers for --executor process or ray (default: one per core)."),
+    ] = None,
+    threads: ThreadsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Score image files: anomaly score, threshold and label (normal / anomaly) per image.
 
     Images are converted to the model's channels and resized to its size; higher scores are more anomalous. Given one folder in the MVTec AD or normal/ + anomalous/ layout, it also prints ROC AUC, AP and F1 at the stored threshold on stderr.
     """
-    from flowkit.errors import DataError
-    from flowkit.images import read_images
     from flowkit.progress import progress_bar
+    from flowkit.scoring import check_executor, open_model, score_files
 
     if csv_out and json_out:
         raise ConfigError("choose one of --csv and --json")
     if metrics_file is not None:  # before any work: a bad path must not cost the scoring
         check_output_file(metrics_file, "--metrics", "metrics.json")
-    det = _open_model(model, backend, device)
+    check_executor(executor, workers, threads)
+    det = open_model(model, backend.value, device)
     files, truth = _files_to_score(paths)
     if not files:
         raise ConfigError(f"no image files in {', '.join(map(str, paths))}")
@@ -269,26 +269,29 @@ def score(
         raise ConfigError(
             "--metrics needs one folder in a labelled layout (MVTec AD or normal/ + anomalous/)"
         )
-    c, h, _ = det.input_shape_
     threshold = float(det.threshold_)
     rows: list[tuple[Path, float, float, str]] = []
     writer = csv.writer(sys.stdout) if csv_out else None
     if writer is not None:
         writer.writerow(["path", "anomaly_score", "log_likelihood", "threshold", "label"])
+    chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    results = score_files(
+        model,
+        chunks,
+        backend=backend.value,
+        device=device,
+        skip_unreadable=skip_unreadable,
+        executor=executor,
+        workers=workers,
+        threads=threads,
+        model=det,
+    )
+    skipped: list[str] = []
     with progress_bar(not quiet and len(files) > batch_size) as prog:
         task = prog.add_task("scoring", total=len(files))
-        for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            try:
-                images, kept = read_images(chunk, h, channels=c, skip_unreadable=skip_unreadable)
-            except DataError:
-                if not skip_unreadable:
-                    raise
-                warn(f"skipped {len(chunk)} unreadable file(s)")
-                prog.advance(task, len(chunk))
-                continue
-            result = det.score(images)
-            for f, s, ll in zip(kept, result["anomaly_score"], result["log_prob"], strict=True):
+        for chunk, result in zip(chunks, results, strict=True):
+            skipped += result.skipped
+            for f, s, ll in zip(result.kept, result.anomaly_score, result.log_prob, strict=True):
                 row = (f, float(s), float(ll), "anomaly" if s > threshold else "normal")
                 rows.append(row)
                 if writer is not None:
@@ -296,6 +299,9 @@ def score(
                 elif json_out:
                     sys.stdout.write(_row_json(row, threshold))
             prog.advance(task, len(chunk))
+    if skipped:
+        names = ", ".join(shown(s) for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        warn(f"skipped {len(skipped)} unreadable file(s): {names}")
     if not (csv_out or json_out):
         _print_table(model, det, rows)
         n_anom = sum(r[3] == "anomaly" for r in rows)

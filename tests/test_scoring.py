@@ -1,0 +1,58 @@
+"""Scoring a folder on several processes or Ray actors gives the local rows, in order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from flowkit.cli import app
+from flowkit.errors import ConfigError
+from flowkit.scoring import check_executor
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(0)
+    for sub in ("a", "b"):
+        (root / sub).mkdir()
+        for i in range(23):
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(
+                root / sub / f"{i:02d}.png"
+            )
+    (root / "b" / "zz_broken.png").write_bytes(b"\x89PNG not an image")
+    return root
+
+
+def _csv(model, folder, *args):
+    res = runner.invoke(
+        app,
+        ["score", str(model), str(folder), "--csv", "-q", "--batch-size", "7",
+         "--skip-unreadable", *args],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "skipped 1 unreadable file(s)" in res.output and "zz_broken.png" in res.output
+    return [line for line in res.stdout.splitlines() if line.count(",") == 4]
+
+
+@pytest.mark.parametrize("executor", ["process", "ray"])
+def test_workers_give_the_local_rows_in_the_local_order(tiny_detector, tmp_path, folder, executor):
+    model = tiny_detector.save(tmp_path / "m.flowkit")
+    local = _csv(model, folder)
+    assert len(local) == 1 + 46  # the header and one row per readable file
+    assert _csv(model, folder, "--executor", executor, "--workers", "2", "--threads", "1") == local
+
+
+def test_score_executor_options_are_checked_before_any_work(tiny_detector, tmp_path, folder):
+    with pytest.raises(ConfigError, match="unknown executor 'gpu'"):
+        check_executor("gpu", None, None)
+    with pytest.raises(ConfigError, match="workers need the process or ray executor"):
+        check_executor("local", 2, None)
+    assert check_executor("process", 3, None) == 3
+    model = tiny_detector.save(tmp_path / "m.flowkit")
+    res = runner.invoke(app, ["score", str(model), str(folder), "--workers", "2"])
+    assert res.exit_code == 2 and "--workers need --executor process or ray" in res.output
