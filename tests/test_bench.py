@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -131,7 +132,14 @@ def test_report_tables_plots_and_reference(tmp_path):
     csv_text = paths["csv"].read_text()
     assert csv_text.splitlines()[0].startswith("dataset,protocol,target")
     pngs = [p for k, p in paths.items() if k not in ("markdown", "csv")]
-    assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert len(pngs) == 3 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    # the image grid: what the model flags, from the images each cell kept
+    assert any("-extremes-" in p.name for p in pngs)
+    with np.load(next((tmp_path / "scores").glob("*.npz"))) as npz:
+        top, s = npz["top_images"], npz["anomaly_score"]
+        assert npz["bottom_images"].shape == top.shape
+        assert top.dtype == np.uint8 and top.shape[0] == 8 and top.shape[1:] == (1, 32, 32)
+        assert s[npz["top_index"][0]] == s.max() and s[npz["bottom_index"][0]] == s.min()
 
 
 def test_reference_figures_are_labelled():
@@ -305,6 +313,13 @@ def test_recommended_suite_runs_unchanged_on_3_channel_cifar_files(tmp_path, mon
     assert len(recs) == 3 and all(r["status"] == "ok" for r in recs), recs
     assert {r["config"]["preprocess"] for r in recs} == {"pca:32"}
     assert all(r["config"]["dataset"] == "cifar10" for r in recs)
+    # the report's plots work for 3-channel data: image grids of RGB test images, one a scorer
+    grids = sorted((tmp_path / "run").glob("cifar10-loo-extremes-*.png"))
+    assert len(grids) == 3 and all(p.read_bytes()[:4] == b"\x89PNG" for p in grids)
+    with np.load(next((tmp_path / "run" / "scores").glob("*.npz"))) as npz:
+        assert npz["top_images"].shape[1] == 3  # kept in colour
+    # and the published CIFAR-10 rows are beside it
+    assert "GANomaly (published)" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_detector_defaults_are_the_recommended_suites_primary_pipeline():

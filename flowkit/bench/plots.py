@@ -86,7 +86,62 @@ def plot_dataset(
         if recs:
             key = f"{dataset}-{protocol}-hist-{_slug(combo)}"
             paths[key] = _histograms(store, dataset, protocol, combo, recs, key, label)
+            key = f"{dataset}-{protocol}-extremes-{_slug(combo)}"
+            grid = _extremes(store, combo, recs, key, label)
+            if grid is not None:
+                paths[key] = grid
     return paths
+
+
+def _extremes(
+    store: RunStore, combo: str, recs: list[dict[str, Any]], key: str, data: str
+) -> Path | None:
+    """The most and the least anomalous test images of each target (first seed), one row
+    per target, framed red where the image really is anomalous and green where it is normal:
+    what the model flags, for 1- or 3-channel images alike. ``None`` for runs whose score
+    files hold no images (written before flowkit kept them)."""
+    import matplotlib.pyplot as plt
+
+    first_seed = recs[0]["config"]["seed"]
+    rows = []
+    for rec in [r for r in recs if r["config"]["seed"] == first_seed][:MAX_PANELS]:
+        path = store.scores_path(rec["cell_id"])
+        if not path.exists():
+            continue
+        with np.load(path) as npz:
+            if "top_images" not in npz.files:
+                continue
+            y = npz["is_anomaly"].astype(bool)
+            top, bottom = npz["top_images"], npz["bottom_images"]
+            flags = list(y[npz["top_index"]]) + list(y[npz["bottom_index"]])
+        rows.append((rec, list(top) + list(bottom), flags, len(top)))
+    if not rows:
+        return None
+    k = max(r[3] for r in rows)
+    height = 0.78 * len(rows) + 0.7  # room above the grid for the two title lines
+    fig, axes = plt.subplots(len(rows), 2 * k, figsize=(0.62 * 2 * k, height), squeeze=False)
+    fig.subplots_adjust(top=1 - 0.7 / height, wspace=0.08, hspace=0.15)
+    for (rec, images, flags, n), ax_row in zip(rows, axes, strict=True):
+        for j, ax in enumerate(ax_row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            i = j if j < k else n + (j - k)
+            if (j < k and j >= n) or (j >= k and j - k >= n) or i >= len(images):
+                ax.axis("off")
+                continue
+            img = np.transpose(images[i], (1, 2, 0))
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red" if flags[i] else "green")
+                spine.set_linewidth(2)
+        target = rec.get("target_name", rec["config"]["target"])
+        ax_row[0].set_ylabel(str(target), fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(
+        f"{data}. {combo} (seed {first_seed})\nleft: the {k} most anomalous test images, "
+        f"right: the {k} least anomalous; red frame = really anomalous, green = normal",
+        fontsize=8,
+    )
+    return atomic_write_bytes(store.root / f"{key}.png", _figure_bytes(fig))
 
 
 def _auc_bars(

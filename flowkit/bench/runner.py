@@ -273,6 +273,7 @@ def _run_flow_group(
                 log_prob=contexts["test"].log_prob.numpy(),
                 is_anomaly=y,
                 labels=split.test.labels.numpy(),
+                **extremes(s, enc.test_images),
             )
             sink.record(
                 cell,
@@ -303,6 +304,25 @@ def _run_flow_group(
             )
         except Exception as exc:  # a failed cell is recorded; the grid goes on
             sink.record(cell, "failed", error=_error_text(exc))
+
+
+#: How many of the most and of the least anomalous test images each cell keeps, for the
+#: report's image grids (so a user can see what the model flags).
+EXTREMES = 8
+
+
+def extremes(scores: np.ndarray, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """The :data:`EXTREMES` most and least anomalous test images (uint8, any channels) and
+    their indices into the test set, most anomalous first / least anomalous first."""
+    k = min(EXTREMES, len(scores))
+    order = np.argsort(scores, kind="stable")
+    top, bottom = order[::-1][:k].copy(), order[:k].copy()
+    return {
+        "top_index": top,
+        "top_images": images[torch.from_numpy(top)].numpy(),
+        "bottom_index": bottom,
+        "bottom_images": images[torch.from_numpy(bottom)].numpy(),
+    }
 
 
 def state_digest(state: dict[str, Any]) -> str:
