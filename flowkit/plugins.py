@@ -24,6 +24,7 @@ from flowkit.registry import REGISTRIES, Registry, set_plugin_loader
 
 __all__ = [
     "PluginInfo",
+    "disabled_plugins",
     "get_plugin_manager",
     "load_plugins",
     "reset_plugins",
@@ -56,7 +57,8 @@ def _iter_entry_points() -> list[metadata.EntryPoint]:
     return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
 
 
-def _disabled() -> set[str]:
+def disabled_plugins() -> set[str]:
+    """The entry-point names ``FLOWKIT_DISABLE_PLUGINS`` blocks."""
     return {
         n.strip() for n in os.environ.get("FLOWKIT_DISABLE_PLUGINS", "").split(",") if n.strip()
     }
@@ -93,7 +95,7 @@ def _load() -> None:
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
-    disabled = _disabled()
+    disabled = disabled_plugins()
     eps = _iter_entry_points()
     if not any(ep.name == BUILTIN for ep in eps):
         # Running from a source tree that was never pip-installed: keep built-ins available.

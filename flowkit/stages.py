@@ -104,16 +104,16 @@ def _rebuild(registry: Registry, name: str, options: dict, source: Any, **kwargs
     try:
         entry = registry.get(name)
     except UnknownComponentError:
-        import os
+        from flowkit.plugins import disabled_plugins
 
-        blocked = {n.strip() for n in os.environ.get("FLOWKIT_DISABLE_PLUGINS", "").split(",")}
+        blocked = disabled_plugins()
         if "builtin" in blocked:
             raise ModelFileError(
                 f"{source}: this model needs the {registry.kind} {name!r}, but flowkit's "
                 "built-in components are disabled (FLOWKIT_DISABLE_PLUGINS includes "
                 "builtin); remove builtin from it"
             ) from None
-        others = ", ".join(sorted(blocked - {""}))
+        others = ", ".join(sorted(blocked))
         enable = f" (or enable it: FLOWKIT_DISABLE_PLUGINS blocks {others})" if others else ""
         raise ModelFileError(
             f"{source}: this model needs the {registry.kind} {name!r}, which no installed "
