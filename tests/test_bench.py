@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from flowkit.bench.report import write_report
@@ -30,6 +31,18 @@ def lines(path):
 
 def test_shipped_suites_load():
     assert {"quick", "paper-mnist", "paper-cifar10", "paper-svhn-ood"} <= set(list_suites())
+    # --suite's help names every suite that ships with flowkit
+    import pathlib
+
+    import typer.main
+
+    import flowkit
+
+    shipped = {p.stem for p in (pathlib.Path(flowkit.__file__).parent / "suites").glob("*.toml")}
+    bench_cmd = typer.main.get_command(app).commands["bench"]
+    suite_help = next(p.help for p in bench_cmd.params if p.name == "suite")
+    suite_help = suite_help.split(")", 1)[0]
+    assert shipped == set(suite_help.split("(", 1)[1].split(", ")), suite_help
     quick = load_suite("quick")
     assert quick.dataset == "digits" and set(quick.flows) == {"realnvp", "gaussian"}
     assert load_suite("paper-svhn-ood").protocol == "ood"
@@ -158,6 +171,36 @@ def test_reference_figures_are_labelled():
     assert _reference_columns("folder", ref, [("0", "airplane"), ("1", "c_dog")]) == ([], {}, [])
 
 
+def test_a_cached_encoder_trained_on_other_views_is_retrained_with_its_density(tmp_path):
+    """An entry written before views="auto" gave colour images natural views (no tag, so
+    random-affine views) is stale for an RGB simclr; a grayscale one still resumes."""
+    import torch
+
+    colour = Suite(
+        **{
+            **TINY_SUITE,
+            "dataset": "fake:per_class=30,channels=3",
+            "classes": [0],
+            "encoders": ["simclr:width=8,latent_dim=8,projection_dim=8"],
+        }
+    ).validate()
+    gray = colour.with_overrides(dataset="fake:per_class=30")
+    for suite, name in ((colour, "c"), (gray, "g")):
+        store = run_suite(suite, tmp_path / name, device="cpu")
+        (entry,) = store.cache.glob("encoders/*.pt")
+        old = torch.load(entry, weights_only=False)
+        assert old.pop("views").startswith("Augment(affine=%s" % (name == "g"))
+        torch.save(old, entry)  # as an earlier flowkit wrote it
+        (store.results_path).unlink()
+        run_suite(suite, tmp_path / name, device="cpu")
+        (rec,) = lines(store.results_path)
+        cached = name == "g"
+        assert rec["timings"]["encoder_cached"] is cached
+        assert rec["timings"]["flow_cached"] is cached
+        # the retrained entry is tagged; the resumed one is left as it was
+        assert ("views" in torch.load(entry, weights_only=False)) is not cached
+
+
 def test_ood_protocol(tmp_path):
     suite = Suite(
         name="o",
@@ -173,6 +216,38 @@ def test_ood_protocol(tmp_path):
     rec = lines(tmp_path / "results.jsonl")[0]
     assert rec["status"] == "ok", rec.get("error")
     assert {"aupr_in", "aupr_out", "fpr95"} <= set(rec["metrics"])
+
+
+def test_ood_sets_take_the_models_channels_and_their_own_root(tmp_path):
+    from PIL import Image
+
+    from flowkit.bench.runner import load_bench_data
+
+    elsewhere = tmp_path / "elsewhere" / "digits"
+    elsewhere.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((12, 12), 40 * i, np.uint8)).save(elsewhere / f"{i}.png")
+    suite = Suite(
+        name="o",
+        dataset="fake:per_class=20,channels=3",
+        protocol="ood",
+        out_datasets=[
+            "fake:per_class=20,seed=5,channels=1,classes=2",
+            f"folder:root={tmp_path / 'elsewhere'}",
+        ],
+        encoders=["dcgan_ae:width=8,latent_dim=8"],
+        flows=["gaussian"],
+        epochs_encoder=1,
+        epochs_flow=2,
+    ).validate()
+    data = load_bench_data(suite, root=tmp_path / "nothing-here", download=False)
+    gray, folder = data.out.values()
+    assert data.data.images.shape[1] == 3
+    assert gray.images.shape[1:] == folder.images.shape[1:] == (3, 32, 32)
+    # grayscale repeated on every channel, read from the set's own root
+    assert torch.equal(gray.images[:, 0], gray.images[:, 2])
+    run_suite(suite, tmp_path / "run", device="cpu")
+    assert [r["status"] for r in lines(tmp_path / "run" / "results.jsonl")] == ["ok", "ok"]
 
 
 def test_bench_cli_resumes(tmp_path):

@@ -58,6 +58,74 @@ def test_augmentations_are_batched_seeded_and_in_range():
     assert torch.allclose(Augment()(blank), blank, atol=1e-6)  # background stays background
 
 
+def test_natural_views_follow_simclrs_recipe_exactly_where_it_is_defined():
+    from flowkit.encoders.augment import (
+        color_jitter,
+        natural_views,
+        random_grayscale,
+        random_resized_crop,
+    )
+
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 32, 32) * 2 - 1
+    # a crop of the whole image at ratio 1 is the image itself
+    full = random_resized_crop(x, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    torch.testing.assert_close(full, x, atol=1e-5, rtol=0)
+    # a crop of a quarter of the area magnifies: neighbouring pixels get closer
+    small = random_resized_crop(x, scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    assert (small.diff(dim=-1).abs().mean()) < 0.7 * x.diff(dim=-1).abs().mean()
+    # zero-strength jitter is the identity; brightness alone scales [0, 1] images
+    torch.testing.assert_close(color_jitter(x, 0, 0, 0, 0, p=1.0), x, atol=1e-5, rtol=0)
+    torch.manual_seed(3)
+    bright = color_jitter(x, 0.4, 0, 0, 0, p=1.0)
+    ratio = (bright + 1) / (x + 1).clamp(min=1e-3)
+    keep = (bright < 0.99) & (x > -0.9)  # not clipped at white, not near black
+    per_image = torch.stack([r[k].std() for r, k in zip(ratio, keep, strict=True)])
+    assert per_image.max() < 1e-3  # one factor per image...
+    factors = torch.stack([r[k].mean() for r, k in zip(ratio, keep, strict=True)])
+    assert factors.min() >= 0.6 - 1e-4 and factors.max() <= 1.4 + 1e-4 and factors.std() > 0.05
+    # a hue rotation keeps gray pixels gray; saturation and hue keep every pixel's luma
+    gray = x[:, :1].expand(-1, 3, -1, -1).contiguous()
+    torch.testing.assert_close(color_jitter(gray, 0, 0, 0, 0.5, p=1.0), gray, atol=1e-5, rtol=0)
+
+    def luma(im):
+        return 0.299 * im[:, 0] + 0.587 * im[:, 1] + 0.114 * im[:, 2]
+
+    mid = x * 0.3  # far from the clipping bounds
+    for s, h in ((0.3, 0.0), (0.0, 0.1)):
+        moved = color_jitter(mid, 0, 0, s, h, p=1.0)
+        assert (moved - mid).abs().max() > 0.01  # the colours did change
+        torch.testing.assert_close(luma(moved), luma(mid), atol=2e-2, rtol=0)
+    torch.testing.assert_close(
+        random_grayscale(x, p=1.0), luma(x)[:, None].expand(-1, 3, -1, -1), atol=1e-5, rtol=0
+    )
+    # grayscale images get no colour operations, and keep one channel
+    one = x[:, :1]
+    assert random_grayscale(one, p=1.0) is one
+    assert natural_views()(one).shape == one.shape
+    # the recipe: seeded, in range, different from the input
+    torch.manual_seed(1)
+    a = natural_views()(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, natural_views()(x)) and a.min() >= -1 and a.max() <= 1
+    assert not torch.allclose(a, x, atol=0.1)
+
+
+def test_views_auto_picks_the_recipe_by_channels_alone():
+    from flowkit.encoders.augment import resolve_views
+    from flowkit.encoders.selfsup import csi, simclr
+    from flowkit.errors import ConfigError
+
+    assert resolve_views("auto", 3) == "natural" and resolve_views("auto", 1) == "affine"
+    assert resolve_views("natural", 1) == "natural" and resolve_views("affine", 3) == "affine"
+    color, gray = simclr(in_channels=3), simclr(in_channels=1)
+    assert color.augment.crop > 0 and color.augment.hflip and not color.augment.affine
+    assert gray.augment.affine and gray.augment.crop == 0 and not gray.augment.hflip
+    assert csi(in_channels=3, views="affine").augment.affine
+    with pytest.raises(ConfigError, match="views must be one of auto, affine, natural"):
+        simclr(views="crops")
+
+
 def test_rotnet_learns_rotations():
     torch.manual_seed(0)
     enc = flowkit.create_encoder("rotnet:width=8,latent_dim=16,affine=false", in_channels=1)

@@ -9,7 +9,7 @@ import hashlib
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ import torch
 from flowkit.artifact import package_versions
 from flowkit.bench.store import RunStore, git_sha
 from flowkit.bench.suite import Cell, Suite, target_dataset
-from flowkit.data.base import ImageSet
+from flowkit.data.base import ImageSet, match_channels
 from flowkit.data.protocols import (
     Split,
     labelled_split,
@@ -28,6 +28,8 @@ from flowkit.data.protocols import (
     out_of_distribution,
 )
 from flowkit.detector import Detector
+from flowkit.encoders.augment import Augment
+from flowkit.encoders.base import views
 from flowkit.errors import ConfigError, FlowkitError
 from flowkit.metrics import detection_metrics, ood_metrics
 from flowkit.plugins import notify
@@ -103,9 +105,11 @@ def _given_categories(suite: Suite, root: Any) -> list[str]:
 
 def load_bench_data(suite: Suite, root: Any = None, download: bool = True) -> BenchData:
     def load(spec: str, split: str) -> ImageSet:
+        # a dataset's own root= (an OOD set kept elsewhere) wins over the run's
         name, opts = parse_spec(spec)
+        where = opts.pop("root", root)
         return datasets.create(
-            name, root=root, split=split, image_size=suite.image_size, download=download, **opts
+            name, root=where, split=split, image_size=suite.image_size, download=download, **opts
         )
 
     if suite.protocol == "loo":
@@ -115,11 +119,12 @@ def load_bench_data(suite: Suite, root: Any = None, download: bool = True) -> Be
         return BenchData(
             given={str(t): load(target_dataset(suite.dataset, "given", t), "all") for t in targets}
         )
-    return BenchData(
-        data=load(suite.dataset, "train"),
-        test_in=load(suite.dataset, "test"),
-        out={name: load(name, "test") for name in suite.out_datasets},
-    )
+    data = load(suite.dataset, "train")
+    out = {}
+    for name in suite.out_datasets:  # digits against a model of photographs come as RGB
+        found = load(name, "test")
+        out[name] = replace(found, images=match_channels(found.images, data.images.shape[1]))
+    return BenchData(data=data, test_in=load(suite.dataset, "test"), out=out)
 
 
 def check_cells(cells: list[Cell], input_shape: tuple[int, int, int], device: str) -> None:
@@ -161,6 +166,16 @@ class EncodedSplit:
         return self.stage.history_
 
 
+def views_tag(encoder: Any) -> str:
+    """What an encoder's random views are, in words: part of its cache entry, so that an
+    entry trained on other views (the same spec, before ``views="auto"`` picked natural-image
+    views for colour data) is retrained rather than reused."""
+    return repr(views(encoder))
+
+
+_DEFAULT_VIEWS = repr(Augment())  # the views of every cache entry written before the tag
+
+
 def encode_split(
     cell: Cell, split: Split, sink: Sink | RunStore, device: str, progress: Any
 ) -> EncodedSplit:
@@ -174,6 +189,9 @@ def encode_split(
     stage = EncoderStage(config)
     if cached is not None:
         stage.restore(shape, cached["state"], cached["history"])  # type: ignore[arg-type]
+        if cached.get("views", _DEFAULT_VIEWS) != views_tag(stage.encoder_):
+            cached = None  # trained on other views (before views="auto" knew colour images)
+    if cached is not None:
         z_train, z_val = cached["z_train"], cached["z_val"]
         fit_seconds = float(cached["fit_seconds"])
     else:
@@ -191,6 +209,7 @@ def encode_split(
                 "z_train": z_train,
                 "z_val": z_val,
                 "fit_seconds": fit_seconds,
+                "views": views_tag(stage.encoder_),
             },
         )
     start = time.perf_counter()
@@ -215,7 +234,9 @@ def fit_density(
     """The cell's density stage from the cache, or fitted now (on the training latents and
     their augmented copies) and cached; and whether it came from the cache."""
     config = cell.detector_config(device)
-    cached = sink.load_density(cell.flow_key)
+    # a density fitted on the latents of an encoder that was retrained just now (its cache
+    # entry was gone or stale) is stale too
+    cached = sink.load_density(cell.flow_key) if enc.cached else None
     if cached is not None:
         try:
             stage = DensityStage.from_state_dict(

@@ -81,7 +81,7 @@ def bench(
     suite: Annotated[
         str,
         typer.Option(
-            help="Suite name (quick, recommended, paper-mnist, paper-cifar10, paper-svhn-ood, ood-digits, ssl, mvtec) or path to a TOML file."
+            help="Suite name (quick, recommended, paper-mnist, paper-cifar10, paper-svhn-ood, ood-digits, ood-photos, ssl, mvtec) or path to a TOML file."
         ),
     ] = "quick",
     dataset: Annotated[

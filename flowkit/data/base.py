@@ -15,6 +15,7 @@ from flowkit.images import as_uint8_array, check_value_range
 
 __all__ = [
     "ImageSet",
+    "match_channels",
     "default_data_root",
     "to_float",
     "resize_uint8",
@@ -40,6 +41,19 @@ def check_split(split: str) -> None:
 def default_data_root() -> Path:
     """``$FLOWKIT_DATA`` or ``~/.cache/flowkit/data``."""
     return Path(os.environ.get("FLOWKIT_DATA") or Path.home() / ".cache" / "flowkit" / "data")
+
+
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 images ``(N, C, H, W)`` with ``channels`` channels: grayscale repeated to RGB, or
+    RGB turned to its luma (ITU-R 601)."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3 and images.shape[1] == 1:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if channels == 1 and images.shape[1] == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    raise DataError(f"cannot turn {images.shape[1]}-channel images into {channels}-channel ones")
 
 
 @dataclass

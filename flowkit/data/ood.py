@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flowkit.data.base import ImageSet, check_split, resize_uint8
+from flowkit.data.base import ImageSet, check_split, match_channels, resize_uint8
 from flowkit.data.sources import digits
 
 __all__ = [
@@ -27,22 +27,13 @@ __all__ = [
 ]
 
 
-def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    if images.shape[1] == channels:
-        return images
-    if channels == 3:
-        return images.expand(-1, 3, -1, -1).contiguous()
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-
-
 def _ood(images: torch.Tensor, name: str) -> ImageSet:
     return ImageSet(images, torch.zeros(len(images), dtype=torch.long), [name], name)
 
 
 def _from_digits(name: str, split: str, image_size: int, channels: int, transform: Any) -> ImageSet:
     """An OOD set made by transforming the embedded digits' uint8 images."""
-    return _ood(_match_channels(transform(digits(split, image_size).images), channels), name)
+    return _ood(match_channels(transform(digits(split, image_size).images), channels), name)
 
 
 def digits_inverted(
@@ -200,4 +191,4 @@ def sample_patches(
                 tiles.append(arr[y : y + patch, x : x + patch])
     images = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
     images = resize_uint8(images, image_size)
-    return _ood(_match_channels(images, channels), "sample_patches")
+    return _ood(match_channels(images, channels), "sample_patches")

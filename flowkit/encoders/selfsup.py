@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowkit.encoders.augment import Augment, rotate90
+from flowkit.encoders.augment import Augment, natural_views, resolve_views, rotate90
 from flowkit.encoders.base import Encoder
 from flowkit.encoders.blocks import dcgan_trunk
 from flowkit.errors import ConfigError
@@ -203,6 +203,15 @@ class RotNetEncoder(TrunkEncoder):
         return _rotation_loss(*self._logits(x))
 
 
+def _views(
+    views: str, in_channels: int, affine: bool, hflip: bool, jitter: float, noise: float
+) -> Augment:
+    """The views of a contrastive encoder (see :func:`simclr`)."""
+    if resolve_views(views, in_channels) == "natural":
+        return natural_views(noise=noise)
+    return Augment(affine=affine, hflip=hflip, jitter=jitter, noise=noise)
+
+
 def simclr(
     in_channels: int = 1,
     image_size: int = 32,
@@ -215,9 +224,13 @@ def simclr(
     jitter: float = 0.0,
     noise: float = 0.0,
     features: str = "trunk",
+    views: str = "auto",
 ) -> SimCLREncoder:
-    """SimCLR contrastive encoder on the DCGAN trunk (random-affine views by default);
-    ``features``: trunk, head (L2-normalised projection) or trunk+head."""
+    """SimCLR contrastive encoder on the DCGAN trunk; ``features``: trunk, head
+    (L2-normalised projection) or trunk+head. ``views``: ``affine`` (random affine warps, with
+    the ``affine`` / ``hflip`` / ``jitter`` switches), ``natural`` (SimCLR's crops, flips,
+    colour jitter and grayscale) or ``auto`` (natural for 3-channel images, affine otherwise);
+    ``noise`` adds to either."""
     check_positive(
         "simclr",
         in_channels=in_channels,
@@ -232,7 +245,7 @@ def simclr(
         width,
         projection_dim,
         temperature,
-        Augment(affine=affine, hflip=hflip, jitter=jitter, noise=noise),
+        _views(views, in_channels, affine, hflip, jitter, noise),
         features,
     )
 
@@ -250,6 +263,7 @@ def csi(
     jitter: float = 0.0,
     noise: float = 0.0,
     features: str = "trunk",
+    views: str = "auto",
 ) -> CSIEncoder:
     """CSI: SimCLR with 90° rotations as shifted instances and a rotation head (pairs with
     the rotation scorer); the same trunk and views as simclr."""
@@ -267,7 +281,7 @@ def csi(
         width,
         projection_dim,
         temperature,
-        Augment(affine=affine, hflip=hflip, jitter=jitter, noise=noise),
+        _views(views, in_channels, affine, hflip, jitter, noise),
         rotation_weight,
         features,
     )
