@@ -12,7 +12,10 @@ Prints, in one run:
 
     python benchmarks/perf.py                     # embedded digits, ~2 minutes on 2 cores
     python benchmarks/perf.py --data-root ../shared/data/mnist-dev   # real MNIST
-    python benchmarks/perf.py --readme            # also rewrite the table in benchmarks/README.md
+    python benchmarks/perf.py --readme            # also rewrite this machine kind's table in
+                                                  # benchmarks/README.md (one table per kind)
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python benchmarks/perf.py --readme        # an AVX-512 machine as an AVX2-only one
     python benchmarks/perf.py --device cuda
 
 The numbers are measurements, not assertions: nothing here fails.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import re
 import resource
@@ -49,7 +53,9 @@ from flowkit.training import (
 )
 
 README = Path(__file__).resolve().parent / "README.md"
-BEGIN, END = "<!-- perf:begin -->", "<!-- perf:end -->"
+# one table per machine kind: <!-- perf:begin KIND --> ... <!-- perf:end KIND -->
+BEGIN, END = "<!-- perf:begin {} -->", "<!-- perf:end {} -->"
+EMULATION = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def peak_rss_mib() -> float:
@@ -143,6 +149,41 @@ def cpu_features() -> str:
         f"{blas.group(1) if blas else '?'}, oneDNN {onednn.group(1) if onednn else '?'}"
         f"{'' if torch.backends.mkldnn.is_available() else ' (unavailable)'}"
     )
+
+
+def machine_kind(dev: torch.device) -> str:
+    """The kind of machine a table comes from, as its README block is keyed: the device type
+    and torch's CPU capability, with AMX / AVX-512 BF16, and "emulated" where environment
+    variables narrow the instruction sets torch, oneDNN or MKL use (an AVX-512 machine run
+    as an AVX2-only one: ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+    MKL_ENABLE_INSTRUCTIONS=AVX2``)."""
+    if dev.type == "cuda":
+        return "cuda " + torch.cuda.get_device_name(dev).replace(" ", "-")
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            flags = set(next((ln for ln in fh if ln.startswith("flags")), "").split())
+    except OSError:
+        flags = set()
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap.startswith("AVX512"):
+        cap += "+AMX" if "amx_bf16" in flags else "+BF16" if "avx512_bf16" in flags else ""
+    if any(os.environ.get(v) for v in EMULATION):
+        cap += "-emulated"
+    return f"cpu {cap}"
+
+
+def write_readme(kind: str, text: str) -> None:
+    """Replace this machine kind's table in README.md, or add it after the last one."""
+    doc = README.read_text()
+    begin, end = BEGIN.format(kind), END.format(kind)
+    note = "<!-- written by `python benchmarks/perf.py --readme`; do not edit -->"
+    block = f"{begin}\n{note}\n{text}\n{end}"
+    if begin in doc:
+        doc = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
+    else:
+        last = max(m.end() for m in re.finditer(r"<!-- perf:end [^>]*-->", doc))
+        doc = doc[:last] + "\n\n" + block + doc[last:]
+    README.write_text(doc)
 
 
 def flops_of(fn: Callable[[], object]) -> float:
@@ -347,8 +388,12 @@ def main() -> None:
     nan = (float("nan"), float("nan"))
     bf16_libs = matmul_peak(dev, torch.bfloat16) if (dev.type == "cuda" or cpu_bf16) else nan
     fp32, bf16 = max(fp32_libs, key=_or_zero), max(bf16_libs, key=_or_zero)
+    kind = machine_kind(dev)
+    emulated = ", ".join(f"{v}={os.environ[v]}" for v in EMULATION if os.environ.get(v))
     lines = [
-        f"Machine: {cpu_name()} ({cpu_features()}), device {dev}, "
+        f"**Machine kind `{kind}`**"
+        + (f" (emulated with {emulated}; the clock and caches stay the host's)" if emulated else "")
+        + f". Machine: {cpu_name()} ({cpu_features()}), device {dev}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; data: {what}, "
         f"32×32, {len(train)} training images. Measured matmul peak (the better of BLAS "
         f"`torch.mm` and oneDNN, n×n for n = 1024 and 2048): fp32 {fp32:,.0f} GFLOP/s "
@@ -446,11 +491,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.readme:
-        doc = README.read_text()
-        note = "<!-- written by `python benchmarks/perf.py --readme`; do not edit -->"
-        block = f"{BEGIN}\n{note}\n{text}\n{END}"
-        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), block, doc, flags=re.S)
-        README.write_text(doc)
+        write_readme(kind, text)
 
 
 if __name__ == "__main__":

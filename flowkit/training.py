@@ -262,10 +262,12 @@ PRECISIONS = ("fp32", "bf16", "auto")
 
 def fast_bf16(device: torch.device) -> bool:
     """Whether ``device`` has bf16 arithmetic faster than fp32: CUDA GPUs that support it,
-    CPUs with AMX or AVX-512 BF16 (read from ``/proc/cpuinfo``; elsewhere assumed not)."""
+    CPUs with AMX or AVX-512 BF16 (read from ``/proc/cpuinfo``; elsewhere assumed not) on
+    which torch dispatches to AVX-512 kernels (``ATEN_CPU_CAPABILITY=avx2`` makes such a CPU
+    behave as an AVX2-only one, bf16 off)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
+    if device.type != "cpu" or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         return False
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:

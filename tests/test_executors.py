@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from flowkit.bench.executors import ProcessExecutor, RayExecutor, make_executor
@@ -158,6 +159,15 @@ def test_auto_executor_plans_one_single_thread_worker_per_core(monkeypatch):
     assert isinstance(AutoExecutor().plan(10, "cpu"), LocalExecutor)
     monkeypatch.setattr(executors, "_cores", lambda: 128)  # each worker copies torch + data
     assert AutoExecutor().plan(100, "cpu").workers == executors.AUTO_MAX_WORKERS
+    # on CUDA: one worker per GPU, each on its own device; one GPU or a named one: here
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    plan = AutoExecutor().plan(10, "cuda")
+    assert isinstance(plan, ProcessExecutor) and plan.workers == 4
+    assert plan.devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert AutoExecutor().plan(3, "cuda").devices == ["cuda:0", "cuda:1", "cuda:2"]
+    assert isinstance(AutoExecutor().plan(10, "cuda:2"), LocalExecutor)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert isinstance(AutoExecutor().plan(10, "cuda"), LocalExecutor)
 
 
 def test_auto_is_the_default_and_workers_or_devices_make_it_process():

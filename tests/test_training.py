@@ -175,6 +175,36 @@ def test_auto_precision_picks_bf16_only_where_it_is_fast(monkeypatch):
 
 
 @pytest.mark.parametrize(
+    ("flags", "capability", "fast"),
+    [
+        ("fpu avx2 avx512f avx512_bf16", "AVX512", True),
+        ("fpu avx2 amx_bf16 amx_tile", "AVX512", True),
+        ("fpu avx2 avx512f", "AVX512", False),  # AVX-512 without bf16
+        ("fpu avx2 avx512_bf16", "AVX2", False),  # ATEN_CPU_CAPABILITY=avx2: as an AVX2 CPU
+        ("fpu avx2", "AVX2", False),
+    ],
+)
+def test_fast_bf16_reads_the_cpus_flags_and_torchs_dispatch(
+    monkeypatch, tmp_path, flags, capability, fast
+):
+    import builtins
+
+    from flowkit import training
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        return real_open(info if path == "/proc/cpuinfo" else path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert training.fast_bf16(torch.device("cpu")) is fast
+    assert training.resolve_precision(torch.device("cpu"), "auto") == ("bf16" if fast else "fp32")
+
+
+@pytest.mark.parametrize(
     ("n", "size"),
     [(10, 128), (600, 128), (1_100, 256), (3_240, 512), (6_500, 1024), (50_000, 1024)],
 )

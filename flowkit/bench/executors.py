@@ -420,8 +420,9 @@ class AutoExecutor:
 
     On a CPU with at least ``2 × threads`` cores, a grid of two or more units runs on
     ``cores // threads`` spawned workers (at most one per unit, and at most
-    :data:`AUTO_MAX_WORKERS`) of ``threads`` torch threads each (default 1); on a GPU, one
-    core, or a single unit, units run here one after another.
+    :data:`AUTO_MAX_WORKERS`) of ``threads`` torch threads each (default 1); on ``cuda``
+    with several GPUs, one worker per GPU (a unit on each at a time); on one GPU, a named
+    ``cuda:K``, one core, or a single unit, units run here one after another.
     Per-unit threads fixed at one make a CPU run's numbers the same on 2 cores or 64 (the
     thread count sets the order of float sums), and on small models two one-thread workers
     train faster than one two-thread process (benchmarks/EXPERIMENTS.md).
@@ -435,6 +436,14 @@ class AutoExecutor:
 
     def plan(self, units: int, device: str) -> Executor:
         """The executor this run uses for ``units`` units on ``device``."""
+        if device == "cuda":  # every GPU there is (not one named cuda:K): one unit on each
+            import torch
+
+            gpus = min(torch.cuda.device_count(), units)
+            if gpus < 2:
+                return LocalExecutor(self.requested)
+            devices = [f"cuda:{i}" for i in range(gpus)]
+            return ProcessExecutor(gpus, devices, threads=self.threads)
         workers = min(_cores() // self.threads, units, AUTO_MAX_WORKERS)
         if not device.startswith("cpu") or workers < 2:
             return LocalExecutor(self.requested)

@@ -134,7 +134,7 @@ def bench(
     executor: Annotated[
         str,
         typer.Option(
-            help="Where units (one encoder fit with its flows and scorers) run: auto (on a CPU with 2+ cores, one spawned worker per core, at most one per unit and 16 in all, each on one torch thread or --threads; otherwise here), local (here, one at a time), process (--workers spawned processes, cores/N torch threads each) or ray (a Ray cluster at --ray-address, or a local Ray instance with --workers CPUs; pip install 'flowkit[ray]'). Only this process writes --out and the cache."
+            help="Where units (one encoder fit with its flows and scorers) run: auto (on a CPU with 2+ cores, one spawned worker per core, at most one per unit and 16 in all, each on one torch thread or --threads; on CUDA with several GPUs, one worker per GPU; otherwise here), local (here, one at a time), process (--workers spawned processes, cores/N torch threads each) or ray (a Ray cluster at --ray-address, or a local Ray instance with --workers CPUs; pip install 'flowkit[ray]'). Only this process writes --out and the cache."
         ),
     ] = "auto",
     workers: Annotated[
