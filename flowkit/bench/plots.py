@@ -235,7 +235,8 @@ def _histograms(
     for ax in list(axes.flat)[len(recs) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
-    fig.subplots_adjust(hspace=0.45)
+    # room for the suptitle above the panels' titles: about half an inch, whatever the rows
+    fig.subplots_adjust(hspace=0.45, top=1 - 0.5 / (2.4 * rows))
     what = "log-likelihood" if raw else "score"
     fig.suptitle(f"{data}. {what}, {combo} (seed {first_seed})", fontsize=9)
     return atomic_write_bytes(store.root / f"{key}.png", _figure_bytes(fig))
