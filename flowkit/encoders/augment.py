@@ -1,7 +1,9 @@
 """Batched image augmentations on tensors (no per-image PIL work), for self-supervised encoders.
 
 Inputs and outputs are float images in ``[-1, 1]`` of shape ``(B, C, H, W)``; randomness comes
-from torch's generator, so the runner's seed makes training reproducible.
+from torch's generator, so the runner's seed makes training reproducible. torchvision's
+transforms draw one set of random parameters per call, so every image of a batch would get the
+same crop and the same jitter; these draw them per image, in a few tensor operations.
 """
 
 from __future__ import annotations
