@@ -201,6 +201,23 @@ def test_a_cached_encoder_trained_on_other_views_is_retrained_with_its_density(t
         assert ("views" in torch.load(entry, weights_only=False)) is not cached
 
 
+def test_the_views_tag_is_the_same_in_every_process():
+    """A plugin encoder whose views are a plain function must not be retrained on every
+    resume because the function's repr names its address."""
+    from torch import nn
+
+    from flowkit.bench.runner import views_tag
+
+    def my_views(x):
+        return x
+
+    class WithFunctionViews(nn.Module):
+        augment = staticmethod(my_views)
+
+    tag = views_tag(WithFunctionViews())
+    assert "0x" not in tag and "my_views" in tag
+
+
 def test_ood_protocol(tmp_path):
     suite = Suite(
         name="o",

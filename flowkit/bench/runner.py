@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -169,8 +170,9 @@ class EncodedSplit:
 def views_tag(encoder: Any) -> str:
     """What an encoder's random views are, in words: part of its cache entry, so that an
     entry trained on other views (the same spec, before ``views="auto"`` picked natural-image
-    views for colour data) is retrained rather than reused."""
-    return repr(views(encoder))
+    views for colour data) is retrained rather than reused. Memory addresses (a plain function's
+    repr) are left out, so that the tag is the same in every process."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(views(encoder)))
 
 
 _DEFAULT_VIEWS = repr(Augment())  # the views of every cache entry written before the tag
