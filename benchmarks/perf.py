@@ -45,6 +45,7 @@ import flowkit
 from flowkit.data import leave_one_class_out, load_images, to_float
 from flowkit.stages import split_validation
 from flowkit.training import (
+    cpu_flags,
     embed,
     fit_encoder,
     fit_flow,
@@ -133,11 +134,7 @@ def cpu_features() -> str:
 
     from flowkit.training import fast_bf16
 
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
-            flags = set(next((ln for ln in fh if ln.startswith("flags")), "").split())
-    except OSError:
-        flags = set()
+    flags = cpu_flags()
     config = torch.__config__.show()
     blas = re.search(r"BLAS_INFO=(\w+)", config)
     onednn = re.search(r"MKL-DNN v([\d.]+)", config)
@@ -159,11 +156,7 @@ def machine_kind(dev: torch.device) -> str:
     MKL_ENABLE_INSTRUCTIONS=AVX2``)."""
     if dev.type == "cuda":
         return "cuda " + torch.cuda.get_device_name(dev).replace(" ", "-")
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
-            flags = set(next((ln for ln in fh if ln.startswith("flags")), "").split())
-    except OSError:
-        flags = set()
+    flags = cpu_flags()
     cap = torch.backends.cpu.get_cpu_capability()
     if cap.startswith("AVX512"):
         cap += "+AMX" if "amx_bf16" in flags else "+BF16" if "avx512_bf16" in flags else ""

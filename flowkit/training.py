@@ -269,12 +269,17 @@ def fast_bf16(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu" or not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         return False
+    flags = cpu_flags()
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "").split()
+            return frozenset(next((line for line in fh if line.startswith("flags")), "").split())
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return frozenset()
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:

@@ -88,6 +88,10 @@ def _gray(x01: torch.Tensor) -> torch.Tensor:
     return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
 
 
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+
+
 def color_jitter(
     x: torch.Tensor,
     brightness: float = 0.4,
@@ -111,21 +115,13 @@ def color_jitter(
     angle = (torch.rand(b, device=dev, dtype=dt) * 2 - 1) * hue * 2 * math.pi
     apply = (torch.rand(b, 1, 1, 1, device=dev) < p).to(dt)
     out = (y * bright).clamp(0, 1)
-    gray = _gray(out) if c == 3 else out
-    out = (
-        (out - gray.mean(dim=(1, 2, 3), keepdim=True)) * contr
-        + gray.mean(dim=(1, 2, 3), keepdim=True)
-    ).clamp(0, 1)
+    mean = (_gray(out) if c == 3 else out).mean(dim=(1, 2, 3), keepdim=True)
+    out = ((out - mean) * contr + mean).clamp(0, 1)
     if c == 3:
         gray = _gray(out)
         out = ((out - gray) * sat + gray).clamp(0, 1)
         # hue: rotate the chroma plane of YIQ by ``angle``
-        rgb2yiq = torch.tensor(
-            [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-            device=dev,
-            dtype=torch.float32,
-        )
-        yiq2rgb = torch.linalg.inv(rgb2yiq)
+        rgb2yiq, yiq2rgb = _RGB2YIQ.to(dev), _YIQ2RGB.to(dev)
         cos, sin = torch.cos(angle), torch.sin(angle)
         one, zero = torch.ones_like(cos), torch.zeros_like(cos)
         rot = torch.stack(
