@@ -19,7 +19,17 @@ from flowkit.registry import check_positive
 
 FEATURES = ("trunk", "head", "trunk+head")  # what a contrastive encoder's ``encode`` returns
 
-__all__ = ["CSIEncoder", "SimCLREncoder", "RotNetEncoder", "csi", "simclr", "rotnet", "nt_xent"]
+__all__ = [
+    "CSIEncoder",
+    "SimCLREncoder",
+    "RotNetEncoder",
+    "contrastive_latent",
+    "csi",
+    "feature_parts",
+    "simclr",
+    "rotnet",
+    "nt_xent",
+]
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -30,6 +40,25 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
     sim.fill_diagonal_(float("-inf"))
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(sim, target)
+
+
+def feature_parts(features: str, trunk_dim: int, head_dim: int) -> tuple[int, ...]:
+    """The latent parts of a contrastive encoder whose ``encode`` returns ``features``
+    (:data:`FEATURES`), for a trunk of ``trunk_dim`` and a projection head of ``head_dim``."""
+    if features not in FEATURES:
+        raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+    return {"trunk": (trunk_dim,), "head": (head_dim,), "trunk+head": (trunk_dim, head_dim)}[
+        features
+    ]
+
+
+def contrastive_latent(feats: torch.Tensor, head: nn.Module, features: str) -> torch.Tensor:
+    """What a contrastive encoder's ``encode`` returns: the trunk's features ``feats``, the
+    L2-normalised projection ``head(feats)`` (the sphere NT-Xent compares on), or both."""
+    if features == "trunk":
+        return feats
+    proj = F.normalize(head(feats), dim=1)
+    return proj if features == "head" else torch.cat([feats, proj], 1)
 
 
 class TrunkEncoder(Encoder):
@@ -84,20 +113,14 @@ class SimCLREncoder(TrunkEncoder):
 
     def _use_features(self, features: str) -> None:
         """Set what :meth:`encode` returns, and :attr:`embed_dim` / :attr:`latent_parts`."""
-        if features not in FEATURES:
-            raise ConfigError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
+        self.latent_parts = feature_parts(
+            features, self.head[0].in_features, self.head[-1].out_features
+        )
         self.features = features
-        trunk, head = self.head[0].in_features, self.head[-1].out_features
-        blocks = {"trunk": (trunk,), "head": (head,), "trunk+head": (trunk, head)}
-        self.latent_parts = blocks[features]
         self.embed_dim = sum(self.latent_parts)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.trunk(x)
-        if self.features == "trunk":
-            return feats
-        proj = F.normalize(self.head(feats), dim=1)
-        return proj if self.features == "head" else torch.cat([feats, proj], 1)
+        return contrastive_latent(self.trunk(x), self.head, self.features)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         views = torch.cat([self.augment(x), self.augment(x)])

@@ -107,3 +107,63 @@ def test_runner_and_bench_cell_train_resnet18(tmp_path):
     timm_rec = next(r for r in recs if r["config"]["encoder"].startswith("timm/"))
     assert timm_rec["plugins"]["encoder"] == "timm"
     assert "(timm)" in (tmp_path / "run" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_contrastive_timm_trunk(channels):
+    check_encoder("timm/resnet18", in_channels=channels, pretrained=False, train="simclr")
+    enc = flowkit.create_encoder(
+        SMALL + ",train=simclr,features=trunk+head,projection_dim=16",
+        in_channels=channels,
+        image_size=32,
+    )
+    assert enc.trainable and enc.latent_parts == (512, 16) and enc.embed_dim == 528
+    assert all(p.requires_grad for p in enc.backbone.parameters())
+    # the views follow flowkit's rule on the channels: natural-image views for colour only
+    assert (enc.augment.crop > 0) == (channels == 3) and enc.augment.affine == (channels == 1)
+    z = enc.eval().encode(torch.rand(3, channels, 32, 32) * 2 - 1)
+    torch.testing.assert_close(z[:, 512:].norm(dim=1), torch.ones(3))  # the head is on the sphere
+    torch.manual_seed(0)
+    loss = enc.train().loss(torch.rand(8, channels, 32, 32) * 2 - 1)
+    loss.backward()
+    assert torch.isfinite(loss) and enc.backbone.conv1.weight.grad.abs().sum() > 0
+    assert enc.head[0].weight.grad.abs().sum() > 0
+
+
+def test_contrastive_options_are_checked():
+    with pytest.raises(flowkit.ConfigError, match="needs train=simclr"):
+        flowkit.create_encoder(SMALL + ",train=ae,features=head", in_channels=3)
+    with pytest.raises(flowkit.ConfigError, match="train must be one of ae, simclr"):
+        flowkit.create_encoder(SMALL + ",train=byol", in_channels=3)
+    with pytest.raises(flowkit.ConfigError, match="temperature must be positive"):
+        flowkit.create_encoder(SMALL + ",train=simclr,temperature=0", in_channels=3)
+
+
+def test_small_input_stem_keeps_the_resolution():
+    enc = flowkit.create_encoder(SMALL + ",train=simclr,small_input=true", in_channels=3)
+    conv = enc.backbone.conv1
+    assert conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+    assert isinstance(enc.backbone.maxpool, torch.nn.Identity)
+    feats = enc.backbone.forward_features(torch.zeros(1, 3, 32, 32))
+    assert feats.shape[-2:] == (4, 4)  # 32 / 8 (three stride-2 stages), not 1×1
+    with pytest.raises(flowkit.ConfigError, match="cannot keep pretrained weights"):
+        flowkit.create_encoder("timm/resnet18:small_input=true", in_channels=3)
+    with pytest.raises(flowkit.ConfigError, match="needs a ResNet-style model"):
+        flowkit.create_encoder(
+            "timm/mobilenetv3_small_050:pretrained=false,train=ae,small_input=true", in_channels=3
+        )
+
+
+def test_contrastive_timm_detector_saves_and_loads(tmp_path):
+    data = flowkit.load_dataset("fake", channels=3, per_class=12)
+    det = flowkit.Detector(
+        encoder=SMALL + ",train=simclr,features=trunk+head",
+        flow="gaussian",
+        epochs_encoder=1,
+        epochs_flow=2,
+        device="cpu",
+    ).fit(data)
+    again = flowkit.Detector.load(det.save(tmp_path / "s.flowkit"), device="cpu")
+    np.testing.assert_allclose(
+        again.score_samples(data.images[:4]), det.score_samples(data.images[:4]), rtol=1e-5
+    )

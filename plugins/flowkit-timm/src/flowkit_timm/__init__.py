@@ -9,6 +9,12 @@ repeated to 3 channels. Options:
 - ``freeze`` (true): a fixed feature extractor, no stage-1 training.
 - ``train="ae"``: train the backbone as the encoder of an autoencoder with a DCGAN-style
   decoder and L1 reconstruction (for machines without pretrained weights).
+- ``train="simclr"``: train it contrastively as flowkit's ``simclr`` trains its DCGAN trunk
+  (NT-Xent on a projection head, ``temperature``, ``projection_dim``; the same ``views``:
+  natural-image views for 3-channel images, random affine warps otherwise), with
+  ``features`` = trunk, head or trunk+head as there.
+- ``small_input``: for ResNets, the CIFAR-style stem (a 3×3 stride-1 convolution and no
+  max-pool) so that 32×32 images keep their resolution through the network.
 - ``input_size``: the size images are resized to (default: the pretrained input size when
   pretrained, else the image size).
 """
@@ -22,12 +28,17 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from flowkit import ConfigError, Encoder, hookimpl
+from flowkit.encoders.augment import Augment, natural_views, resolve_views
 from flowkit.encoders.blocks import dcgan_decoder
+from flowkit.encoders.selfsup import contrastive_latent, feature_parts, nt_xent
 
 __version__ = "0.1.0"
-__all__ = ["TimmEncoder", "timm_encoder"]
+__all__ = ["TimmEncoder", "TimmSimCLREncoder", "timm_encoder"]
+
+TRAIN_MODES = ("ae", "simclr")
 
 
 class TimmEncoder(Encoder):
@@ -53,8 +64,8 @@ class TimmEncoder(Encoder):
         self.register_buffer("mean", mean.view(1, -1, 1, 1))
         self.register_buffer("std", std.view(1, -1, 1, 1))
         self.train_mode = train
-        self.trainable = train == "ae"
-        if self.trainable:
+        self.trainable = train in TRAIN_MODES
+        if train == "ae":
             self.decoder = dcgan_decoder(self.embed_dim, in_channels, image_size, width=64)
         else:
             # no decoder, so not the reconstruction_error capability (None: not had)
@@ -82,11 +93,63 @@ class TimmEncoder(Encoder):
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         if not self.trainable:
-            raise NotImplementedError("this timm encoder is frozen; use train=ae to train it")
+            raise NotImplementedError(
+                "this timm encoder is frozen; use train=ae or train=simclr to train it"
+            )
         return F.l1_loss(self.decoder(self.encode(x)), x)
 
     def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:  # train=ae only
         return (self.decoder(self.encode(x)) - x).abs().flatten(1).mean(1)
+
+
+class TimmSimCLREncoder(TimmEncoder):
+    """A timm backbone trained by SimCLR's NT-Xent on two random views of each image, as
+    :class:`flowkit.encoders.selfsup.SimCLREncoder` trains the DCGAN trunk; ``features`` says
+    what :meth:`encode` returns (trunk, the L2-normalised head, or both as two latent parts)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        in_channels: int,
+        image_size: int,
+        input_size: int,
+        *,
+        projection_dim: int,
+        temperature: float,
+        augment: Augment,
+        features: str,
+    ) -> None:
+        super().__init__(model, in_channels, image_size, input_size, "simclr", False)
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {temperature}")
+        d = self.embed_dim
+        self.latent_parts = feature_parts(features, d, projection_dim)
+        self.head = nn.Sequential(
+            nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, projection_dim)
+        )
+        self.temperature = float(temperature)
+        self.augment = augment
+        self.features = features
+        self.embed_dim = sum(self.latent_parts)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return contrastive_latent(self.backbone(self._prepare(x)), self.head, self.features)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        views = torch.cat([self.augment(x), self.augment(x)])
+        proj = self.head(self.backbone(self._prepare(views)))
+        return nt_xent(proj[: len(x)], proj[len(x) :], self.temperature)
+
+
+def _small_input_stem(model: torch.nn.Module, model_name: str) -> None:
+    """CIFAR-style ResNet stem: 3×3 stride-1 first convolution, no max-pool."""
+    conv = getattr(model, "conv1", None)
+    if not isinstance(conv, nn.Conv2d) or not hasattr(model, "maxpool"):
+        raise ConfigError(
+            f"timm/{model_name}: small_input needs a ResNet-style model (conv1 and maxpool)"
+        )
+    model.conv1 = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
 
 
 def timm_encoder(
@@ -98,16 +161,34 @@ def timm_encoder(
     freeze: bool = True,
     train: str | None = None,
     input_size: int | None = None,
+    small_input: bool = False,
+    features: str = "trunk",
+    views: str = "auto",
+    temperature: float = 0.2,
+    projection_dim: int = 128,
 ) -> TimmEncoder:
-    """Any timm model's pooled features (pretrained by default; checkpoint=PATH offline)."""
+    """Any timm model's pooled features (pretrained by default; checkpoint=PATH offline);
+    ``train`` = ae or simclr trains it on the normal images (``features``, ``views``,
+    ``temperature`` and ``projection_dim`` as in flowkit's ``simclr``, for train=simclr);
+    ``small_input``: a ResNet's CIFAR-style stem (3×3 stride 1, no max-pool)."""
     if not timm.is_model(model_name):
         import difflib
 
         close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join('timm/' + c for c in close)}?" if close else ""
         raise ConfigError(f"unknown timm model {model_name!r}{hint}")
-    if train not in (None, "ae"):
-        raise ConfigError(f"timm/{model_name}: train must be 'ae' or unset, got {train!r}")
+    if train not in (None, *TRAIN_MODES):
+        raise ConfigError(
+            f"timm/{model_name}: train must be one of {', '.join(TRAIN_MODES)} or unset, "
+            f"got {train!r}"
+        )
+    if train != "simclr" and features != "trunk":
+        raise ConfigError(f"timm/{model_name}: features={features} needs train=simclr")
+    if small_input and (checkpoint or pretrained):
+        raise ConfigError(
+            f"timm/{model_name}: small_input replaces the first convolution, so it cannot keep "
+            "pretrained weights; add pretrained=false"
+        )
     if in_channels not in (1, 3):
         raise ConfigError(f"timm/{model_name}: images must have 1 or 3 channels")
     kwargs: dict[str, Any] = {"num_classes": 0}
@@ -133,14 +214,31 @@ def timm_encoder(
     if not kwargs["pretrained"] and train is None and freeze:
         warnings.warn(
             f"timm/{model_name}: a frozen, randomly initialised backbone gives weak features; "
-            "add train=ae to train it on your images, or use pretrained weights",
+            "add train=simclr (or train=ae) to train it on your images, or use pretrained weights",
             UserWarning,
             stacklevel=2,
         )
+    if small_input:
+        _small_input_stem(model, model_name)
     if input_size is None:
         cfg_size = (getattr(model, "pretrained_cfg", {}) or {}).get("input_size", (3, 224, 224))
         input_size = int(cfg_size[-1]) if kwargs["pretrained"] else max(int(image_size), 32)
-    return TimmEncoder(model, in_channels, image_size, input_size, train, freeze and train != "ae")
+    if train == "simclr":
+        if resolve_views(views, in_channels) == "natural":
+            augment = natural_views()
+        else:
+            augment = Augment()
+        return TimmSimCLREncoder(
+            model,
+            in_channels,
+            image_size,
+            input_size,
+            projection_dim=int(projection_dim),
+            temperature=temperature,
+            augment=augment,
+            features=features,
+        )
+    return TimmEncoder(model, in_channels, image_size, input_size, train, freeze and train is None)
 
 
 @hookimpl
