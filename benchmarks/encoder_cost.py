@@ -12,8 +12,10 @@ for the default encoder and for the cost levers of item 4: image resolution (16 
 32: one down-sampling block fewer, a quarter of the pixels), width (32 instead of 64),
 channels-last, and the reduced precisions torch can autocast to on a CPU (bf16, fp16).
 The timing does not depend on the pixel values, so the batch is random; the model is built
-and seeded as ``fit_encoder`` builds it. Prints a markdown table (median of ``--steps`` steps
-after two warm-up steps, milliseconds); asserts nothing. Results: benchmarks/EXPERIMENTS.md.
+as ``fit_encoder`` trains it, except that Adam here is torch's unfused one (fit_encoder uses
+the fused kernel; the optimiser is a small part of a step). Prints a markdown table (median
+of ``--steps`` steps after two warm-up steps, milliseconds); asserts nothing. Results:
+benchmarks/EXPERIMENTS.md.
 
     python benchmarks/encoder_cost.py --threads 1
 """
