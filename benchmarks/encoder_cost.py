@@ -24,14 +24,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
 import flowkit
 from flowkit.encoders.selfsup import nt_xent
-from flowkit.training import cpu_flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perf import cpu_features, cpu_name  # noqa: E402
 
 VARIANTS = [
     # (label, channels, image_size, width, precision, channels_last)
@@ -45,10 +49,6 @@ VARIANTS = [
     ("1 channel, fp16 autocast", 1, 32, 64, "fp16", False),
 ]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _now() -> float:
-    return time.perf_counter()
 
 
 def time_step(
@@ -76,18 +76,18 @@ def time_step(
     )
     t_views, t_rest = [], []
     for i in range(steps + 2):
-        t0 = _now()
+        t0 = time.perf_counter()
         views = torch.cat([enc.augment(x), enc.augment(x)])
         if channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
-        t1 = _now()
+        t1 = time.perf_counter()
         with cast():
             proj = enc.head(enc.trunk(views))
             loss = nt_xent(proj[:batch].float(), proj[batch:].float(), enc.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        t2 = _now()
+        t2 = time.perf_counter()
         if i >= 2:
             t_views.append(t1 - t0)
             t_rest.append(t2 - t1)
@@ -99,16 +99,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a worker has 1)")
     ap.add_argument("--batch", type=int, default=64, help="images per step (fit_encoder's)")
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--only", default="", help="comma-separated variant numbers (1-based)")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated variant numbers (1-based); 'vs default' is then against the first "
+        "one printed",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    flags = cpu_flags()
     print(
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"AMX {'yes' if 'amx_tile' in flags else 'no'}, "
-        f"AVX-512 BF16 {'yes' if 'avx512_bf16' in flags else 'no'}, "
-        f"AVX-512 FP16 {'yes' if 'avx512_fp16' in flags else 'no'}; "
-        f"{args.threads} thread(s), batch {args.batch}, median of {args.steps} steps\n"
+        f"Machine: {cpu_name()}; {cpu_features()}; {args.threads} thread(s), "
+        f"batch {args.batch}, median of {args.steps} steps\n"
     )
     chosen = {int(i) for i in args.only.split(",") if i}
     base = None

@@ -19,13 +19,18 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import flowkit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perf import cpu_features, cpu_name  # noqa: E402
 
 DIM, HIDDEN, LAYERS = 32, 64, 8
 
@@ -116,11 +121,14 @@ def measure(parts: int, batch: int, steps: int) -> dict[str, float]:
     def one(params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return torch.func.functional_call(base, (params, buffers), (x,))
 
+    # the modules' tensors are updated in place, so their dicts are built once, outside the
+    # timed step; the stacking (new values every step) stays inside it
+    flow_params = [dict(f.named_parameters()) for f in flows]
+    flow_buffers = [dict(f.named_buffers()) for f in flows]
+
     def vmap_step() -> None:
-        params = {n: torch.stack([dict(f.named_parameters())[n] for f in flows]) for n in names}
-        buffers = {
-            n: torch.stack([dict(f.named_buffers())[n] for f in flows]) for n in buffer_names
-        }
+        params = {n: torch.stack([p[n] for p in flow_params]) for n in names}
+        buffers = {n: torch.stack([b[n] for b in flow_buffers]) for n in buffer_names}
         loss = -torch.func.vmap(one)(params, buffers, z).mean(1).sum()
         for opt in opts:
             opt.zero_grad(set_to_none=True)
@@ -152,7 +160,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(
-        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"Machine: {cpu_name()}; {cpu_features()}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s); ms per training step"
     )
     print("| batch | parts | nflows, one step per part | vmap over parts | bmm prototype |")
