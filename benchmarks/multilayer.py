@@ -97,11 +97,11 @@ def layer_features(stage, images: torch.Tensor, transform=None) -> dict[str, tor
     return out
 
 
-def knn_distance(train: np.ndarray, query: np.ndarray, k: int, same: bool) -> np.ndarray:
-    """Cosine distance to the k-th nearest training latent (the k+1-th when ``query`` is
-    ``train`` itself, so that a point is not its own neighbour)."""
-    nn_ = NearestNeighbors(n_neighbors=k + int(same), metric="cosine").fit(train)
-    return nn_.kneighbors(query)[0][:, -1]
+def knn_distance(train: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    """Cosine distance to the k-th nearest training latent (queries are validation or test
+    images, never training ones, so none is its own neighbour)."""
+    index = NearestNeighbors(n_neighbors=k, metric="cosine").fit(train)
+    return index.kneighbors(query)[0][:, -1]
 
 
 def standardised(val: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -157,8 +157,8 @@ def main() -> None:
         row = {"class": name, "nll": roc_auc_score(y, nll["test"])}
         for fs in SETS:
             tr = feats["train"][fs].numpy()
-            val = knn_distance(tr, feats["val"][fs].numpy(), args.k, False)
-            test = knn_distance(tr, feats["test"][fs].numpy(), args.k, False)
+            val = knn_distance(tr, feats["val"][fs].numpy(), args.k)
+            test = knn_distance(tr, feats["test"][fs].numpy(), args.k)
             row[f"knn {fs}"] = roc_auc_score(y, test)
             fused = standardised(nll["val"], nll["test"]) + standardised(val, test)
             row[f"nll+knn {fs}"] = roc_auc_score(y, fused)
@@ -187,8 +187,8 @@ def main() -> None:
             }
             row["nll (trunk+block-1 flow)"] = roc_auc_score(y, ml_nll["test"])
             tr = feats["train"]["trunk"].numpy()
-            knn_v = knn_distance(tr, feats["val"]["trunk"].numpy(), args.k, False)
-            knn_t = knn_distance(tr, feats["test"]["trunk"].numpy(), args.k, False)
+            knn_v = knn_distance(tr, feats["val"]["trunk"].numpy(), args.k)
+            knn_t = knn_distance(tr, feats["test"]["trunk"].numpy(), args.k)
             row["nll+knn (trunk+block-1 flow)"] = roc_auc_score(
                 y, standardised(ml_nll["val"], ml_nll["test"]) + standardised(knn_v, knn_t)
             )
