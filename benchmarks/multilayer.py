@@ -11,11 +11,12 @@ scores each held-out class with features taken from several layers of the DCGAN 
 - ``trunk+block-1`` / ``trunk+block-1+block-2``: the L2-normalised features of those layers
   side by side (each layer weighs the same in the cosine distance);
 
-by the kNN scorer (cosine distance to the k-th nearest normal training latent), alone and
-fused with the run's flows (each score standardised on the normal validation images and
-summed, as the ``nll+knn`` scorer does), and, with ``--flows``, by a Real-NVP density whose
-first part is ``trunk+block-1`` instead of the trunk alone (the suite's preprocessing, flow,
-epochs and augmented copies; the head part as in the run). Prints a markdown table of ROC
+by flowkit's own scorers on each feature set: ``knn:k=2,metric=cosine`` (the distance to the
+k-th nearest normal training latent) and ``nll+knn`` with the run's flows (each score
+standardised on the normal validation images, summed), fitted as the bench fits them;
+and, with ``--flows``, by a Real-NVP density whose first part is ``trunk+block-1`` instead of
+the trunk alone (the suite's preprocessing, flow, epochs and augmented copies; the head part
+as in the run). Prints a markdown table of ROC
 AUCs per class; asserts nothing. Results: benchmarks/EXPERIMENTS.md.
 
     flowkit bench --suite recommended --dataset folder --data-root DIR --classes 0,2,3,8 \\
@@ -35,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
-from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
+import flowkit
 from flowkit.bench.runner import (
     StoreSink,
     encode_split,
@@ -48,6 +49,8 @@ from flowkit.bench.runner import (
 from flowkit.bench.store import RunStore
 from flowkit.bench.suite import load_suite
 from flowkit.encoders.base import views
+from flowkit.scorers import ScoreContext
+from flowkit.spec import Spec
 from flowkit.stages import DensityStage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -97,15 +100,19 @@ def layer_features(stage, images: torch.Tensor, transform=None) -> dict[str, tor
     return out
 
 
-def knn_distance(train: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
-    """Cosine distance to the k-th nearest training latent (queries are validation or test
-    images, never training ones, so none is its own neighbour)."""
-    index = NearestNeighbors(n_neighbors=k, metric="cosine").fit(train)
-    return index.kneighbors(query)[0][:, -1]
+def auc(spec: str, y: np.ndarray, contexts: dict[str, ScoreContext]) -> float:
+    """ROC AUC on the test images of flowkit's scorer ``spec``, fitted as the suite fits it
+    (reference latents from the training images, standardisation on the validation ones)."""
+    name, options = Spec.parse(spec).factory_args()  # as the bench builds it (nll+knn: combo)
+    scorer = flowkit.create_scorer(name, **options).fit(contexts["train"], contexts["val"])
+    return float(roc_auc_score(y, scorer.score(contexts["test"]).numpy()))
 
 
-def standardised(val: np.ndarray, test: np.ndarray) -> np.ndarray:
-    return (test - val.mean()) / (val.std() + 1e-12)
+def contexts(
+    log_prob: dict[str, torch.Tensor], feats: dict[str, dict[str, torch.Tensor]], fs: str
+) -> dict[str, ScoreContext]:
+    """What a scorer sees of each split: the flow's log-likelihoods, feature set ``fs``."""
+    return {s: ScoreContext(log_prob=log_prob[s], latents=feats[s][fs]) for s in log_prob}
 
 
 def main() -> None:
@@ -130,10 +137,11 @@ def main() -> None:
     data = load_bench_data(suite, args.data_root, download=False)
     store = RunStore(args.run)
     sink = StoreSink(store, None)
+    knn = f"knn:k={args.k},metric=cosine"  # on a context's whole latent: one feature set
     rows = []
     for unit in units_of(suite.cells(data.targets(suite))):
         cell = unit[0]
-        if store.load_tensors(store.encoder_path(cell.encoder_key)) is None:
+        if not store.encoder_path(cell.encoder_key).exists():
             raise SystemExit(
                 f"{args.run} has no cached encoder for class {cell.target}: run the suite first"
             )
@@ -150,18 +158,16 @@ def main() -> None:
             ]
         }
         density, _ = fit_density(cell, enc, sink, "cpu", None)
-        nll = {
-            s: -density.density_.evaluate(z, torch.device("cpu"))[1].numpy()
-            for s, z in [("val", enc.z_val), ("test", enc.z_test)]
+        cpu = torch.device("cpu")
+        log_prob = {
+            s: density.density_.evaluate(z, cpu)[1]
+            for s, z in [("train", enc.z_train), ("val", enc.z_val), ("test", enc.z_test)]
         }
-        row = {"class": name, "nll": roc_auc_score(y, nll["test"])}
+
+        row = {"class": name, "nll": auc("nll", y, contexts(log_prob, feats, "trunk"))}
         for fs in SETS:
-            tr = feats["train"][fs].numpy()
-            val = knn_distance(tr, feats["val"][fs].numpy(), args.k)
-            test = knn_distance(tr, feats["test"][fs].numpy(), args.k)
-            row[f"knn {fs}"] = roc_auc_score(y, test)
-            fused = standardised(nll["val"], nll["test"]) + standardised(val, test)
-            row[f"nll+knn {fs}"] = roc_auc_score(y, fused)
+            row[f"knn {fs}"] = auc(knn, y, contexts(log_prob, feats, fs))
+            row[f"nll+knn {fs}"] = auc(f"nll+{knn}", y, contexts(log_prob, feats, fs))
         if args.flows:
             start = time.perf_counter()
             config = cell.detector_config("cpu")
@@ -181,16 +187,10 @@ def main() -> None:
             ml = DensityStage(config).fit(
                 z_train, joint(feats["val"]), device="cpu", part_sizes=parts
             )
-            ml_nll = {
-                s: -ml.density_.evaluate(joint(feats[s]), torch.device("cpu"))[1].numpy()
-                for s in ("val", "test")
-            }
-            row["nll (trunk+block-1 flow)"] = roc_auc_score(y, ml_nll["test"])
-            tr = feats["train"]["trunk"].numpy()
-            knn_v = knn_distance(tr, feats["val"]["trunk"].numpy(), args.k)
-            knn_t = knn_distance(tr, feats["test"]["trunk"].numpy(), args.k)
-            row["nll+knn (trunk+block-1 flow)"] = roc_auc_score(
-                y, standardised(ml_nll["val"], ml_nll["test"]) + standardised(knn_v, knn_t)
+            ml_log_prob = {s: ml.density_.evaluate(joint(feats[s]), cpu)[1] for s in feats}
+            row["nll (trunk+block-1 flow)"] = auc("nll", y, contexts(ml_log_prob, feats, "trunk"))
+            row["nll+knn (trunk+block-1 flow)"] = auc(
+                f"nll+{knn}", y, contexts(ml_log_prob, feats, "trunk")
             )
             row["flow s"] = time.perf_counter() - start
         rows.append(row)
