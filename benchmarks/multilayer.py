@@ -50,7 +50,6 @@ from flowkit.bench.store import RunStore
 from flowkit.bench.suite import load_suite
 from flowkit.encoders.base import views
 from flowkit.scorers import ScoreContext
-from flowkit.spec import Spec
 from flowkit.stages import DensityStage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,8 +102,7 @@ def layer_features(stage, images: torch.Tensor, transform=None) -> dict[str, tor
 def auc(spec: str, y: np.ndarray, contexts: dict[str, ScoreContext]) -> float:
     """ROC AUC on the test images of flowkit's scorer ``spec``, fitted as the suite fits it
     (reference latents from the training images, standardisation on the validation ones)."""
-    name, options = Spec.parse(spec).factory_args()  # as the bench builds it (nll+knn: combo)
-    scorer = flowkit.create_scorer(name, **options).fit(contexts["train"], contexts["val"])
+    scorer = flowkit.create_scorer(spec).fit(contexts["train"], contexts["val"])
     return float(roc_auc_score(y, scorer.score(contexts["test"]).numpy()))
 
 

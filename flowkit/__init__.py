@@ -125,8 +125,19 @@ def create_flow(spec: str, **kwargs: Any) -> Flow:
 
 
 def create_scorer(spec: str, **kwargs: Any) -> Scorer:
-    """Build a scorer: ``create_scorer("nll")``."""
-    return _create(_scorers, spec, kwargs)
+    """Build a scorer: ``create_scorer("nll")``, or a combination as the bench and the
+    Detector read it: ``create_scorer("nll+knn:k=2,metric=cosine")`` (each part's options
+    are its own, so ``kwargs`` apply to a single scorer only)."""
+    from flowkit.spec import Spec
+
+    parsed = Spec.parse(spec)
+    if parsed.is_combination and kwargs:
+        raise ConfigError(
+            f"keyword options go to a single scorer, not to the combination {spec!r}: write "
+            "each part's options in the spec, e.g. 'nll+knn:k=2,metric=cosine'"
+        )
+    name, options = parsed.factory_args()
+    return _scorers.create(name, **{**options, **kwargs})
 
 
 def load_dataset(spec: str, **kwargs: Any) -> ImageSet:

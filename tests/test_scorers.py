@@ -65,6 +65,17 @@ def test_scorer_semantics(fitted):
         flowkit.create_scorer("combo:parts=nll")
     with pytest.raises(flowkit.UnknownComponentError, match="did you mean 'knn'"):
         flowkit.create_scorer("combo:parts=nll+knm")
+    # the combination syntax of the bench and the Detector builds the same scorer
+    plus = flowkit.create_scorer("nll+typicality").fit(train_ctx, ctx)
+    assert isinstance(plus, type(combo)) and plus.parts == combo.parts
+    torch.testing.assert_close(plus.score(ctx), s)
+    cos = flowkit.create_scorer("nll+knn:k=1,metric=cosine")
+    assert [type(p).__name__ for p in cos.scorers] == ["NLLScorer", "KNNScorer"]
+    assert (cos.scorers[1].k, cos.scorers[1].metric) == (1, "cosine")
+    with pytest.raises(flowkit.UnknownComponentError, match="did you mean 'knn'"):
+        flowkit.create_scorer("nll+knm")
+    with pytest.raises(flowkit.ConfigError, match="single scorer"):
+        flowkit.create_scorer("nll+knn", k=3)
 
 
 def test_knn_on_one_part_sees_that_part_alone():
