@@ -126,6 +126,58 @@ def test_views_auto_picks_the_recipe_by_channels_alone():
         simclr(views="crops")
 
 
+def test_simclr_multi_crop_pulls_every_view_towards_both_global_ones():
+    from flowkit.encoders.augment import Augment
+    from flowkit.encoders.selfsup import multi_crop_nt_xent, nt_xent
+
+    torch.manual_seed(0)
+    p = [torch.randn(5, 8) for _ in range(4)]
+    # the mean over the (global, other view) pairs; two views: plain NT-Xent
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 0), (1, 2), (1, 3)]
+    expected = sum(nt_xent(p[g], p[v], 0.5) for g, v in pairs) / 6
+    torch.testing.assert_close(multi_crop_nt_xent(p, 0.5), expected)
+    torch.testing.assert_close(multi_crop_nt_xent(p[:2], 0.5), nt_xent(p[0], p[1], 0.5))
+
+    spec = "simclr:width=8,latent_dim=16,projection_dim=12"
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    plain = flowkit.create_encoder(spec, in_channels=3)
+    multi = flowkit.create_encoder(spec + ",local_crops=2,local_area=0.3", in_channels=3)
+    multi.load_state_dict(plain.state_dict())
+    # the local views: the global recipe, cropped to 5-30 % of the area, never warped
+    assert multi.local_augment == Augment(
+        affine=False, hflip=True, crop=0.05, crop_max=0.3, color=0.5, grayscale=0.2
+    )
+    assert plain.local_crops == 0 and multi.local_crops == 2
+    # the loss draws two global and two local views and scores them by multi_crop_nt_xent
+    torch.manual_seed(1)
+    got = multi.loss(x)
+    torch.manual_seed(1)
+    views = [multi.augment(x), multi.augment(x), multi.local_augment(x), multi.local_augment(x)]
+    proj = multi.head(multi.trunk(torch.cat(views)))
+    torch.testing.assert_close(got, multi_crop_nt_xent(list(proj.split(4)), multi.temperature))
+    # without local crops, the loss is SimCLR's, drawing the same random numbers as before
+    torch.manual_seed(1)
+    got = plain.loss(x)
+    torch.manual_seed(1)
+    a, b = plain.augment(x), plain.augment(x)
+    proj = plain.head(plain.trunk(torch.cat([a, b])))
+    torch.testing.assert_close(got, nt_xent(proj[:4], proj[4:], plain.temperature))
+    for bad in ("local_crops=-1", "local_crops=1.5", "local_area=0.05", "local_area=1.5"):
+        with pytest.raises(flowkit.ConfigError, match=bad.split("=")[0]):
+            flowkit.create_encoder(f"{spec},{bad}")
+
+
+def test_small_crops_cover_only_the_area_asked_for():
+    from flowkit.encoders.augment import random_resized_crop
+
+    torch.manual_seed(0)
+    # a horizontal ramp: a crop of width fraction w spans w of the ramp's range
+    ramp = torch.linspace(-1, 1, 32).expand(256, 1, 32, 32).contiguous()
+    small = random_resized_crop(ramp, scale=(0.05, 0.2), ratio=(1.0, 1.0))
+    spans = (small[:, 0, 0, -1] - small[:, 0, 0, 0]) / 2
+    assert spans.min() > 0.05**0.5 * 0.9 and spans.max() < 0.2**0.5 * 1.05
+
+
 def test_rotnet_learns_rotations():
     torch.manual_seed(0)
     enc = flowkit.create_encoder("rotnet:width=8,latent_dim=16,affine=false", in_channels=1)

@@ -162,6 +162,8 @@ class Augment:
         jitter: brightness/contrast jitter strength (natural images), 0 to disable.
         noise: additive Gaussian noise std.
         crop: smallest area fraction of a random resized crop (natural images), 0 to disable.
+        crop_max: largest area fraction of that crop (1: up to the whole image; a multi-crop
+            encoder's small local views use less).
         color: SimCLR colour-jitter strength ``s`` (brightness, contrast, saturation
             ``0.8 s``, hue ``0.2 s``, with probability 0.8), 0 to disable.
         grayscale: probability of turning an RGB view gray, 0 to disable.
@@ -172,6 +174,7 @@ class Augment:
     jitter: float = 0.0
     noise: float = 0.0
     crop: float = 0.0
+    crop_max: float = 1.0
     color: float = 0.0
     grayscale: float = 0.0
 
@@ -179,7 +182,7 @@ class Augment:
         if self.affine:
             x = random_affine(x)
         if self.crop > 0:
-            x = random_resized_crop(x, scale=(self.crop, 1.0))
+            x = random_resized_crop(x, scale=(self.crop, self.crop_max))
         if self.hflip:
             flip = torch.rand(x.shape[0], device=x.device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)

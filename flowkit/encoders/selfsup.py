@@ -7,6 +7,8 @@ unchanged.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +28,7 @@ __all__ = [
     "contrastive_latent",
     "csi",
     "feature_parts",
+    "multi_crop_nt_xent",
     "simclr",
     "rotnet",
     "nt_xent",
@@ -40,6 +43,18 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
     sim.fill_diagonal_(float("-inf"))
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(sim, target)
+
+
+LOCAL_MIN_AREA = 0.05  # the smallest local view of a multi-crop encoder, as in SwAV
+
+
+def multi_crop_nt_xent(proj: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """NT-Xent over the projections of several views of the same images, ``proj[0]`` and
+    ``proj[1]`` the two global views, the rest local ones (multi-crop; Caron et al., NeurIPS
+    2020): the mean of :func:`nt_xent` over every pair of a global view with another view.
+    With two views it is :func:`nt_xent`."""
+    pairs = [(g, v) for g in range(2) for v in range(len(proj)) if v != g]
+    return torch.stack([nt_xent(proj[g], proj[v], temperature) for g, v in pairs]).mean()
 
 
 def feature_parts(features: str, trunk_dim: int, head_dim: int) -> tuple[int, ...]:
@@ -81,7 +96,10 @@ class SimCLREncoder(TrunkEncoder):
     """SimCLR-style contrastive encoder (Chen et al., ICML 2020).
 
     Two augmented views of each image are pulled together and pushed from the other images
-    by NT-Xent on a projection head. ``features`` says what ``encode`` returns: ``"trunk"``
+    by NT-Xent on a projection head; with ``local_crops`` > 0 each image also gets that many
+    small views (random resized crops of 5 % to ``local_area`` of the image, at full
+    resolution: the trunk takes one size), each pulled towards both global views
+    (:func:`multi_crop_nt_xent`). ``features`` says what ``encode`` returns: ``"trunk"``
     (the trunk's features, the head used only in training), ``"head"`` (the head's output,
     L2-normalised: the sphere on which NT-Xent compares images) or ``"trunk+head"`` (both side
     by side; :attr:`latent_parts` names the two parts, so that the latent preprocessing and
@@ -98,9 +116,18 @@ class SimCLREncoder(TrunkEncoder):
         temperature: float = 0.2,
         augment: Augment | None = None,
         features: str = "trunk",
+        local_crops: int = 0,
+        local_area: float = 0.2,
     ) -> None:
         if temperature <= 0:
             raise ConfigError(f"temperature must be positive, got {temperature}")
+        if int(local_crops) != local_crops or local_crops < 0:
+            raise ConfigError(f"local_crops must be a whole number >= 0, got {local_crops}")
+        if not LOCAL_MIN_AREA < local_area <= 1:
+            raise ConfigError(
+                f"local_area must be in ({LOCAL_MIN_AREA}, 1] (a fraction of the image's area),"
+                f" got {local_area}"
+            )
         super().__init__(in_channels, image_size, latent_dim, width)
         self.head = nn.Sequential(
             nn.Linear(latent_dim, latent_dim),
@@ -109,6 +136,11 @@ class SimCLREncoder(TrunkEncoder):
         )
         self.temperature = float(temperature)
         self.augment = augment or Augment()
+        self.local_crops = int(local_crops)
+        # the local views: the global recipe with a small crop (no affine warp on top)
+        self.local_augment = dataclasses.replace(
+            self.augment, affine=False, crop=LOCAL_MIN_AREA, crop_max=float(local_area)
+        )
         self._use_features(features)
 
     def _use_features(self, features: str) -> None:
@@ -123,9 +155,14 @@ class SimCLREncoder(TrunkEncoder):
         return contrastive_latent(self.trunk(x), self.head, self.features)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        views = torch.cat([self.augment(x), self.augment(x)])
-        proj = self.head(self.trunk(views))
-        return nt_xent(proj[: len(x)], proj[len(x) :], self.temperature)
+        if self.local_crops == 0:
+            views = torch.cat([self.augment(x), self.augment(x)])
+            proj = self.head(self.trunk(views))
+            return nt_xent(proj[: len(x)], proj[len(x) :], self.temperature)
+        views = [self.augment(x), self.augment(x)]
+        views += [self.local_augment(x) for _ in range(self.local_crops)]
+        proj = self.head(self.trunk(torch.cat(views)))
+        return multi_crop_nt_xent(list(proj.split(len(x))), self.temperature)
 
 
 def _rotation_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,12 +285,15 @@ def simclr(
     noise: float = 0.0,
     features: str = "trunk",
     views: str = "auto",
+    local_crops: int = 0,
+    local_area: float = 0.2,
 ) -> SimCLREncoder:
     """SimCLR contrastive encoder on the DCGAN trunk; ``features``: trunk, head
     (L2-normalised projection) or trunk+head. ``views``: ``affine`` (random affine warps, with
     the ``affine`` / ``hflip`` / ``jitter`` switches), ``natural`` (SimCLR's crops, flips,
     colour jitter and grayscale) or ``auto`` (natural for 3-channel images, affine otherwise);
-    ``noise`` adds to either."""
+    ``noise`` adds to either. ``local_crops``: multi-crop, that many more small views per image
+    (crops of 5 % to ``local_area`` of it); an epoch costs ``1 + local_crops / 2`` times more."""
     check_positive(
         "simclr",
         in_channels=in_channels,
@@ -270,6 +310,8 @@ def simclr(
         temperature,
         _views(views, in_channels, affine, hflip, jitter, noise),
         features,
+        local_crops,
+        local_area,
     )
 
 
