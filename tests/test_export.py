@@ -220,10 +220,20 @@ def test_onnx_backend_scores_a_folder_without_torch(params, fake_split, tmp_path
         cmd = [sys.executable, "-c", NO_TORCH]
     got, stderr = _score_json([*cmd, "score", str(tmp_path / "m.onnx"), str(folder), "--json"])
     assert set(got) == set(want) and len(got) == len(fake_split.test)
-    for path, row in want.items():
-        assert _close(np.array(got[path]["anomaly_score"]), np.array(row["anomaly_score"])) <= RTOL
-        assert got[path]["label"] == row["label"]
+    paths = sorted(want)
+    scores = {
+        k: np.array([d[p]["anomaly_score"] for p in paths])
+        for k, d in (("got", got), ("want", want))
+    }
+    # on the scale of all the scores, as in the test above: one score near 0 among
+    # scores near 50 carries the rounding of the larger ones (2e-4 on an AMX CPU: 4e-6)
+    assert _close(scores["got"], scores["want"]) <= RTOL
+    scale = max(float(np.max(np.abs(scores["want"]))), 1.0)
+    for path in paths:
+        row = want[path]
         assert got[path]["threshold"] == pytest.approx(row["threshold"], rel=1e-12)
+        if abs(row["anomaly_score"] - row["threshold"]) > 10 * RTOL * scale:  # not a tie
+            assert got[path]["label"] == row["label"]
     assert "labelled folder: ROC AUC" in stderr
 
 
