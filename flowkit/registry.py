@@ -18,6 +18,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,9 +60,12 @@ class Entry:
 
     @property
     def summary(self) -> str:
-        """First line of the factory's docstring."""
-        doc = inspect.getdoc(self.factory) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """The first sentence of the factory's docstring (its first paragraph's lines joined,
+        up to a full stop before a capital letter or the end), without reST markup."""
+        doc = (inspect.getdoc(self.factory) or "").strip()
+        paragraph = " ".join(doc.split("\n\n")[0].split())
+        sentence = re.split(r"(?<=\.)\s+(?=[A-Z])", paragraph)[0]
+        return sentence.replace("``", "")
 
 
 class Registry:

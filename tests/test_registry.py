@@ -86,6 +86,34 @@ def test_entries_remember_their_plugin():
     assert entry.plugin == "builtin" and entry.distribution == "flowkit"
 
 
+def test_list_summary_is_the_docstrings_first_sentence():
+    from flowkit.registry import Entry
+
+    def make(doc):
+        def factory():
+            pass
+
+        factory.__doc__ = doc
+        return Entry("x", factory)
+
+    # a sentence wrapped over lines is joined and ends at the full stop before a capital
+    wrapped = """Distance to the k-th nearest latent (Ruff et al. 2018), e.g. with
+    ``part=0`` on one part. Slow on big sets.
+
+    Details."""
+    assert make(wrapped).summary == (
+        "Distance to the k-th nearest latent (Ruff et al. 2018), e.g. with part=0 on one part."
+    )
+    assert make("No full stop\n\nSecond paragraph.").summary == "No full stop"
+    assert make(None).summary == "" and make("   ").summary == ""
+    for kind in ("encoders", "flows", "scorers", "datasets"):  # built-in: whole sentences
+        registry = getattr(flowkit.registry, kind)
+        for name in registry.names():
+            entry = registry.get(name)
+            if entry.plugin == "builtin":
+                assert entry.summary.endswith((".", ")")) and "``" not in entry.summary, name
+
+
 @pytest.mark.parametrize(
     "spec,expected",
     [
