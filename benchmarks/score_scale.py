@@ -1,4 +1,4 @@
-"""Scoring a large folder here, on worker processes and on Ray actors (issue 28, item 5).
+"""Scoring a large folder here, on worker processes and on Ray Data (issue 28, item 5).
 
 Writes N PNG files (scikit-learn's embedded digits at 32×32, repeated; default 20,000),
 trains a small model on the digits (or uses --model), then runs `flowkit score DIR --csv`

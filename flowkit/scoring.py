@@ -5,15 +5,18 @@ order :func:`flowkit.images.find_images` gives them. Each worker opens the model
 (a Detector model file, or an exported ``.onnx`` file run by onnxruntime alone), reads and
 decodes its chunks' files itself (so decoding runs in parallel too) and returns their scores;
 the driver yields the chunks **in their order**, so the rows are the same, in the same order,
-as scoring here. An image's score never depends on the images beside it (the input contract),
-so cutting the folder changes no score. Unreadable files fail the run, or, with
-``skip_unreadable``, are counted and reported while the others are scored.
+as scoring here. On Ray the chunks are a Ray Data dataset (one block per chunk, order
+preserved) mapped by ``--workers`` tasks at a time, in Ray worker processes that each open
+the model once, one row per file out. An image's score never depends on the images beside
+it (the input contract), so cutting the folder changes no score. Unreadable files fail the
+run, or, with ``skip_unreadable``, are counted and reported while the others are scored.
 
 This module imports neither torch nor Ray until an executor needs them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,14 +96,42 @@ def _score_here(files: list[Path], skip_unreadable: bool) -> ChunkScores:
     return score_chunk(_MODEL["model"], files, skip_unreadable)
 
 
-class _Actor:
-    """A Ray actor holding the model, opened once."""
-
-    def __init__(self, path: str, backend: str, device: str, threads: int | None) -> None:
+def _ray_score(
+    batch: dict[str, np.ndarray],
+    path: str,
+    backend: str,
+    device: str,
+    threads: int | None,
+    skip: bool,
+) -> dict[str, np.ndarray]:
+    """A Ray Data map over chunks of file paths (``chunk``, ``files``), in a Ray worker
+    process that opens the model once (Ray reuses its worker processes: the model stays
+    open between tasks). Out comes one row per file, in the chunk's order, the unreadable
+    ones flagged ``skipped`` (with NaN scores)."""
+    if _MODEL.get("opened") != (path, backend, device, threads):
         _open_here(path, backend, device, threads)
+        _MODEL["opened"] = (path, backend, device, threads)
+    chunk_ids, paths, scores, log_probs, skipped = [], [], [], [], []
+    for chunk, files in zip(batch["chunk"], batch["files"], strict=True):
+        got = _score_here([Path(f) for f in files], skip)
+        kept = {str(f): i for i, f in enumerate(got.kept)}
+        for f in map(str, files):
+            i = kept.get(f)
+            chunk_ids.append(chunk)
+            paths.append(f)
+            scores.append(np.nan if i is None else got.anomaly_score[i])
+            log_probs.append(np.nan if i is None else got.log_prob[i])
+            skipped.append(i is None)
+    return {
+        "chunk": np.asarray(chunk_ids, dtype=np.int64),
+        "path": np.asarray(paths, dtype=object),
+        "anomaly_score": np.asarray(scores, dtype=np.float64),
+        "log_prob": np.asarray(log_probs, dtype=np.float64),
+        "skipped": np.asarray(skipped, dtype=bool),
+    }
 
-    def score(self, files: list[Path], skip_unreadable: bool) -> ChunkScores:
-        return _score_here(files, skip_unreadable)
+
+_RAY_COLUMNS = ("chunk", "path", "anomaly_score", "log_prob", "skipped")
 
 
 def _cores() -> int:
@@ -187,16 +218,56 @@ def _on_ray(
     path: str, chunks: list[list[Path]], backend: str, device: str, skip: bool, n: int, t: int
 ) -> Iterator[ChunkScores]:
     import ray
+    import ray.data
 
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=n, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
-        actor = ray.remote(num_cpus=1)(_Actor)
-        actors = [actor.remote(path, backend, device, t) for _ in range(n)]
-        refs = [actors[i % n].score.remote(c, skip) for i, c in enumerate(chunks)]
-        for ref in refs:  # in the chunks' order, whichever actor finishes first
-            yield ray.get(ref)
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # rows in the chunks' order
+        context.enable_progress_bars = False  # the CLI has its own
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines on stderr
+        items = [{"chunk": i, "files": [str(f) for f in c]} for i, c in enumerate(chunks)]
+        rows = ray.data.from_items(items, override_num_blocks=len(chunks)).map_batches(
+            _ray_score,
+            fn_kwargs={
+                "path": path,
+                "backend": backend,
+                "device": device,
+                "threads": t,
+                "skip": skip,
+            },
+            batch_size=1,  # one chunk a call: chunks are already --batch-size files
+            batch_format="numpy",
+            compute=ray.data.TaskPoolStrategy(size=n),  # --workers tasks at a time
+            num_cpus=1,
+        )
+        yield from _regroup(rows.iter_batches(batch_size=None, batch_format="numpy"))
     finally:
         if started:
             ray.shutdown()
+
+
+def _regroup(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[ChunkScores]:
+    """Ray Data's rows (one per file, in order) back into one :class:`ChunkScores` a chunk."""
+    current, rows = None, []
+    for batch in batches:
+        for row in zip(*(batch[k] for k in _RAY_COLUMNS), strict=True):
+            if current is not None and row[0] != current:
+                yield _chunk_of(rows)
+                rows = []
+            current = row[0]
+            rows.append(row)
+    if rows:
+        yield _chunk_of(rows)
+
+
+def _chunk_of(rows: list[tuple[Any, ...]]) -> ChunkScores:
+    kept = [r for r in rows if not r[4]]
+    return ChunkScores(
+        [Path(r[1]) for r in kept],
+        np.asarray([r[2] for r in kept], dtype=np.float64),
+        np.asarray([r[3] for r in kept], dtype=np.float64),
+        [str(r[1]) for r in rows if r[4]],
+    )

@@ -56,3 +56,46 @@ def test_score_executor_options_are_checked_before_any_work(tiny_detector, tmp_p
     model = tiny_detector.save(tmp_path / "m.flowkit")
     res = runner.invoke(app, ["score", str(model), str(folder), "--workers", "2"])
     assert res.exit_code == 2 and "--workers need --executor process or ray" in res.output
+
+
+def test_ray_rows_regroup_into_the_chunks_and_the_model_opens_once_a_process(monkeypatch):
+    from pathlib import Path
+
+    import flowkit.scoring as scoring
+
+    opened = []
+    monkeypatch.setattr(scoring, "_MODEL", {})
+    monkeypatch.setattr(scoring, "open_model", lambda *a: opened.append(a) or "model")
+
+    def fake_chunk(model, files, skip):  # the second file of every chunk is unreadable
+        kept = [f for i, f in enumerate(files) if i != 1]
+        score = np.array([float(f.stem) for f in kept])
+        return scoring.ChunkScores(kept, score, -score, [str(files[1])] if len(files) > 1 else [])
+
+    monkeypatch.setattr(scoring, "score_chunk", fake_chunk)
+    batches = [
+        scoring._ray_score(
+            {"chunk": np.array([i]), "files": np.array([files], dtype=object)},
+            "m.flowkit",
+            "auto",
+            "cpu",
+            None,  # threads: this test process's torch threads stay as they are
+            True,
+        )
+        for i, files in enumerate([["0.png", "1.png", "2.png"], ["3.png"], ["4.png", "5.png"]])
+    ]
+    assert opened == [("m.flowkit", "auto", "cpu")]  # once for every chunk of this process
+    got = list(scoring._regroup(iter(batches)))
+    assert [[p.name for p in c.kept] for c in got] == [["0.png", "2.png"], ["3.png"], ["4.png"]]
+    assert [c.skipped for c in got] == [["1.png"], [], ["5.png"]]
+    np.testing.assert_array_equal(got[0].anomaly_score, [0.0, 2.0])
+    np.testing.assert_array_equal(got[2].log_prob, [-4.0])
+    assert isinstance(got[0].kept[0], Path)
+    # a chunk whose files are all unreadable comes back empty, not merged into a neighbour
+    rows = {
+        "chunk": np.array([0, 1, 2]), "path": np.array(["a", "b", "c"], dtype=object),
+        "anomaly_score": np.array([1.0, np.nan, 3.0]), "log_prob": np.array([-1.0, np.nan, -3.0]),
+        "skipped": np.array([False, True, False]),
+    }  # fmt: skip
+    got = list(scoring._regroup(iter([rows])))
+    assert [(len(c.kept), c.skipped) for c in got] == [(1, []), (0, ["b"]), (1, [])]

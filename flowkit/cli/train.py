@@ -239,7 +239,7 @@ def score(
     executor: Annotated[
         str,
         typer.Option(
-            help="Where chunks of --batch-size files are read and scored: local (here), process (--workers spawned processes) or ray (--workers Ray actors; pip install 'flowkit[ray]'). Each worker opens the model once; the rows come out in the same order, with the same scores, as local."
+            help="Where chunks of --batch-size files are read and scored: local (here), process (--workers spawned processes) or ray (a Ray Data map over the chunks, --workers tasks at a time, in Ray worker processes; pip install 'flowkit[ray]'). Each worker opens the model once; the rows come out in the same order, with the same scores, as local."
         ),
     ] = "local",
     workers: Annotated[
