@@ -223,11 +223,14 @@ def _on_ray(
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=n, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    context = ray.data.DataContext.get_current()
+    saved = (context.execution_options.preserve_order, context.enable_progress_bars)
+    log = logging.getLogger("ray.data")
+    level = log.level
     try:
-        context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows in the chunks' order
         context.enable_progress_bars = False  # the CLI has its own
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines on stderr
+        log.setLevel(logging.ERROR)  # its INFO lines on stderr
         items = [{"chunk": i, "files": [str(f) for f in c]} for i, c in enumerate(chunks)]
         rows = ray.data.from_items(items, override_num_blocks=len(chunks)).map_batches(
             _ray_score,
@@ -245,6 +248,9 @@ def _on_ray(
         )
         yield from _regroup(rows.iter_batches(batch_size=None, batch_format="numpy"))
     finally:
+        # a driver's own Ray Data settings come back as they were
+        context.execution_options.preserve_order, context.enable_progress_bars = saved
+        log.setLevel(level)
         if started:
             ray.shutdown()
 
