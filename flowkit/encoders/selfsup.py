@@ -293,9 +293,9 @@ def simclr(
     ``features``: trunk, head (L2-normalised projection) or trunk+head. ``views``:
     ``affine`` (random affine warps, with the ``affine`` / ``hflip`` / ``jitter`` switches),
     ``natural`` (SimCLR's crops, flips, colour jitter and grayscale) or ``auto`` (natural for
-    3-channel images, affine otherwise);
-    ``noise`` adds to either. ``local_crops``: multi-crop, that many more small views per image
-    (crops of 5 % to ``local_area`` of it); an epoch costs ``1 + local_crops / 2`` times more."""
+    3-channel images, affine otherwise); ``noise`` adds to either. ``local_crops``: multi-crop,
+    that many more small views per image (crops of 5 % to ``local_area`` of it); an epoch
+    costs ``1 + local_crops / 2`` times more."""
     check_positive(
         "simclr",
         in_channels=in_channels,
