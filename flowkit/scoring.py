@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from flowkit.errors import ConfigError, DataError
+from flowkit.errors import ConfigError, DataError, FlowkitError
 
 __all__ = ["ChunkScores", "open_model", "score_chunk", "score_files", "SCORE_EXECUTORS"]
 
@@ -107,31 +107,47 @@ def _ray_score(
     """A Ray Data map over chunks of file paths (``chunk``, ``files``), in a Ray worker
     process that opens the model once (Ray reuses its worker processes: the model stays
     open between tasks). Out comes one row per file, in the chunk's order, the unreadable
-    ones flagged ``skipped`` (with NaN scores)."""
-    if _MODEL.get("opened") != (path, backend, device, threads):
-        _open_here(path, backend, device, threads)
-        _MODEL["opened"] = (path, backend, device, threads)
-    chunk_ids, paths, scores, log_probs, skipped = [], [], [], [], []
-    for chunk, files in zip(batch["chunk"], batch["files"], strict=True):
-        got = _score_here([Path(f) for f in files], skip)
-        kept = {str(f): i for i, f in enumerate(got.kept)}
-        for f in map(str, files):
-            i = kept.get(f)
-            chunk_ids.append(chunk)
-            paths.append(f)
-            scores.append(np.nan if i is None else got.anomaly_score[i])
-            log_probs.append(np.nan if i is None else got.log_prob[i])
-            skipped.append(i is None)
+    ones flagged ``skipped`` (with NaN scores). A user's error (an unreadable file without
+    ``skip``, a refused model file) comes back as one row naming it, for the driver to raise:
+    Ray Data would wrap it in its own exception and traceback."""
+    rows: list[tuple[Any, ...]] = []
+    try:
+        if _MODEL.get("opened") != (path, backend, device, threads):
+            _open_here(path, backend, device, threads)
+            _MODEL["opened"] = (path, backend, device, threads)
+        for chunk, files in zip(batch["chunk"], batch["files"], strict=True):
+            got = _score_here([Path(f) for f in files], skip)
+            kept = {str(f): i for i, f in enumerate(got.kept)}
+            for f in map(str, files):
+                i = kept.get(f)
+                if i is None:
+                    rows.append((chunk, f, np.nan, np.nan, True, ""))
+                else:
+                    rows.append((chunk, f, got.anomaly_score[i], got.log_prob[i], False, ""))
+    except FlowkitError as err:
+        rows = [(batch["chunk"][0], "", np.nan, np.nan, True, f"{type(err).__name__}: {err}")]
+    columns = list(zip(*rows, strict=True))
+    dtypes = (np.int64, object, np.float64, np.float64, bool, object)
     return {
-        "chunk": np.asarray(chunk_ids, dtype=np.int64),
-        "path": np.asarray(paths, dtype=object),
-        "anomaly_score": np.asarray(scores, dtype=np.float64),
-        "log_prob": np.asarray(log_probs, dtype=np.float64),
-        "skipped": np.asarray(skipped, dtype=bool),
+        k: np.asarray(v, dtype=t) for k, v, t in zip(_RAY_COLUMNS, columns, dtypes, strict=True)
     }
 
 
-_RAY_COLUMNS = ("chunk", "path", "anomaly_score", "log_prob", "skipped")
+_RAY_COLUMNS = ("chunk", "path", "anomaly_score", "log_prob", "skipped", "error")
+
+
+def _raise_user_error(error: str) -> None:
+    """Raise, on the driver, the flowkit error a Ray worker reported as ``"Type: message"``."""
+    from flowkit import errors
+
+    name, _, message = error.partition(": ")
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, FlowkitError)):
+        cls = FlowkitError
+    try:
+        raise cls(message)
+    except TypeError:  # an error class whose constructor takes other arguments
+        raise FlowkitError(message) from None
 
 
 def _cores() -> int:
@@ -260,6 +276,8 @@ def _regroup(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[ChunkScores]:
     current, rows = None, []
     for batch in batches:
         for row in zip(*(batch[k] for k in _RAY_COLUMNS), strict=True):
+            if row[5]:
+                _raise_user_error(row[5])
             if current is not None and row[0] != current:
                 yield _chunk_of(rows)
                 rows = []

@@ -47,6 +47,34 @@ def test_workers_give_the_local_rows_in_the_local_order(tiny_detector, tmp_path,
     assert _csv(model, folder, "--executor", executor, "--workers", "2", "--threads", "1") == local
 
 
+@pytest.mark.parametrize("executor", ["process", "ray"])
+def test_workers_report_an_unreadable_file_as_local_scoring_does(
+    tiny_detector, tmp_path, folder, executor
+):
+    model = tiny_detector.save(tmp_path / "m.flowkit")
+    cmd = ["score", str(model), str(folder), "--csv", "-q", "--batch-size", "7"]
+    local = runner.invoke(app, cmd)
+    assert local.exit_code == 2 and "zz_broken.png" in local.output
+    res = runner.invoke(app, [*cmd, "--executor", executor, "--workers", "2", "--threads", "1"])
+    assert res.exit_code == 2  # one clear line, not a worker's traceback
+    error = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert error == [line for line in local.output.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in res.output
+
+
+def test_a_workers_user_error_is_raised_on_the_driver_as_its_own_class():
+    import flowkit.scoring as scoring
+    from flowkit.errors import DataError, FlowkitError, ModelFileError
+
+    for cls in (DataError, ModelFileError):
+        with pytest.raises(cls, match="^bad thing$"):
+            scoring._raise_user_error(f"{cls.__name__}: bad thing")
+    for name in ("TrainingDivergedError", "ValueError", "NoSuchError"):
+        with pytest.raises(FlowkitError, match="^bad thing$") as info:
+            scoring._raise_user_error(f"{name}: bad thing")
+        assert type(info.value) is FlowkitError  # its own constructor, or not flowkit's
+
+
 def test_score_executor_options_are_checked_before_any_work(tiny_detector, tmp_path, folder):
     with pytest.raises(ConfigError, match="unknown executor 'gpu'"):
         check_executor("gpu", None, None)
@@ -96,6 +124,7 @@ def test_ray_rows_regroup_into_the_chunks_and_the_model_opens_once_a_process(mon
         "chunk": np.array([0, 1, 2]), "path": np.array(["a", "b", "c"], dtype=object),
         "anomaly_score": np.array([1.0, np.nan, 3.0]), "log_prob": np.array([-1.0, np.nan, -3.0]),
         "skipped": np.array([False, True, False]),
+        "error": np.array(["", "", ""], dtype=object),
     }  # fmt: skip
     got = list(scoring._regroup(iter([rows])))
     assert [(len(c.kept), c.skipped) for c in got] == [(1, []), (0, ["b"]), (1, [])]
