@@ -161,7 +161,6 @@ def main() -> None:
             s: density.density_.evaluate(z, cpu)[1]
             for s, z in [("train", enc.z_train), ("val", enc.z_val), ("test", enc.z_test)]
         }
-
         row = {"class": name, "nll": auc("nll", y, contexts(log_prob, feats, "trunk"))}
         for fs in SETS:
             row[f"knn {fs}"] = auc(knn, y, contexts(log_prob, feats, fs))

@@ -7,7 +7,7 @@ decodes its chunks' files itself (so decoding runs in parallel too) and returns 
 the driver yields the chunks **in their order**, so the rows are the same, in the same order,
 as scoring here. On Ray the chunks are a Ray Data dataset (one block per chunk, order
 preserved) mapped by ``--workers`` tasks at a time, in Ray worker processes that each open
-the model once, one row per file out. An image's score never depends on the images beside
+the model once, one row per chunk out. An image's score never depends on the images beside
 it (the input contract), so cutting the folder changes no score. Unreadable files fail the
 run, or, with ``skip_unreadable``, are counted and reported while the others are scored.
 
@@ -103,37 +103,32 @@ def _ray_score(
     device: str,
     threads: int | None,
     skip: bool,
-) -> dict[str, np.ndarray]:
-    """A Ray Data map over chunks of file paths (``chunk``, ``files``), in a Ray worker
-    process that opens the model once (Ray reuses its worker processes: the model stays
-    open between tasks). Out comes one row per file, in the chunk's order, the unreadable
-    ones flagged ``skipped`` (with NaN scores). A user's error (an unreadable file without
-    ``skip``, a refused model file) comes back as one row naming it, for the driver to raise:
-    Ray Data would wrap it in its own exception and traceback."""
-    rows: list[tuple[Any, ...]] = []
-    try:
-        if _MODEL.get("opened") != (path, backend, device, threads):
-            _open_here(path, backend, device, threads)
-            _MODEL["opened"] = (path, backend, device, threads)
-        for chunk, files in zip(batch["chunk"], batch["files"], strict=True):
-            got = _score_here([Path(f) for f in files], skip)
-            kept = {str(f): i for i, f in enumerate(got.kept)}
-            for f in map(str, files):
-                i = kept.get(f)
-                if i is None:
-                    rows.append((chunk, f, np.nan, np.nan, True, ""))
-                else:
-                    rows.append((chunk, f, got.anomaly_score[i], got.log_prob[i], False, ""))
-    except FlowkitError as err:
-        rows = [(batch["chunk"][0], "", np.nan, np.nan, True, f"{type(err).__name__}: {err}")]
-    columns = list(zip(*rows, strict=True))
-    dtypes = (np.int64, object, np.float64, np.float64, bool, object)
-    return {
-        k: np.asarray(v, dtype=t) for k, v, t in zip(_RAY_COLUMNS, columns, dtypes, strict=True)
-    }
+) -> dict[str, list[Any]]:
+    """A Ray Data map over chunks of file paths (column ``files``), in a Ray worker process
+    that opens the model once (Ray reuses its worker processes: the model stays open between
+    tasks). Out comes one row per chunk: :class:`ChunkScores`' fields as lists, and
+    ``error``. A user's error (an unreadable file without ``skip``, a refused model file)
+    comes back there as ``"Type: message"``, for the driver to raise: Ray Data would wrap it
+    in its own exception and traceback."""
+    out: dict[str, list[Any]] = {k: [] for k in _RAY_COLUMNS}
+    for files in batch["files"]:
+        try:
+            if _MODEL.get("opened") != (path, backend, device, threads):
+                _open_here(path, backend, device, threads)
+                _MODEL["opened"] = (path, backend, device, threads)
+            got, error = _score_here([Path(f) for f in files], skip), ""
+        except FlowkitError as err:
+            empty = np.empty(0)
+            got, error = ChunkScores([], empty, empty, []), f"{type(err).__name__}: {err}"
+        out["kept"].append([str(f) for f in got.kept])
+        out["anomaly_score"].append(got.anomaly_score.tolist())
+        out["log_prob"].append(got.log_prob.tolist())
+        out["skipped"].append(got.skipped)
+        out["error"].append(error)
+    return out
 
 
-_RAY_COLUMNS = ("chunk", "path", "anomaly_score", "log_prob", "skipped", "error")
+_RAY_COLUMNS = ("kept", "anomaly_score", "log_prob", "skipped", "error")
 
 
 def _raise_user_error(error: str) -> None:
@@ -247,7 +242,7 @@ def _on_ray(
         context.execution_options.preserve_order = True  # rows in the chunks' order
         context.enable_progress_bars = False  # the CLI has its own
         log.setLevel(logging.ERROR)  # its INFO lines on stderr
-        items = [{"chunk": i, "files": [str(f) for f in c]} for i, c in enumerate(chunks)]
+        items = [{"files": [str(f) for f in c]} for c in chunks]
         rows = ray.data.from_items(items, override_num_blocks=len(chunks)).map_batches(
             _ray_score,
             fn_kwargs={
@@ -262,36 +257,18 @@ def _on_ray(
             compute=ray.data.TaskPoolStrategy(size=n),  # --workers tasks at a time
             num_cpus=1,
         )
-        yield from _regroup(rows.iter_batches(batch_size=None, batch_format="numpy"))
+        for row in rows.iter_rows():  # one a chunk, in the chunks' order
+            if row["error"]:
+                _raise_user_error(row["error"])
+            yield ChunkScores(
+                [Path(f) for f in row["kept"]],
+                np.asarray(row["anomaly_score"], dtype=np.float64),
+                np.asarray(row["log_prob"], dtype=np.float64),
+                [str(f) for f in row["skipped"]],
+            )
     finally:
         # a driver's own Ray Data settings come back as they were
         context.execution_options.preserve_order, context.enable_progress_bars = saved
         log.setLevel(level)
         if started:
             ray.shutdown()
-
-
-def _regroup(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[ChunkScores]:
-    """Ray Data's rows (one per file, in order) back into one :class:`ChunkScores` a chunk."""
-    current, rows = None, []
-    for batch in batches:
-        for row in zip(*(batch[k] for k in _RAY_COLUMNS), strict=True):
-            if row[5]:
-                _raise_user_error(row[5])
-            if current is not None and row[0] != current:
-                yield _chunk_of(rows)
-                rows = []
-            current = row[0]
-            rows.append(row)
-    if rows:
-        yield _chunk_of(rows)
-
-
-def _chunk_of(rows: list[tuple[Any, ...]]) -> ChunkScores:
-    kept = [r for r in rows if not r[4]]
-    return ChunkScores(
-        [Path(r[1]) for r in kept],
-        np.asarray([r[2] for r in kept], dtype=np.float64),
-        np.asarray([r[3] for r in kept], dtype=np.float64),
-        [str(r[1]) for r in rows if r[4]],
-    )

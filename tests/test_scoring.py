@@ -86,45 +86,40 @@ def test_score_executor_options_are_checked_before_any_work(tiny_detector, tmp_p
     assert res.exit_code == 2 and "--workers need --executor process or ray" in res.output
 
 
-def test_ray_rows_regroup_into_the_chunks_and_the_model_opens_once_a_process(monkeypatch):
-    from pathlib import Path
-
+def test_ray_rows_are_the_chunks_scores_and_the_model_opens_once_a_process(monkeypatch):
     import flowkit.scoring as scoring
+    from flowkit.errors import DataError
 
     opened = []
     monkeypatch.setattr(scoring, "_MODEL", {})
     monkeypatch.setattr(scoring, "open_model", lambda *a: opened.append(a) or "model")
 
     def fake_chunk(model, files, skip):  # the second file of every chunk is unreadable
+        if files[0].name == "bad.png":
+            raise DataError("1 of 1 image file(s) could not be read: bad.png")
         kept = [f for i, f in enumerate(files) if i != 1]
         score = np.array([float(f.stem) for f in kept])
         return scoring.ChunkScores(kept, score, -score, [str(files[1])] if len(files) > 1 else [])
 
     monkeypatch.setattr(scoring, "score_chunk", fake_chunk)
-    batches = [
+    rows = [
         scoring._ray_score(
-            {"chunk": np.array([i]), "files": np.array([files], dtype=object)},
+            {"files": np.array([files], dtype=object)},
             "m.flowkit",
             "auto",
             "cpu",
             None,  # threads: this test process's torch threads stay as they are
             True,
         )
-        for i, files in enumerate([["0.png", "1.png", "2.png"], ["3.png"], ["4.png", "5.png"]])
+        for files in [["0.png", "1.png", "2.png"], ["3.png"], ["4.png", "5.png"], ["bad.png"]]
     ]
     assert opened == [("m.flowkit", "auto", "cpu")]  # once for every chunk of this process
-    got = list(scoring._regroup(iter(batches)))
-    assert [[p.name for p in c.kept] for c in got] == [["0.png", "2.png"], ["3.png"], ["4.png"]]
-    assert [c.skipped for c in got] == [["1.png"], [], ["5.png"]]
-    np.testing.assert_array_equal(got[0].anomaly_score, [0.0, 2.0])
-    np.testing.assert_array_equal(got[2].log_prob, [-4.0])
-    assert isinstance(got[0].kept[0], Path)
-    # a chunk whose files are all unreadable comes back empty, not merged into a neighbour
-    rows = {
-        "chunk": np.array([0, 1, 2]), "path": np.array(["a", "b", "c"], dtype=object),
-        "anomaly_score": np.array([1.0, np.nan, 3.0]), "log_prob": np.array([-1.0, np.nan, -3.0]),
-        "skipped": np.array([False, True, False]),
-        "error": np.array(["", "", ""], dtype=object),
-    }  # fmt: skip
-    got = list(scoring._regroup(iter([rows])))
-    assert [(len(c.kept), c.skipped) for c in got] == [(1, []), (0, ["b"]), (1, [])]
+    assert all(len(r["kept"]) == 1 for r in rows)  # one row a chunk
+    assert [r["kept"][0] for r in rows] == [["0.png", "2.png"], ["3.png"], ["4.png"], []]
+    assert [r["skipped"][0] for r in rows] == [["1.png"], [], ["5.png"], []]
+    assert rows[0]["anomaly_score"] == [[0.0, 2.0]] and rows[2]["log_prob"] == [[-4.0]]
+    assert [r["error"][0] for r in rows[:3]] == ["", "", ""]
+    # a user's error comes back in its row, and the driver raises it as its own class
+    assert rows[3]["error"] == ["DataError: 1 of 1 image file(s) could not be read: bad.png"]
+    with pytest.raises(DataError, match="could not be read: bad.png"):
+        scoring._raise_user_error(rows[3]["error"][0])
