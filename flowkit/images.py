@@ -266,7 +266,11 @@ def as_uint8_array(
 def check_unambiguous(x: object, expected: tuple[int, int, int]) -> None:
     """Refuse a 3-D batch ``(A, H, W)`` of the model's size whose first axis could be a
     channel count (3 or 4, or the model's own): it reads as A one-channel images or as one
-    A-channel image, and the wrong guess would score silently."""
+    A-channel image, and the wrong guess would score silently. Only arrays and tensors are
+    read this way: a dataset object (an ``ImageSet``, whose ``shape`` is one image's
+    ``(C, H, W)``) declares its layout."""
+    if not hasattr(x, "__array__") and not hasattr(x, "__dlpack__"):
+        return
     shape = tuple(getattr(x, "shape", ()) or ())
     c, h, w = expected
     if len(shape) == 3 and shape[1:] == (h, w) and shape[0] > 1 and shape[0] in (3, 4, c):

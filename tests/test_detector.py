@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from flowkit import Detector, artifact
+from flowkit.data import leave_one_class_out
 from flowkit.errors import ConfigError, DataError, ModelFileError
 from flowkit.stages import CalibrationStage, DensityStage, EncoderStage, split_validation
 
@@ -505,3 +506,19 @@ def test_the_density_owns_the_log_likelihood_jacobian_included(tiny_detector, fa
         tiny_detector.calibration_stage_,
     ):
         assert pickle.loads(pickle.dumps(stage)).fitted
+
+
+def test_a_three_channel_imageset_is_scored_as_the_images_it_holds(tmp_path):
+    # an ImageSet's ``shape`` is one image's (3, 32, 32): it must not read as an ambiguous
+    # 3-D batch (flowkit train --anomaly-class on photographs failed there after training)
+    from flowkit import load_dataset
+
+    data = load_dataset("fake", per_class=20, channels=3)
+    split = leave_one_class_out(data, 0, seed=0)
+    assert split.test.shape == (3, 32, 32)
+    det = Detector(**TINY).fit(split.train)
+    scores = det.anomaly_score(split.test)
+    assert scores.shape == (len(split.test),)
+    np.testing.assert_array_equal(scores, det.anomaly_score(split.test.images))
+    with pytest.raises(DataError, match="ambiguous: 3 one-channel"):
+        det.anomaly_score(split.test.images[0])  # a bare (3, 32, 32) tensor still is
