@@ -473,6 +473,33 @@ def test_figures_say_which_data_they_show():
         label == "Data: embedded scikit-learn digits (8×8, upscaled), 1,047 train / 360 test images"
     )
     assert data_label("mnist", []) == "Data: mnist"
+    # a folder run names the folder it read (the dataset spec alone says "folder")
+    rec = {"status": "ok", "data_name": "cifar10-dev", "sizes": {"train": 3_240, "test": 1_400}}
+    assert (
+        data_label("folder", [rec]) == "Data: folder (cifar10-dev), 3,240 train / 1,400 test images"
+    )
+    assert data_label("digits", [{**rec, "data_name": "digits"}]).startswith("Data: embedded")
+    assert data_label("fake:per_class=3", [{"data_name": "fake"}]) == "Data: fake:per_class=3"
+
+
+def test_a_folder_run_names_its_folder_in_records_and_report(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos-dev"
+    for name, base in (("cars", 60), ("planes", 190)):
+        (root / name).mkdir(parents=True)
+        for i in range(20):
+            px = np.clip(base + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(root / name / f"{i}.png")
+    suite = Suite(**{**TINY_SUITE, "dataset": "folder", "classes": [1]}).validate()
+    store = run_suite(suite, tmp_path / "run", data_root=root, device="cpu")
+    recs = lines(store.results_path)
+    assert [r["data_name"] for r in recs] == ["photos-dev"] and recs[0]["status"] == "ok"
+    write_report(store.root, plots=False)
+    report = (store.root / "report.md").read_text()
+    assert "## folder (photos-dev): leave-one-class-out" in report
+    assert "Best mean AUC on folder (photos-dev)" in report
 
 
 def test_long_combination_names_keep_figures_of_their_own():

@@ -44,10 +44,18 @@ def _slug(text: str, limit: int = 60) -> str:
 DATA_NAMES = {"digits": "embedded scikit-learn digits (8×8, upscaled)"}
 
 
+def data_name(dataset: str, records: list[dict[str, Any]]) -> str:
+    """The dataset as a reader should see it: with the loaded data's own name where that
+    says more (``folder (cifar10-dev)``: which folder a ``folder`` run read)."""
+    name = DATA_NAMES.get(dataset, dataset)
+    own = next((r["data_name"] for r in records if r.get("data_name")), None)
+    return f"{name} ({own})" if own and own != dataset.split(":")[0] else name
+
+
 def data_label(dataset: str, records: list[dict[str, Any]]) -> str:
     """Which data a figure shows: the dataset and how many images each target trained and
     tested on (a development sample and the full set share a dataset name)."""
-    name = DATA_NAMES.get(dataset, dataset)
+    name = data_name(dataset, records)
     sizes = next((r["sizes"] for r in records if r.get("sizes")), None)
     if not sizes:
         return f"Data: {name}"

@@ -21,6 +21,7 @@ from flowkit.bench.aggregate import (
     combination_label,
     target_order,
 )
+from flowkit.bench.plots import data_name
 from flowkit.bench.store import RunStore
 from flowkit.errors import ConfigError
 
@@ -189,8 +190,9 @@ def _dataset_section(
     lookup = {(a.target, a.combination): a for a in group}
     title, what = PROTOCOL_TITLES.get(protocol, (protocol, "target"))
     metric_names = ["auc", "aupr_in", "aupr_out", "fpr95"] if protocol == "ood" else ["auc"]
+    shown = data_name(dataset, [r for r in records if r["config"]["dataset"] == dataset])
     md += [
-        f"## {dataset}: {title} (ROC AUC, mean ± std over seeds)",
+        f"## {shown}: {title} (ROC AUC, mean ± std over seeds)",
         "",
     ]
     ref_names, ref_cols, ref_notes = (
@@ -222,7 +224,7 @@ def _dataset_section(
         md += [f"{titles[m]}:", "", _markdown_table([what] + combos, rows), ""]
     fair, note = _common_means(targets, dict(zip(combos, combos, strict=True)), lookup)
     best = max(combos, key=lambda c: fair[c])
-    md += [f"Best mean AUC on {dataset}{note}: **{best}** ({fair[best]:.3f})."]
+    md += [f"Best mean AUC on {shown}{note}: **{best}** ({fair[best]:.3f})."]
     if len(combos) > 1:
         order = sorted(combos, key=lambda c: -fair[c])
         ranking = ", ".join(f"{c} {fair[c]:.3f}" for c in order)

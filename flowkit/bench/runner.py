@@ -65,6 +65,11 @@ class BenchData:
             return list(self.given)
         return suite.targets(n_classes=self.n_classes)
 
+    @property
+    def name(self) -> str | None:
+        """The loaded data's own name (a folder's name for ``folder``), shown in reports."""
+        return self.data.name if self.data is not None else None
+
     def input_shape(self) -> tuple[int, int, int]:
         some = self.data if self.data is not None else next(iter((self.given or {}).values()))
         return some.shape
@@ -449,6 +454,7 @@ class _Recorder:
             "config": cell.config(),
             "combination": cell.combination,
             "target_name": self.bench_data.target_name(cell),
+            "data_name": self.bench_data.name,
             "encoder_key": cell.encoder_key,
             "flow_key": cell.flow_key,
             "plugins": {
