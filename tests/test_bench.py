@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -169,6 +170,28 @@ def test_reference_figures_are_labelled():
     names, cols, _ = _reference_columns("folder", ref, [("0", "airplane"), ("2", "bird")])
     assert cols["GANomaly (published)"] == ["0.633†", "0.510"]
     assert _reference_columns("folder", ref, [("0", "airplane"), ("1", "c_dog")]) == ([], {}, [])
+
+
+def test_the_auc_figure_shows_the_published_bars_a_folder_of_cifar_classes_gets(
+    tmp_path, monkeypatch
+):
+    # the report's table matched a folder's CIFAR-10 class names; its AUC bars did not
+    from flowkit.bench import plots
+    from flowkit.bench.aggregate import Aggregate, published_table
+    from flowkit.bench.report import load_reference
+
+    ref = load_reference()
+    table, index = published_table("folder", ref, [("0", "ship"), ("1", "airplane")])
+    assert index == [8, 0] and table is ref["cifar10"]
+    assert published_table("cifar10", ref, [("8", "8"), ("12", "12")])[1] == [8, None]
+    drawn = []
+    monkeypatch.setattr(plots, "_figure_bytes", lambda fig: drawn.append(fig) or b"")
+    monkeypatch.setattr(plots, "atomic_write_bytes", lambda path, data: path)
+    agg = Aggregate("folder", "loo", "0", "ship", "a", {}, {}, values={"auc": [0.6]}, seeds=[0])
+    plots._auc_bars(SimpleNamespace(root=tmp_path), "folder", "loo", [agg], ref, "Data: x")
+    ax = drawn[0].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "GANomaly (published)"]
+    assert [round(b.get_height(), 3) for b in ax.patches] == [0.6, 0.616]  # ship's published
 
 
 def test_a_cached_encoder_trained_on_other_views_is_retrained_with_its_density(tmp_path):

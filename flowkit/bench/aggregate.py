@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "published_table",
     "METRICS",
     "PROTOCOL_TITLES",
     "Aggregate",
@@ -100,3 +101,32 @@ def target_order(aggs: list[Aggregate]) -> list[tuple[str, str]]:
     return sorted(
         seen, key=lambda t: (not t[0].isdigit(), int(t[0]) if t[0].isdigit() else 0, t[0])
     )
+
+
+def published_table(
+    dataset: str, reference: dict[str, Any], targets: list[tuple[str, str]]
+) -> tuple[dict[str, Any] | None, list[int | None]]:
+    """The published table for this dataset's held-out classes and, per target, the index of
+    its class in that table (``None`` where it has none). A dataset the figures are not keyed
+    to (``folder``) gets a table when every held-out class's name is one of its classes
+    (``airplane`` … ``truck`` for CIFAR-10), matched by name; otherwise by class index."""
+    table = reference.get(dataset)
+    by_name = False
+    if not table:
+        for other in reference.values():
+            if not isinstance(other, dict) or "classes" not in other:
+                continue
+            known = set(other["classes"]) | set(other.get("aliases", []))
+            if targets and all(name in known for _, name in targets):
+                table, by_name = other, True
+                break
+    if not table:
+        return None, []
+    classes, aliases = table.get("classes", []), table.get("aliases", [])
+    index: list[int | None] = []
+    for t, name in targets:
+        if by_name:
+            index.append(classes.index(name) if name in classes else aliases.index(name))
+        else:
+            index.append(int(t) if t.isdigit() and int(t) < len(classes) else None)
+    return table, index

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flowkit.artifact import atomic_write_bytes
-from flowkit.bench.aggregate import PROTOCOL_TITLES, Aggregate, combination_label, target_order
+from flowkit.bench.aggregate import (
+    PROTOCOL_TITLES,
+    Aggregate,
+    combination_label,
+    published_table,
+    target_order,
+)
 
 if TYPE_CHECKING:
     from flowkit.bench.store import RunStore
@@ -70,7 +76,8 @@ def plot_dataset(
     records: list[dict[str, Any]],
     reference: dict[str, Any] | None,
 ) -> dict[str, Path]:
-    """Per-class AUC bars (with published GANomaly figures) and likelihood histograms."""
+    """Per-class AUC bars (with published GANomaly figures, from ``reference``: every
+    published table, matched to the held-out classes) and likelihood histograms."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -175,20 +182,10 @@ def _auc_bars(
         )
         for c in combos
     ]
-    if reference and not reference.get("chart_only") and "GANomaly" in reference:
-        classes = reference["classes"]
-        series.append(
-            (
-                "GANomaly (published)",
-                [
-                    reference["GANomaly"][int(t)]
-                    if t.isdigit() and int(t) < len(classes)
-                    else np.nan
-                    for t, _ in targets
-                ],
-                [0.0] * len(targets),
-            )
-        )
+    table, index = published_table(dataset, reference or {}, targets)
+    if table and not table.get("chart_only") and "GANomaly" in table:
+        published = [np.nan if i is None else table["GANomaly"][i] for i in index]
+        series.append(("GANomaly (published)", published, [0.0] * len(targets)))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(targets) * max(1, len(series)) / 2), 4))
     width = 0.8 / len(series)
     x = np.arange(len(targets))

@@ -19,6 +19,7 @@ from flowkit.bench.aggregate import (
     Aggregate,
     aggregate,
     combination_label,
+    published_table,
     target_order,
 )
 from flowkit.bench.plots import data_name
@@ -55,16 +56,7 @@ def _reference_columns(
     """Columns of published figures for this dataset, with markers and notes. A dataset the
     figures are not keyed to (``folder``) gets them when every held-out class's name is one
     of a published table's classes (``airplane`` … ``truck`` for CIFAR-10)."""
-    table = ref.get(dataset)
-    by_name = False
-    if not table:
-        for other in ref.values():
-            if not isinstance(other, dict) or "classes" not in other:
-                continue
-            known = set(other["classes"]) | set(other.get("aliases", []))
-            if targets and all(name in known for _, name in targets):
-                table, by_name = other, True
-                break
+    table, index = published_table(dataset, ref, targets)
     if not table:
         return [], {}, []
     if table.get("chart_only"):
@@ -80,12 +72,7 @@ def _reference_columns(
         if method not in table:
             continue
         col = []
-        aliases = table.get("aliases", [])
-        for t, name in targets:
-            if by_name:
-                idx = classes.index(name) if name in classes else aliases.index(name)
-            else:
-                idx = int(t) if t.isdigit() and int(t) < len(classes) else None
+        for idx in index:
             if idx is None:
                 col.append("-")
                 continue
@@ -243,7 +230,7 @@ def _dataset_section(
                     protocol,
                     group,
                     records,
-                    ref.get(dataset) if protocol == "loo" else None,
+                    ref if protocol == "loo" else None,
                 )
             )
         except Exception as exc:  # a plot must never lose the tables
