@@ -523,6 +523,8 @@ def test_a_folder_run_names_its_folder_in_records_and_report(tmp_path):
     report = (store.root / "report.md").read_text()
     assert "## folder (photos-dev): leave-one-class-out" in report
     assert "Best mean AUC on folder (photos-dev)" in report
+    res = CliRunner().invoke(app, ["report", str(store.root), "--no-plots"])
+    assert res.exit_code == 0 and "folder (photos-dev)" in res.output, res.output
 
 
 def test_long_combination_names_keep_figures_of_their_own():

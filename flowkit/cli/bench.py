@@ -218,6 +218,7 @@ def bench(
 
 def _summary(records: list[dict[str, Any]]) -> None:
     from flowkit.bench.aggregate import aggregate
+    from flowkit.bench.plots import data_name
 
     aggs = aggregate(records)
     by: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -229,7 +230,8 @@ def _summary(records: list[dict[str, Any]]) -> None:
     for (ds, combo), vals in sorted(
         by.items(), key=lambda kv: (kv[0][0], -sum(kv[1]) / len(kv[1]))
     ):
-        table.add_row(ds, combo, str(len(vals)), f"{sum(vals) / len(vals):.3f}")
+        shown = data_name(ds, [r for r in records if r["config"]["dataset"] == ds])
+        table.add_row(shown, combo, str(len(vals)), f"{sum(vals) / len(vals):.3f}")
     out.print(table)
 
 
