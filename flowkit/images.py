@@ -266,13 +266,25 @@ def as_uint8_array(
 def check_unambiguous(x: object, expected: tuple[int, int, int]) -> None:
     """Refuse a 3-D batch ``(A, H, W)`` of the model's size whose first axis could be a
     channel count (3 or 4, or the model's own): it reads as A one-channel images or as one
-    A-channel image, and the wrong guess would score silently. Only arrays and tensors are
-    read this way: a dataset object (an ``ImageSet``, whose ``shape`` is one image's
-    ``(C, H, W)``) declares its layout."""
-    if not hasattr(x, "__array__") and not hasattr(x, "__dlpack__"):
+    A-channel image, and the wrong guess would score silently. Refuse channels-last images
+    (``(N, H, W, C)`` or one ``(H, W, C)``, as PIL and most image libraries give them) with
+    the transpose that makes them ``(N, C, H, W)``. Only arrays and tensors are read this
+    way: a dataset object (an ``ImageSet``, whose ``shape`` is one image's ``(C, H, W)``)
+    declares its layout."""
+    if not any(hasattr(x, a) for a in ("__array__", "__array_interface__", "__dlpack__")):
         return
     shape = tuple(getattr(x, "shape", ()) or ())
+    if not shape and hasattr(x, "__array_interface__"):  # a PIL image: (H, W[, C])
+        shape = tuple(np.asarray(x).shape)
     c, h, w = expected
+    if len(shape) in (3, 4) and shape[-3:] != expected and shape[-3:] == (h, w, c):
+        how = "x.transpose(2, 0, 1)[None]" if len(shape) == 3 else "x.transpose(0, 3, 1, 2)"
+        what = "one channels-last image (H, W, C)" if len(shape) == 3 else "channels-last"
+        what += "" if len(shape) == 3 else " images (N, H, W, C)"
+        raise DataError(
+            f"images of shape {shape} are {what}; this model takes "
+            f"(N, C, H, W) = (N, {c}, {h}, {w}): pass {how} (numpy; .permute for torch)"
+        )
     if len(shape) == 3 and shape[1:] == (h, w) and shape[0] > 1 and shape[0] in (3, 4, c):
         a = shape[0]
         raise DataError(

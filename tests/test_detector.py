@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -522,3 +523,23 @@ def test_a_three_channel_imageset_is_scored_as_the_images_it_holds(tmp_path):
     np.testing.assert_array_equal(scores, det.anomaly_score(split.test.images))
     with pytest.raises(DataError, match="ambiguous: 3 one-channel"):
         det.anomaly_score(split.test.images[0])  # a bare (3, 32, 32) tensor still is
+    # channels-last images, as PIL and most image libraries give them, are refused with
+    # the transpose that fixes them (they read as 32-channel 32×3 images before)
+    nhwc = split.test.images[:4].permute(0, 2, 3, 1).numpy()
+    with pytest.raises(
+        DataError, match=r"channels-last images \(N, H, W, C\).*transpose\(0, 3, 1, 2\)"
+    ):
+        det.anomaly_score(nhwc)
+    np.testing.assert_allclose(
+        det.anomaly_score(nhwc.transpose(0, 3, 1, 2)), scores[:4], rtol=1e-5, atol=1e-4
+    )
+    from PIL import Image
+
+    with pytest.raises(DataError, match=r"one channels-last image \(H, W, C\).*\[None\]"):
+        det.anomaly_score(Image.fromarray(nhwc[0]))
+    # a read-only buffer (np.frombuffer, a PIL image's) scores without torch's warning
+    frozen = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
+    frozen.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(det.anomaly_score(frozen), scores[:4], rtol=1e-5, atol=1e-4)

@@ -141,6 +141,8 @@ def test_onnx_detector_refuses_bad_inputs_and_foreign_files(onnx_model, tmp_path
         det.score(np.zeros((2, 3, h + 1, w), dtype=np.uint8))
     with pytest.raises(DataError, match="NaN"):
         det.score(np.full((1, c, h, w), np.nan, dtype=np.float32))
+    with pytest.raises(DataError, match=r"channels-last images .*transpose\(0, 3, 1, 2\)"):
+        det.score(np.zeros((2, h, w, c), dtype=np.uint8))
     bad = tmp_path / "corrupt.onnx"
     bad.write_bytes(onnx_model.read_bytes()[:500])
     with pytest.raises(ModelFileError, match="not a readable ONNX model"):

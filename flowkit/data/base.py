@@ -186,7 +186,9 @@ def as_uint8_images(
         if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
             t = t.double()  # bf16/fp16 have no numpy dtype
         x = t.numpy()
-    return torch.from_numpy(as_uint8_array(x, name, value_range))
+    arr = as_uint8_array(x, name, value_range)
+    # a read-only buffer (a PIL image's, np.frombuffer's) is copied: torch wants to own it
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
 
 
 def check_dataset_object(data: object, what: str) -> ImageSet:
