@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,12 +58,15 @@ def open_model(path: str | Path, backend: str = "auto", device: str = "auto") ->
 
 
 def score_chunk(model: Any, files: list[Path], skip_unreadable: bool = False) -> ChunkScores:
-    """Read, decode and score ``files`` with an open model."""
+    """Read, decode and score ``files`` with an open model. Files skipped as unreadable come
+    back in ``skipped``, without a warning per chunk: the caller reports them once."""
     from flowkit.images import read_images
 
     c, h, _ = model.input_shape_
     try:
-        images, kept = read_images(files, h, channels=c, skip_unreadable=skip_unreadable)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".* could not be read: ")
+            images, kept = read_images(files, h, channels=c, skip_unreadable=skip_unreadable)
     except DataError:
         if not skip_unreadable:
             raise

@@ -36,6 +36,7 @@ def _csv(model, folder, *args):
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "skipped 1 unreadable file(s)" in res.output and "zz_broken.png" in res.output
+    assert res.output.count("zz_broken.png") == 1  # reported once, not once per chunk too
     return [line for line in res.stdout.splitlines() if line.count(",") == 4]
 
 
