@@ -30,7 +30,9 @@ def progress_bar(
 ) -> Iterator[Any]:
     """A rich progress display on stderr (or a silent stand-in, or the one given).
 
-    ``header`` returns a renderable drawn above the bars (the bench's live table).
+    ``header`` returns a renderable drawn above the bars (the bench's live table). Where
+    stderr is no terminal, bars without a header are left out (a transient bar would leave
+    blank lines in a log).
     """
     if progress is not None:
         yield progress
@@ -48,6 +50,12 @@ def progress_bar(
         TimeRemainingColumn,
     )
 
+    console = Console(stderr=True, markup=False, highlight=False)
+    if header is None and not console.is_terminal:
+        # a log file or a pipe: a transient bar would leave only blank lines there
+        yield _NullProgress()
+        return
+
     class _Progress(Progress):
         def get_renderables(self) -> Iterator[Any]:
             if header is not None:
@@ -60,7 +68,7 @@ def progress_bar(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True, markup=False, highlight=False),
+        console=console,
         transient=header is None,
     ) as prog:
         yield prog

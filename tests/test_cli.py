@@ -68,6 +68,16 @@ def test_train_then_score_end_to_end(tmp_path):
     assert res.exit_code == 0 and "1 image(s) flagged" in res.output
 
 
+def test_progress_bars_leave_no_blank_lines_in_a_log(tmp_path):
+    # stderr is no terminal here (a log file, a pipe): transient bars once left empty lines
+    args = [a for a in TINY_ARGS if a != "-q"]
+    res = run(
+        "train", "--dataset", "digits", "--anomaly-class", "9", "--out", str(tmp_path / "m"), *args
+    )
+    assert res.exit_code == 0, res.output
+    assert "" not in res.output.strip().splitlines(), res.output
+
+
 def test_train_holds_out_a_class_of_a_folder_of_colour_photographs(tmp_path):
     # one folder per class of RGB files, as the CIFAR-10 dev sample is laid out: the test
     # metrics after training score an ImageSet of 3-channel images (this failed once)
