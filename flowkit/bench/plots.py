@@ -50,10 +50,11 @@ def _slug(text: str, limit: int = 60) -> str:
 DATA_NAMES = {"digits": "embedded scikit-learn digits (8×8, upscaled)"}
 
 
-def data_name(dataset: str, records: list[dict[str, Any]]) -> str:
+def data_name(dataset: str, records: list[dict[str, Any]], describe: bool = True) -> str:
     """The dataset as a reader should see it: with the loaded data's own name where that
-    says more (``folder (cifar10-dev)``: which folder a ``folder`` run read)."""
-    name = DATA_NAMES.get(dataset, dataset)
+    says more (``folder (cifar10-dev)``: which folder a ``folder`` run read), and with
+    ``describe`` what an embedded dataset is."""
+    name = DATA_NAMES.get(dataset, dataset) if describe else dataset
     own = next((r["data_name"] for r in records if r.get("data_name")), None)
     return f"{name} ({own})" if own and own != dataset.split(":")[0] else name
 

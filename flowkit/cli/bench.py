@@ -230,7 +230,7 @@ def _summary(records: list[dict[str, Any]]) -> None:
     for (ds, combo), vals in sorted(
         by.items(), key=lambda kv: (kv[0][0], -sum(kv[1]) / len(kv[1]))
     ):
-        shown = data_name(ds, [r for r in records if r["config"]["dataset"] == ds])
+        shown = data_name(ds, [r for r in records if r["config"]["dataset"] == ds], False)
         table.add_row(shown, combo, str(len(vals)), f"{sum(vals) / len(vals):.3f}")
     out.print(table)
 
