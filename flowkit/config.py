@@ -171,7 +171,7 @@ class DetectorConfig:
         help="Encoder as NAME:key=value,... (see `flowkit list encoders`).",
     )
     flow: str = option(
-        "realnvp:batch_norm=true",
+        "realnvp:batch_norm=true,hidden=128,layers=4",
         stage="density",
         paper="realnvp",
         check=_spec,

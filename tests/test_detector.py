@@ -356,7 +356,10 @@ def test_flow_augment_trains_the_flow_on_augmented_latents_too(fake_split, tmp_p
 
 def test_defaults_are_the_recommended_pipeline_and_paper_the_papers_pair(fake_split, tmp_path):
     params = Detector().get_params()
-    assert params["encoder"].startswith("simclr") and params["flow"] == "realnvp:batch_norm=true"
+    assert (
+        params["encoder"].startswith("simclr")
+        and params["flow"] == "realnvp:batch_norm=true,hidden=128,layers=4"
+    )
     assert params["scorer"] == "nll+knn:k=2,metric=cosine,part=0" and params["preprocess"] == "auto"
     assert params["flow_augment"] == 2 and params["precision"] == "auto"
     paper = Detector.paper(seed=3)
