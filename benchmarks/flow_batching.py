@@ -1,8 +1,9 @@
 """Could the two part-flows of a two-part latent train as one batched model? (issue 28)
 
 Times one training step (forward, backward, fused Adam) of the recommended pipeline's part
-flow (``realnvp:batch_norm=true`` on 32 dimensions: 8 couplings, 64 wide, BatchNorm between)
-for P = 1 and 2 parts, three ways:
+flow until 2026-12-07 (``realnvp:batch_norm=true`` on 32 dimensions: 8 couplings, 64 wide,
+BatchNorm between; the measurement this script records was of that flow) for P = 1 and 2
+parts, three ways:
 
 - ``nflows``: flowkit's flows, one step per part (what training does today);
 - ``vmap``: the same nflows modules vectorised over the parts with ``torch.func.vmap``;
