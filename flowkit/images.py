@@ -278,9 +278,11 @@ def check_unambiguous(x: object, expected: tuple[int, int, int]) -> None:
         shape = tuple(np.asarray(x).shape)
     c, h, w = expected
     if len(shape) in (3, 4) and shape[-3:] != expected and shape[-3:] == (h, w, c):
-        how = "x.transpose(2, 0, 1)[None]" if len(shape) == 3 else "x.transpose(0, 3, 1, 2)"
-        what = "one channels-last image (H, W, C)" if len(shape) == 3 else "channels-last"
-        what += "" if len(shape) == 3 else " images (N, H, W, C)"
+        what, how = (
+            ("one channels-last image (H, W, C)", "x.transpose(2, 0, 1)[None]")
+            if len(shape) == 3
+            else ("channels-last images (N, H, W, C)", "x.transpose(0, 3, 1, 2)")
+        )
         raise DataError(
             f"images of shape {shape} are {what}; this model takes "
             f"(N, C, H, W) = (N, {c}, {h}, {w}): pass {how} (numpy; .permute for torch)"
@@ -306,14 +308,20 @@ def check_input_shape(got: tuple[int, ...], expected: tuple[int, int, int]) -> N
 
 
 def read_images(
-    files: list[Path], image_size: int, channels: int | None = None, skip_unreadable: bool = False
+    files: list[Path],
+    image_size: int,
+    channels: int | None = None,
+    skip_unreadable: bool = False,
+    *,
+    warn: bool = True,
 ) -> tuple[np.ndarray, list[Path]]:
     """Decode (every Pillow mode, see the module doc) and resize files to a uint8 array
     ``(N, C, S, S)``.
 
     ``channels=None`` chooses 1 when every image is grayscale, else 3. Unreadable files —
     corrupt, truncated, not images, or over Pillow's decompression-bomb limit — are named in
-    one :class:`DataError` (or skipped with a warning if ``skip_unreadable``).
+    one :class:`DataError` (or skipped with a warning if ``skip_unreadable``; ``warn=False``
+    for a caller that reports the files missing from ``kept`` itself).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -350,7 +358,8 @@ def read_images(
             if arrays:
                 msg += " (--skip-unreadable skips them)"
             raise DataError(msg)
-        warnings.warn(msg + " (skipped)", stacklevel=2)
+        if warn:
+            warnings.warn(msg + " (skipped)", stacklevel=2)
     if channels is None:
         channels = 1 if all(a.shape[-1] == 1 for a in arrays) else 3
     out = np.stack([_to_channels(a, channels) for a in arrays])

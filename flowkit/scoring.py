@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,9 +63,7 @@ def score_chunk(model: Any, files: list[Path], skip_unreadable: bool = False) ->
 
     c, h, _ = model.input_shape_
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".* could not be read: ")
-            images, kept = read_images(files, h, channels=c, skip_unreadable=skip_unreadable)
+        images, kept = read_images(files, h, c, skip_unreadable, warn=False)
     except DataError:
         if not skip_unreadable:
             raise

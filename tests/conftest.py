@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,6 +25,19 @@ TINY = dict(
     device="cpu",
     seed=0,
 )
+
+
+def write_colour_classes(root, per_class: int) -> None:
+    """A one-folder-per-class tree of RGB PNGs, laid out as the CIFAR-10 dev sample is: a
+    dark class ``cars`` and a light class ``planes``, noisy, 32×32."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, base in (("cars", 60), ("planes", 190)):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            px = np.clip(base + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(root / name / f"{i}.png")
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ from flowkit.bench.suite import Suite, list_suites, load_suite
 from flowkit.cli import app
 from flowkit.errors import ConfigError
 
+from .conftest import write_colour_classes
+
 TINY_SUITE = dict(
     name="t",
     dataset="fake:per_class=30",
@@ -506,15 +508,8 @@ def test_figures_say_which_data_they_show():
 
 
 def test_a_folder_run_names_its_folder_in_records_and_report(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
     root = tmp_path / "photos-dev"
-    for name, base in (("cars", 60), ("planes", 190)):
-        (root / name).mkdir(parents=True)
-        for i in range(20):
-            px = np.clip(base + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(px).save(root / name / f"{i}.png")
+    write_colour_classes(root, per_class=20)
     suite = Suite(**{**TINY_SUITE, "dataset": "folder", "classes": [1]}).validate()
     store = run_suite(suite, tmp_path / "run", data_root=root, device="cpu")
     recs = lines(store.results_path)

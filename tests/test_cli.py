@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 from flowkit.cli import app
 
+from .conftest import write_colour_classes
+
 runner = CliRunner()
 TINY_ARGS = [
     "--encoder",
@@ -81,12 +83,7 @@ def test_progress_bars_leave_no_blank_lines_in_a_log(tmp_path):
 def test_train_holds_out_a_class_of_a_folder_of_colour_photographs(tmp_path):
     # one folder per class of RGB files, as the CIFAR-10 dev sample is laid out: the test
     # metrics after training score an ImageSet of 3-channel images (this failed once)
-    rng = np.random.default_rng(0)
-    for name, base in (("cars", 60), ("planes", 190)):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(12):
-            px = np.clip(base + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(px).save(tmp_path / "data" / name / f"{i}.png")
+    write_colour_classes(tmp_path / "data", per_class=12)
     model = tmp_path / "m.flowkit"
     res = run(
         "train", "--dataset", "folder", "--data-root", str(tmp_path / "data"),

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "published_table",
     "METRICS",
     "PROTOCOL_TITLES",
     "Aggregate",
     "aggregate",
     "combination_label",
+    "published_table",
     "target_order",
 ]
 
