@@ -119,6 +119,7 @@ def _load() -> None:
             continue
         info.hooks = sorted(h.name for h in pm.get_hookcallers(module) or [])
 
+    _check_pending(pm, infos)
     for kind, hook_name in hookspecs.HOOK_NAMES.items():
         _call_hook(pm, hook_name, REGISTRIES[kind], infos)
     for kind, registry in REGISTRIES.items():
@@ -130,6 +131,32 @@ def _load() -> None:
         info.components = {k: sorted(v) for k, v in info.components.items()}
     _state["infos"] = infos
     _state["pm"] = pm
+
+
+def _check_pending(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> None:
+    """pluggy's ``check_pending()``, one warning per misspelt hook: a hook implementation
+    that matches no flowkit hook names its plugin, the hook and the closest real hook name,
+    and is ignored; the plugin's other hooks, and every other plugin, keep working."""
+    import difflib
+
+    known = sorted(hookspecs.HOOK_NAMES.values()) + sorted(hookspecs.EVENT_HOOKS)
+    for name, caller in vars(pm.hook).items():
+        if name.startswith("_") or not isinstance(caller, pluggy.HookCaller) or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.optionalhook:
+                continue
+            info = infos.get(impl.plugin_name)
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            origin = f" (from {info.distribution})" if info and info.distribution else ""
+            msg = (
+                f"flowkit plugin {impl.plugin_name!r}{origin} implements {name!r}, which is no "
+                f"flowkit hook{hint}; that implementation is ignored"
+            )
+            warnings.warn(msg, FlowkitPluginWarning, stacklevel=5)
+            impl.optionalhook = True  # reported: pluggy's check below passes over it
+    pm.check_pending()
 
 
 def _call_hook(

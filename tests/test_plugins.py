@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import torch
 
 import flowkit
 from flowkit import hookspecs, plugins
@@ -75,6 +76,34 @@ def test_plugin_failing_to_import_warns_once_and_others_work(fake_entry_points):
     assert len([w for w in rec if issubclass(w.category, FlowkitPluginWarning)]) == 1
     assert {"dcgan_ae", "my_encoder"} <= set(names)
     assert flowkit.list_flows() == ["gaussian", "maf", "nsf", "realnvp"]
+
+
+MISSPELT = """
+from flowkit import hookimpl
+from flowkit.flows.gaussian import gaussian
+
+@hookimpl
+def flowkit_register_encoder(registry):  # misspelt: the hook is flowkit_register_encoders
+    registry.register("never_registered")(lambda **kw: None)
+
+@hookimpl
+def flowkit_register_flows(registry):
+    registry.register("spelt_right")(gaussian)
+"""
+
+
+def test_a_misspelt_hook_is_named_in_a_warning_and_everything_else_works(fake_entry_points):
+    fake_entry_points(
+        ("typo", _module("fk_test_misspelt", MISSPELT)), ("mine", _module("fk_test_good", GOOD))
+    )
+    with pytest.warns(FlowkitPluginWarning) as rec:
+        names = flowkit.list_encoders()
+    (warning,) = [str(w.message) for w in rec if issubclass(w.category, FlowkitPluginWarning)]
+    assert "'typo'" in warning and "'flowkit_register_encoder'" in warning
+    assert "did you mean 'flowkit_register_encoders'" in warning
+    assert "my_encoder" in names and "never_registered" not in names
+    assert "spelt_right" in flowkit.list_flows()  # the plugin's other hook still works
+    assert flowkit.create_flow("spelt_right", features=3).log_prob(torch.zeros(2, 3)).shape == (2,)
 
 
 def test_plugin_raising_in_hook_leaves_nothing_behind(fake_entry_points):
