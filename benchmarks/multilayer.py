@@ -39,13 +39,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 import flowkit
-from flowkit.bench.runner import (
-    StoreSink,
-    encode_split,
-    fit_density,
-    load_bench_data,
-    units_of,
-)
+from flowkit.bench.runner import StoreSink, load_bench_data, unit_pipeline, units_of
 from flowkit.bench.store import RunStore
 from flowkit.bench.suite import load_suite
 from flowkit.encoders.base import views
@@ -144,22 +138,25 @@ def main() -> None:
                 f"{args.run} has no cached encoder for class {cell.target}: run the suite first"
             )
         split = data.split(cell)
-        enc = encode_split(cell, split, sink, "cpu", None)
+        path = unit_pipeline(cell, split, sink, "cpu")
+        enc = path.encoded()
+        test_images = split.test.images
+        z_test = enc.stage.embed(test_images, device="cpu")
         name = data.data.classes[int(cell.target)] if data.data.classes else cell.target
         y = split.test.labels.numpy() == int(cell.target)
         feats = {
             s: layer_features(enc.stage, im)
             for s, im in [
-                ("train", enc.train_images),
-                ("val", enc.val_images),
-                ("test", enc.test_images),
+                ("train", path.train_images),
+                ("val", path.val_images),
+                ("test", test_images),
             ]
         }
-        density, _ = fit_density(cell, enc, sink, "cpu", None)
+        density = path.density(cell.detector_config("cpu"), cell.flow_key)
         cpu = torch.device("cpu")
         log_prob = {
             s: density.density_.evaluate(z, cpu)[1]
-            for s, z in [("train", enc.z_train), ("val", enc.z_val), ("test", enc.z_test)]
+            for s, z in [("train", enc.z_train), ("val", enc.z_val), ("test", z_test)]
         }
         row = {"class": name, "nll": auc("nll", y, contexts(log_prob, feats, "trunk"))}
         for fs in SETS:
@@ -172,7 +169,7 @@ def main() -> None:
             transform = views(enc.stage.encoder_)
             torch.manual_seed(config.seed + 2)
             copies = [
-                layer_features(enc.stage, enc.train_images, transform)
+                layer_features(enc.stage, path.train_images, transform)
                 for _ in range(config.flow_augment)
             ]
 

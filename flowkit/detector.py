@@ -24,6 +24,7 @@ from flowkit.config import DEFAULTS, PAPER_PARAMS, DetectorConfig, check_names, 
 from flowkit.data.base import as_uint8_images
 from flowkit.errors import ModelFileError, NotFittedError
 from flowkit.images import check_input_shape, check_unambiguous
+from flowkit.pipeline import StagePipeline, check_downstream
 from flowkit.scorers import ScoreContext
 from flowkit.stages import (
     CalibrationStage,
@@ -33,7 +34,6 @@ from flowkit.stages import (
     check_options,
     check_payload,
     model_payload,
-    split_validation,
     stages_from_payload,
 )
 from flowkit.training import resolve_device
@@ -136,7 +136,7 @@ class Detector:
         if input_shape is not None:
             with warnings.catch_warnings():  # the real build warns; a probe need not
                 warnings.simplefilter("ignore", UserWarning)
-                _check_downstream(config, EncoderStage(config).build(input_shape))
+                check_downstream(config, EncoderStage(config).build(input_shape))
         return self
 
     def check_fitted(self) -> Detector:
@@ -157,25 +157,7 @@ class Detector:
         config = self.config
         check_options(config)
         images = as_uint8_images(X, "training images", config.value_range)
-        train, val = split_validation(images, config.val_fraction, config.seed)
-        encoding = EncoderStage(config)
-        # the encoder that will train is the one checked: built once, before any training
-        encoder = encoding.build(tuple(int(s) for s in images.shape[1:]))
-        _check_downstream(config, encoder)
-        encoding.fit(train, val, device=self.device, encoder=encoder)
-        z_train = encoding.embed(train, device=self.device)
-        z_val = encoding.embed(val, device=self.device)
-        z_augmented = encoding.embed_augmented(train, device=self.device)
-        z_flow = z_train if z_augmented is None else torch.cat([z_train, z_augmented])
-        density = DensityStage(config).fit(
-            z_flow, z_val, device=self.device, part_sizes=encoding.part_sizes
-        )
-        contexts = (
-            density.context(z, x, encoding.encoder_, self.device)
-            for z, x in ((z_train, train), (z_val, val))
-        )
-        calibration = CalibrationStage(config).fit(*contexts)
-        self._compose(encoding, density, calibration)
+        self._compose(*StagePipeline(config, images, device=self.device).fit())
         return self
 
     def with_scorer(self, X: Any, scorer: str, **params: Any) -> Detector:
@@ -187,15 +169,18 @@ class Detector:
         config = self.config.replace(scorer=scorer, **params)
         check_options(config)
         images = as_uint8_images(X, "training images", config.value_range)
-        train, val = split_validation(images, config.val_fraction, config.seed)
-        encoding, density = self.encoder_stage_, self.density_stage_
-        CalibrationStage(config).check(len(density.density_.part_sizes))
-        contexts = (
-            density.context(encoding.embed(x, device=self.device), x, self.encoder_, self.device)
-            for x in (train, val)
+        check_input_shape(tuple(images.shape[1:]), self.input_shape_)
+        path = StagePipeline(
+            config,
+            images,
+            device=self.device,
+            encoding=self.encoder_stage_,
+            density=self.density_stage_,
         )
-        calibration = CalibrationStage(config).fit(*contexts)
-        return Detector.from_stages(encoding, density, calibration, **config.params())
+        calibration = path.calibrate()
+        return Detector.from_stages(
+            self.encoder_stage_, self.density_stage_, calibration, **config.params()
+        )
 
     def _compose(
         self, encoder: EncoderStage, density: DensityStage, calibration: CalibrationStage
@@ -339,12 +324,3 @@ class Detector:
                 f"flowkit or its plugins ({type(exc).__name__}: {exc})"
             ) from None
         return det
-
-
-def _check_downstream(config: DetectorConfig, encoder: torch.nn.Module) -> None:
-    """Build the density and scorer that go with ``encoder``, untrained (check_config)."""
-    from flowkit.encoders.base import latent_parts
-
-    parts = latent_parts(encoder)
-    density = DensityStage(config).check(int(encoder.embed_dim), parts)
-    CalibrationStage(config).check(len(density.part_sizes))

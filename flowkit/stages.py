@@ -243,16 +243,22 @@ class EncoderStage(_Stage):
         )
 
     def embed_augmented(
-        self, images: torch.Tensor, *, device: str | torch.device
+        self,
+        images: torch.Tensor,
+        *,
+        device: str | torch.device,
+        copies: int | None = None,
+        seed: int | None = None,
     ) -> torch.Tensor | None:
-        """Latents of ``flow_augment`` augmented copies of every image, copy by copy
-        ``(flow_augment * N, embed_dim)``, made by the encoder's own views (seeded), or
-        ``None`` when ``flow_augment`` is 0."""
-        copies = self.config.flow_augment
+        """Latents of ``copies`` (default: ``flow_augment``) augmented copies of every image,
+        copy by copy ``(copies * N, embed_dim)``, made by the encoder's own views (seeded by
+        ``seed``, default the config's), or ``None`` when ``copies`` is 0. The density stage's
+        configuration says how many copies it trains on: the bench passes each flow's own."""
+        copies = self.config.flow_augment if copies is None else copies
         if not copies:
             return None
         transform = views(self.encoder_)
-        torch.manual_seed(self.config.seed + 2)
+        torch.manual_seed((self.config.seed if seed is None else seed) + 2)
         return torch.cat(
             [self.embed(images, device=device, transform=transform) for _ in range(copies)]
         )

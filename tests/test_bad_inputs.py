@@ -253,9 +253,9 @@ def test_the_sweep_is_large_enough():
 def _api_cases() -> list[tuple[Any, str]]:
     """(call, text expected in the one-line error) for the Python API's bad inputs."""
     import torch
+    from flowkit.executors import make_executor
 
     from flowkit import load_dataset
-    from flowkit.bench.executors import make_executor
     from flowkit.data import leave_one_class_out
 
     def det(**kw: Any) -> Any:

@@ -61,6 +61,37 @@ def test_overrides_and_bad_fields(tmp_path):
         load_suite(str(bad))
 
 
+def test_a_bench_cell_scores_as_the_detector_fitted_on_its_split(tmp_path):
+    """The bench's unit and Detector.fit share one fit path: through both public APIs, on the
+    same data and seed, the test scores and thresholds are identical, for every flow (with
+    and without augmented latents) and scorer of a unit."""
+    from flowkit import Detector
+    from flowkit.bench.runner import cell_scores, load_bench_data
+
+    suite = Suite(
+        **{
+            **TINY_SUITE,
+            "classes": [1],
+            "encoders": ["simclr:width=8,latent_dim=8"],
+            "flows": ["realnvp:hidden=16,layers=2,blocks=1", "gaussian"],
+            "scorers": ["nll", "nll+knn:k=2"],
+            "flow_augment": 1,
+        }
+    ).validate()
+    store = run_suite(suite, tmp_path / "run", device="cpu")
+    records = [r for r in store.records() if r["status"] == "ok"]
+    assert len(records) == 4
+    data = load_bench_data(suite)
+    cells = {c.cell_id: c for c in suite.cells(data.targets(suite))}
+    for rec in records:
+        cell = cells[rec["cell_id"]]
+        split = data.split(cell)
+        det = Detector(**cell.detector_params("cpu")).fit(split.train.images)
+        bench = cell_scores(store, cell.cell_id)
+        np.testing.assert_array_equal(bench["anomaly_score"], det.anomaly_score(split.test.images))
+        assert rec["threshold"] == det.threshold_
+
+
 def test_grid_trains_each_encoder_once_and_resumes(tmp_path):
     suite = Suite(**TINY_SUITE).validate()
     store = run_suite(suite, tmp_path, device="cpu")
@@ -231,7 +262,7 @@ def test_the_views_tag_is_the_same_in_every_process():
     resume because the function's repr names its address."""
     from torch import nn
 
-    from flowkit.bench.runner import views_tag
+    from flowkit.pipeline import views_tag
 
     def my_views(x):
         return x

@@ -8,9 +8,9 @@ import os
 
 import pytest
 import torch
+from flowkit.executors import ProcessExecutor, RayExecutor, make_executor
 from typer.testing import CliRunner
 
-from flowkit.bench.executors import ProcessExecutor, RayExecutor, make_executor
 from flowkit.bench.report import write_report
 from flowkit.bench.runner import run_suite
 from flowkit.bench.suite import Suite
@@ -143,10 +143,11 @@ def test_bench_cli_runs_on_process_workers(tmp_path, local_aucs):
 
 
 def test_auto_executor_plans_one_single_thread_worker_per_core(monkeypatch):
-    from flowkit.bench import executors
-    from flowkit.bench.executors import AutoExecutor, LocalExecutor
+    from flowkit.executors import AutoExecutor, LocalExecutor
 
-    monkeypatch.setattr(executors, "_cores", lambda: 4)
+    from flowkit import executors
+
+    monkeypatch.setattr(executors, "cores", lambda: 4)
     plan = AutoExecutor().plan(10, "cpu")
     assert isinstance(plan, ProcessExecutor) and (plan.workers, plan.threads) == (4, 1)
     plan = AutoExecutor().plan(3, "cpu")  # never more workers than units
@@ -155,9 +156,9 @@ def test_auto_executor_plans_one_single_thread_worker_per_core(monkeypatch):
     assert (plan.workers, plan.threads) == (2, 2)
     for units, device, threads in ((1, "cpu", None), (10, "cuda:0", None), (10, "cpu", 4)):
         assert isinstance(AutoExecutor(threads).plan(units, device), LocalExecutor)
-    monkeypatch.setattr(executors, "_cores", lambda: 1)
+    monkeypatch.setattr(executors, "cores", lambda: 1)
     assert isinstance(AutoExecutor().plan(10, "cpu"), LocalExecutor)
-    monkeypatch.setattr(executors, "_cores", lambda: 128)  # each worker copies torch + data
+    monkeypatch.setattr(executors, "cores", lambda: 128)  # each worker copies torch + data
     assert AutoExecutor().plan(100, "cpu").workers == executors.AUTO_MAX_WORKERS
     # on CUDA: one worker per GPU, each on its own device; one GPU or a named one: here
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
@@ -171,7 +172,7 @@ def test_auto_executor_plans_one_single_thread_worker_per_core(monkeypatch):
 
 
 def test_auto_is_the_default_and_workers_or_devices_make_it_process():
-    from flowkit.bench.executors import AutoExecutor
+    from flowkit.executors import AutoExecutor
 
     assert isinstance(make_executor("auto"), AutoExecutor)
     assert make_executor("auto", threads=2).threads == 2
@@ -190,7 +191,7 @@ def test_auto_is_the_default_and_workers_or_devices_make_it_process():
 
 
 def test_auto_executor_gives_the_local_results(tmp_path, local_aucs):
-    from flowkit.bench.executors import AutoExecutor
+    from flowkit.executors import AutoExecutor
 
     store = run_suite(Suite(**GRID).validate(), tmp_path, device="cpu", executor=AutoExecutor())
     _same(_aucs(store), local_aucs)

@@ -64,15 +64,15 @@ def test_workers_report_an_unreadable_file_as_local_scoring_does(
 
 
 def test_a_workers_user_error_is_raised_on_the_driver_as_its_own_class():
-    import flowkit.scoring as scoring
     from flowkit.errors import DataError, FlowkitError, ModelFileError
+    from flowkit.executors import raise_reported
 
     for cls in (DataError, ModelFileError):
         with pytest.raises(cls, match="^bad thing$"):
-            scoring._raise_user_error(f"{cls.__name__}: bad thing")
+            raise_reported(f"{cls.__name__}: bad thing")
     for name in ("TrainingDivergedError", "ValueError", "NoSuchError"):
         with pytest.raises(FlowkitError, match="^bad thing$") as info:
-            scoring._raise_user_error(f"{name}: bad thing")
+            raise_reported(f"{name}: bad thing")
         assert type(info.value) is FlowkitError  # its own constructor, or not flowkit's
 
 
@@ -88,14 +88,22 @@ def test_score_executor_options_are_checked_before_any_work(tiny_detector, tmp_p
 
 
 def test_ray_rows_are_the_chunks_scores_and_the_model_opens_once_a_process(monkeypatch):
+    """The Ray Data map of the executor layer, run here on scoring's own job: one row per
+    chunk, the model opened once per worker process, a user's error in its row."""
+    import pickle
+    from pathlib import Path
+
+    import flowkit.executors as executors
     import flowkit.scoring as scoring
     from flowkit.errors import DataError
 
     opened = []
     monkeypatch.setattr(scoring, "_MODEL", {})
+    monkeypatch.setattr(executors, "_WORKER", {})
     monkeypatch.setattr(scoring, "open_model", lambda *a: opened.append(a) or "model")
 
     def fake_chunk(model, files, skip):  # the second file of every chunk is unreadable
+        assert model == "model" and skip is True
         if files[0].name == "bad.png":
             raise DataError("1 of 1 image file(s) could not be read: bad.png")
         kept = [f for i, f in enumerate(files) if i != 1]
@@ -103,24 +111,25 @@ def test_ray_rows_are_the_chunks_scores_and_the_model_opens_once_a_process(monke
         return scoring.ChunkScores(kept, score, -score, [str(files[1])] if len(files) > 1 else [])
 
     monkeypatch.setattr(scoring, "score_chunk", fake_chunk)
+    job = executors.Job(scoring._score_here, scoring._open_here, ("m.flowkit", "auto", True))
+    chunks = [["0.png", "1.png", "2.png"], ["3.png"], ["4.png", "5.png"], ["bad.png"]]
     rows = [
-        scoring._ray_score(
-            {"files": np.array([files], dtype=object)},
-            "m.flowkit",
-            "auto",
+        executors._ray_rows(
+            {"item": np.array([pickle.dumps([Path(f) for f in c])], dtype=object)},
+            job,
             "cpu",
             None,  # threads: this test process's torch threads stay as they are
-            True,
         )
-        for files in [["0.png", "1.png", "2.png"], ["3.png"], ["4.png", "5.png"], ["bad.png"]]
+        for c in chunks
     ]
     assert opened == [("m.flowkit", "auto", "cpu")]  # once for every chunk of this process
-    assert all(len(r["kept"]) == 1 for r in rows)  # one row a chunk
-    assert [r["kept"][0] for r in rows] == [["0.png", "2.png"], ["3.png"], ["4.png"], []]
-    assert [r["skipped"][0] for r in rows] == [["1.png"], [], ["5.png"], []]
-    assert rows[0]["anomaly_score"] == [[0.0, 2.0]] and rows[2]["log_prob"] == [[-4.0]]
+    assert all(len(r["result"]) == 1 for r in rows)  # one row a chunk
+    got = [pickle.loads(r["result"][0]) for r in rows[:3]]
+    assert [[str(f) for f in g.kept] for g in got] == [["0.png", "2.png"], ["3.png"], ["4.png"]]
+    assert [g.skipped for g in got] == [["1.png"], [], ["5.png"]]
+    assert got[0].anomaly_score.tolist() == [0.0, 2.0] and got[2].log_prob.tolist() == [-4.0]
     assert [r["error"][0] for r in rows[:3]] == ["", "", ""]
     # a user's error comes back in its row, and the driver raises it as its own class
     assert rows[3]["error"] == ["DataError: 1 of 1 image file(s) could not be read: bad.png"]
     with pytest.raises(DataError, match="could not be read: bad.png"):
-        scoring._raise_user_error(rows[3]["error"][0])
+        executors.raise_reported(rows[3]["error"][0])

@@ -162,7 +162,7 @@ def bench(
 
     Each encoder is trained once per (dataset, held-out class, seed) and cached with its latents; finished cells are appended to <out>/results.jsonl and skipped on rerun.
     """
-    from flowkit.bench.executors import make_executor
+    from flowkit.executors import make_executor
     from flowkit.bench.report import write_report
     from flowkit.bench.runner import run_suite
     from flowkit.bench.suite import load_suite

@@ -1,0 +1,281 @@
+"""The one fit path: encoder → density → calibration, on normal images.
+
+:class:`StagePipeline` runs the three stages of :mod:`flowkit.stages` in order, and every
+fitting entry point goes through it: :meth:`flowkit.Detector.fit`,
+:meth:`flowkit.Detector.with_scorer` and the bench's unit of work
+(:func:`flowkit.bench.runner.run_unit`). Like scikit-learn's ``Pipeline._fit``, the sequence
+is written once; a cache is a hook on it (:class:`StageCache`: the bench keeps trained
+encoders with their latents, and fitted densities), not a second copy of it.
+
+Each step is memoized, so the bench fits one encoder, then every flow on its latents, then
+every scorer on each density, without repeating a step:
+
+    >>> from flowkit.config import DetectorConfig
+    >>> cfg = DetectorConfig(encoder="dcgan_ae:latent_dim=8", epochs_encoder=1)
+    >>> path = StagePipeline(cfg, images, device="cpu")                 # doctest: +SKIP
+    >>> encoding, density, calibration = path.fit()                      # doctest: +SKIP
+    >>> other = path.calibrate(cfg.replace(scorer="knn"), density)       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from flowkit.config import DetectorConfig
+from flowkit.encoders.base import latent_parts, views
+from flowkit.errors import FlowkitError
+from flowkit.scorers import ScoreContext
+from flowkit.stages import CalibrationStage, DensityStage, EncoderStage, split_validation
+
+__all__ = ["StagePipeline", "StageCache", "Encoded", "check_downstream", "views_tag"]
+
+
+class StageCache(Protocol):
+    """Where fitted stages are kept between runs (the bench's run cache): payloads by key.
+
+    An encoder payload holds ``state`` (its weights), ``history``, the latents ``z_train``
+    and ``z_val``, ``fit_seconds`` and ``views`` (:func:`views_tag`); a density payload is
+    :meth:`DensityStage.state_dict` plus ``history``. A missing or unreadable entry is
+    ``None``, and the stage is fitted again.
+    """
+
+    def load_encoder(self, key: str) -> dict[str, Any] | None: ...
+
+    def save_encoder(self, key: str, payload: dict[str, Any]) -> None: ...
+
+    def load_density(self, key: str) -> dict[str, Any] | None: ...
+
+    def save_density(self, key: str, payload: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Encoded:
+    """The fitted encoder stage and the latents of the normal training and validation
+    images it was fitted on (the split :meth:`StagePipeline` made)."""
+
+    stage: EncoderStage
+    z_train: torch.Tensor
+    z_val: torch.Tensor
+    cached: bool = False
+    fit_seconds: float = 0.0
+
+
+def views_tag(encoder: Any) -> str:
+    """What an encoder's random views are, in words: part of its cache entry, so that an
+    entry trained on other views is retrained rather than reused. Memory addresses (a plain
+    function's repr) are left out, so that the tag is the same in every process."""
+    import re
+
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(views(encoder)))
+
+
+def _default_views_tag() -> str:
+    from flowkit.encoders.augment import Augment
+
+    return repr(Augment())  # the views of every cache entry written before the tag
+
+
+def check_downstream(config: DetectorConfig, encoder: torch.nn.Module) -> None:
+    """Build the density and scorer that go with ``encoder``, untrained: a bad flow or
+    scorer option fails before the encoder trains."""
+    density = DensityStage(config).check(int(encoder.embed_dim), latent_parts(encoder))
+    CalibrationStage(config).check(len(density.part_sizes))
+
+
+class StagePipeline:
+    """Fit encoder → density → calibration on normal ``images`` (uint8 ``(N, C, H, W)``),
+    split seeded into training and validation images as ``config`` says.
+
+    Args:
+        config: the encoder stage's configuration (and the default of the others).
+        images: normal training images, uint8.
+        device: where the stages train.
+        cache: a :class:`StageCache` and the keys of the stages in it (``encoder_key`` here,
+            a density's key given to :meth:`density`); ``None``: nothing is kept.
+        encoding, density: stages fitted already (:meth:`flowkit.Detector.with_scorer`
+            recalibrates a fitted Detector): they are used as they are.
+        progress: a rich progress display the training loops report to.
+    """
+
+    def __init__(
+        self,
+        config: DetectorConfig,
+        images: torch.Tensor,
+        *,
+        device: str | torch.device,
+        cache: StageCache | None = None,
+        encoder_key: str | None = None,
+        encoding: EncoderStage | None = None,
+        density: DensityStage | None = None,
+        progress: Any = None,
+    ) -> None:
+        self.config, self.device, self.progress = config, device, progress
+        self.cache, self.encoder_key = cache, encoder_key
+        self.train_images, self.val_images = split_validation(
+            images, config.val_fraction, config.seed
+        )
+        self._encoded: Encoded | None = None
+        if encoding is not None:
+            self._encoded = Encoded(encoding, *self._embed(encoding))
+        self._densities: dict[Any, tuple[DensityStage, bool]] = {}
+        self._given_density = density
+        self._contexts: dict[int, tuple[ScoreContext, ScoreContext]] = {}
+
+    # -- stage 1 ------------------------------------------------------------------------------
+
+    def _embed(self, stage: EncoderStage) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            stage.embed(self.train_images, device=self.device),
+            stage.embed(self.val_images, device=self.device),
+        )
+
+    def encoded(self) -> Encoded:
+        """The encoder stage, from the cache or trained now (and cached), with the latents of
+        the training and validation images."""
+        if self._encoded is None:
+            self._encoded = self._from_cache() or self._fit_encoder()
+        return self._encoded
+
+    @property
+    def encoding(self) -> EncoderStage:
+        return self.encoded().stage
+
+    def _from_cache(self) -> Encoded | None:
+        if self.cache is None or self.encoder_key is None:
+            return None
+        cached = self.cache.load_encoder(self.encoder_key)
+        if cached is None:
+            return None
+        stage = EncoderStage(self.config)
+        try:
+            stage.restore(self._shape(), cached["state"], cached["history"])
+        except (FlowkitError, KeyError, RuntimeError):
+            return None  # an unreadable entry: train again
+        if cached.get("views", _default_views_tag()) != views_tag(stage.encoder_):
+            return None  # trained on other views (before views="auto" knew colour images)
+        return Encoded(
+            stage, cached["z_train"], cached["z_val"], True, float(cached["fit_seconds"])
+        )
+
+    def _shape(self) -> tuple[int, int, int]:
+        c, h, w = (int(s) for s in self.train_images.shape[1:])
+        return c, h, w
+
+    def _fit_encoder(self) -> Encoded:
+        start = time.perf_counter()
+        stage = EncoderStage(self.config)
+        # the encoder that will train is the one checked: built once, before any training
+        encoder = stage.build(self._shape())
+        check_downstream(self.config, encoder)
+        stage.fit(
+            self.train_images,
+            self.val_images,
+            device=self.device,
+            encoder=encoder,
+            progress=self.progress,
+        )
+        z_train, z_val = self._embed(stage)
+        seconds = time.perf_counter() - start
+        if self.cache is not None and self.encoder_key is not None:
+            self.cache.save_encoder(
+                self.encoder_key,
+                {
+                    "state": stage.state_dict()["state"],
+                    "history": stage.history_,
+                    "z_train": z_train,
+                    "z_val": z_val,
+                    "fit_seconds": seconds,
+                    "views": views_tag(stage.encoder_),
+                },
+            )
+        return Encoded(stage, z_train, z_val, False, seconds)
+
+    # -- stage 2 ------------------------------------------------------------------------------
+
+    def density(self, config: DetectorConfig | None = None, key: str | None = None) -> DensityStage:
+        """The density stage for ``config`` (default: the pipeline's) on this encoder's
+        latents: from the cache under ``key``, or fitted now (on the training latents and
+        ``flow_augment`` augmented copies) and cached."""
+        return self.density_and_source(config, key)[0]
+
+    def density_and_source(
+        self, config: DetectorConfig | None = None, key: str | None = None
+    ) -> tuple[DensityStage, bool]:
+        """:meth:`density`, and whether it came from the cache."""
+        if self._given_density is not None:
+            return self._given_density, True
+        config = config or self.config
+        memo = key if key is not None else config
+        if memo not in self._densities:
+            self._densities[memo] = self._load_density(config, key) or (
+                self._fit_density(config, key),
+                False,
+            )
+        return self._densities[memo]
+
+    def _load_density(
+        self, config: DetectorConfig, key: str | None
+    ) -> tuple[DensityStage, bool] | None:
+        # a density fitted on the latents of an encoder that was retrained just now (its
+        # cache entry was gone or stale) is stale too
+        if self.cache is None or key is None or not self.encoded().cached:
+            return None
+        cached = self.cache.load_density(key)
+        if cached is None:
+            return None
+        try:
+            stage = DensityStage.from_state_dict(
+                config, cached["pipeline"], cached["flow"], cached["history"], "cache"
+            )
+        except (FlowkitError, KeyError, RuntimeError):
+            return None  # an unreadable cache entry: fit it again
+        return stage, True
+
+    def _fit_density(self, config: DetectorConfig, key: str | None) -> DensityStage:
+        enc = self.encoded()
+        z_aug = enc.stage.embed_augmented(
+            self.train_images, device=self.device, copies=config.flow_augment, seed=config.seed
+        )
+        z_flow = enc.z_train if z_aug is None else torch.cat([enc.z_train, z_aug])
+        stage = DensityStage(config).fit(
+            z_flow,
+            enc.z_val,
+            device=self.device,
+            part_sizes=enc.stage.part_sizes,
+            progress=self.progress,
+        )
+        if self.cache is not None and key is not None:
+            self.cache.save_density(key, {**stage.state_dict(), "history": stage.history_})
+        return stage
+
+    # -- calibration --------------------------------------------------------------------------
+
+    def contexts(self, density: DensityStage) -> tuple[ScoreContext, ScoreContext]:
+        """What a scorer sees of the training and of the validation images under
+        ``density`` (computed once per density)."""
+        if id(density) not in self._contexts:
+            enc = self.encoded()
+            self._contexts[id(density)] = (
+                density.context(enc.z_train, self.train_images, enc.stage.encoder_, self.device),
+                density.context(enc.z_val, self.val_images, enc.stage.encoder_, self.device),
+            )
+        return self._contexts[id(density)]
+
+    def calibrate(
+        self, config: DetectorConfig | None = None, density: DensityStage | None = None
+    ) -> CalibrationStage:
+        """The calibration stage for ``config`` (its scorer and threshold), fitted on the
+        normal training and validation images under ``density`` (default: :meth:`density`)."""
+        config = config or self.config
+        density = density if density is not None else self.density()
+        CalibrationStage(config).check(len(density.density_.part_sizes))
+        return CalibrationStage(config).fit(*self.contexts(density))
+
+    def fit(self) -> tuple[EncoderStage, DensityStage, CalibrationStage]:
+        """Every stage, in order: what :meth:`flowkit.Detector.fit` composes."""
+        density = self.density()
+        return self.encoding, density, self.calibrate(density=density)
