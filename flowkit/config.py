@@ -22,6 +22,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any
 
 from flowkit.errors import ConfigError
+from flowkit.typecheck import check_type, describe
 
 __all__ = [
     "DetectorConfig",
@@ -33,6 +34,7 @@ __all__ = [
     "option_fields",
     "cell_fields",
     "stage_fields",
+    "grid_axes",
     "help_for",
 ]
 
@@ -45,19 +47,21 @@ PRECISIONS = ("fp32", "bf16", "auto")
 # -- checks (pure Python: a value, never data) ------------------------------------------------
 
 
+def _typed(name: str, value: Any, hint: Any) -> None:
+    """The type part of every check: :func:`flowkit.typecheck.check_type`, as for registry
+    options and suite fields."""
+    if not check_type(value, hint)[0]:
+        raise ConfigError(f"{name} must be {describe(hint)}, got {value!r}")
+
+
 def _int(low: int, why: str = "", high: int | None = None) -> Callable[[str, Any], None]:
     def check(name: str, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) and not _is_np_int(value):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        _typed(name, value, int)
         if value < low or (high is not None and value > high):
             bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
             raise ConfigError(f"{name} must be {bound}{' ' + why if why else ''}, got {value}")
 
     return check
-
-
-def _is_np_int(value: Any) -> bool:
-    return type(value).__module__ == "numpy" and "int" in type(value).__name__
 
 
 def _number(low: float, high: float, optional: bool = False) -> Callable[[str, Any], None]:
@@ -66,17 +70,12 @@ def _number(low: float, high: float, optional: bool = False) -> Callable[[str, A
     def check(name: str, value: Any) -> None:
         if value is None and optional:
             return
-        if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_np(value):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
+        _typed(name, value, float)
         if not (math.isfinite(value) and low < value < high):
             upper = f", {high:g})" if math.isfinite(high) else ", inf)"
             raise ConfigError(f"{name} must be in ({low:g}{upper}, got {value}")
 
     return check
-
-
-def _is_np(value: Any) -> bool:
-    return type(value).__module__ == "numpy"
 
 
 def _spec(name: str, value: Any) -> None:
@@ -115,8 +114,7 @@ def _value_range(name: str, value: Any) -> None:
 
 
 def _bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    _typed(name, value, bool)
 
 
 _SAME = object()
@@ -133,13 +131,16 @@ def option(
     cli: bool = True,
     cli_type: Any = None,
     aliases: tuple[str, ...] = (),
+    axis: str | None = None,
 ) -> Any:
     """One declared option: a dataclass field whose metadata says what the rest derives.
 
     ``cell``: the option is a suite field and part of every bench cell (and its cache key);
     ``cli``: ``flowkit train`` has it as ``--name-with-dashes``; ``cli_type``: the type the
     command line reads when it differs from the field's (``--flow-batch-size`` is text);
-    ``aliases``: earlier flag names the command line still accepts.
+    ``aliases``: earlier flag names the command line still accepts; ``axis``: the option is
+    a grid axis of the bench, a list under this name in a suite (``encoders``), one cell per
+    value, and ``flowkit bench`` repeats its flag.
     """
     assert stage in STAGES, stage
     meta = {
@@ -151,6 +152,7 @@ def option(
         "cli": cli,
         "cli_type": cli_type,
         "aliases": aliases,
+        "axis": axis,
     }
     return field(default=default, metadata=meta)
 
@@ -165,6 +167,7 @@ class DetectorConfig:
 
     encoder: str = option(
         "simclr:features=trunk+head,temperature=0.5",
+        axis="encoders",
         stage="encoder",
         paper="dcgan_ae:latent_dim=100",
         check=_spec,
@@ -172,6 +175,7 @@ class DetectorConfig:
     )
     flow: str = option(
         "realnvp:batch_norm=true,hidden=128,layers=4",
+        axis="flows",
         stage="density",
         paper="realnvp",
         check=_spec,
@@ -180,6 +184,7 @@ class DetectorConfig:
     )
     scorer: str = option(
         "nll+knn:k=2,metric=cosine,part=0",
+        axis="scorers",
         stage="calibration",
         paper="nll",
         check=_spec,
@@ -188,6 +193,7 @@ class DetectorConfig:
     )
     preprocess: str = option(
         "auto",
+        axis="preprocess",
         stage="density",
         paper="standardize",
         check=_spec,
@@ -296,6 +302,7 @@ class DetectorConfig:
     )
     seed: int = option(
         0,
+        axis="seeds",
         stage="encoder",
         check=_int(0, "(it makes fitting reproducible)", high=2**63 - 1),
         help="Random seed (same seed, same model on CPU).",
@@ -321,8 +328,9 @@ class DetectorConfig:
 
     def validate(self) -> "DetectorConfig":
         """Check every field's type and range (no data, no registry); returns ``self``."""
+        params = self.params()
         for f in fields(self):
-            f.metadata["check"](f.name, getattr(self, f.name))
+            f.metadata["check"](f.name, params[f.name])
         return self
 
     def params(self) -> dict[str, Any]:
@@ -360,6 +368,12 @@ def cell_fields() -> list[Field]:
 def stage_fields(stage: str) -> tuple[str, ...]:
     """Names of the cell options that change ``stage`` (its part of a cache key)."""
     return tuple(f.name for f in cell_fields() if f.metadata["stage"] == stage)
+
+
+def grid_axes() -> dict[str, str]:
+    """The options a bench grid spans (declared with ``axis``): option name → the suite's
+    list field (``{"encoder": "encoders", ...}``)."""
+    return {f.name: f.metadata["axis"] for f in cell_fields() if f.metadata["axis"]}
 
 
 def help_for(name: str) -> str:

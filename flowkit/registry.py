@@ -41,10 +41,25 @@ __all__ = [
     "set_plugin_loader",
     "canonical_spec",
     "check_positive",
+    "optional_members",
     "REGISTRIES",
 ]
 
 Factory = Callable[..., Any]
+
+
+def optional_members(obj: Any, names: Any) -> dict[str, Any]:
+    """The members of ``obj`` named in ``names`` that it has (and that are not ``None``), by
+    name. The one place flowkit looks a component's optional member up by name: a plugin's
+    component need not subclass flowkit's base classes, so each kind's capabilities (declared
+    on its base class with ``None`` defaults) are read through here, once, where the component
+    enters (its registry's contract) and by each kind's ``*_capabilities`` function."""
+    found = {}
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            found[name] = value
+    return found
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,10 @@ class Entry:
     distribution: str | None = None
     namespace: bool = False
     lister: Callable[[], list[str]] | None = field(default=None, compare=False)
+    #: what the component declares beside its factory (a dataset's ``categories`` lister):
+    #: the registry's :attr:`Registry.capabilities`, given to ``register`` or found once on
+    #: the factory when it is registered
+    capabilities: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def summary(self) -> str:
@@ -75,8 +94,12 @@ class Registry:
         kind: what the registry holds, used in messages ("encoder", "flow", ...).
     """
 
-    def __init__(self, kind: str, contract: str | None = None) -> None:
+    def __init__(
+        self, kind: str, contract: str | None = None, capabilities: dict[str, str] | None = None
+    ) -> None:
         self.kind = kind
+        #: the capabilities an entry of this kind may declare, with what each means
+        self.capabilities = dict(capabilities or {})
         # "module:function" checking what a factory returns (imported on first use: the
         # contracts live beside each kind's base class, which imports this module).
         self.contract = contract
@@ -102,19 +125,28 @@ class Registry:
     # -- registration ---------------------------------------------------------------------
 
     def register(
-        self, name: str | Factory | None = None, *, override: bool = False
+        self, name: str | Factory | None = None, *, override: bool = False, **capabilities: Any
     ) -> Callable[[Factory], Factory] | Factory:
-        """Register a factory under ``name`` (default: the function's name).
+        """Register a factory under ``name`` (default: the function's name), with the
+        capabilities it declares (:attr:`capabilities`: ``categories=`` for a dataset).
 
         Usable as ``@registry.register``, ``@registry.register("name")`` or
         ``registry.register("name")(factory)``. Raises :class:`ConfigError` on a duplicate
-        name unless ``override=True``.
+        name unless ``override=True``, and on a capability this kind does not have.
         """
+        unknown = sorted(set(capabilities) - set(self.capabilities))
+        if unknown:
+            raise ConfigError(
+                f"a {self.kind} has no capability {', '.join(map(repr, unknown))}; "
+                f"declared ones: {', '.join(self.capabilities) or 'none'}"
+            )
         if callable(name):
-            return self._add(name.__name__, name, override=override)
+            return self._add(name.__name__, name, override=override, capabilities=capabilities)
 
         def decorator(factory: Factory) -> Factory:
-            return self._add(name or factory.__name__, factory, override=override)
+            return self._add(
+                name or factory.__name__, factory, override=override, capabilities=capabilities
+            )
 
         return decorator
 
@@ -140,7 +172,14 @@ class Registry:
         plugin, dist = self._who()
         self._namespaces[prefix] = Entry(prefix, factory, plugin, dist, True, lister)
 
-    def _add(self, name: str, factory: Factory, *, override: bool) -> Factory:
+    def _add(
+        self,
+        name: str,
+        factory: Factory,
+        *,
+        override: bool,
+        capabilities: dict[str, Any] | None = None,
+    ) -> Factory:
         if not name or ":" in name or "+" in name:
             # ":" separates options and "+" joins scorers on the command line
             raise ConfigError(f"invalid {self.kind} name {name!r}")
@@ -155,7 +194,9 @@ class Registry:
                 "pass override=True to replace it"
             )
         plugin, dist = self._who()
-        self._entries[name] = Entry(name, factory, plugin, dist)
+        # an attribute on the factory (``mvtec.categories = ...``) declares it too: read once
+        declared = {**optional_members(factory, self.capabilities), **(capabilities or {})}
+        self._entries[name] = Entry(name, factory, plugin, dist, capabilities=declared)
         return factory
 
     def alias(self, old: str, new: str) -> None:
@@ -323,44 +364,6 @@ def accepted_options(factory: Callable[..., Any], skip: int = 0) -> list[str] | 
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-_SCALARS: dict[Any, str] = {
-    int: "an integer",
-    float: "a number",
-    bool: "true or false",
-    str: "text",
-}
-
-
-def _coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
-    """``(ok, value)``: ``value`` checked against a scalar annotation (int, float, bool, str,
-    their ``X | None``), converting the lossless cases the spec parser cannot decide
-    (``2`` for a float, ``7`` for a name); any other annotation accepts the value as it is."""
-    import types
-    import typing
-
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None:
-            return True, None
-        for member in members:
-            ok, out = _coerce(value, member)
-            if ok and member in _SCALARS:
-                return True, out
-        return (False, value) if all(m in _SCALARS for m in members) else (True, value)
-    if annotation is bool:
-        return isinstance(value, bool), value
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if annotation is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
-    if annotation is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, str(value)
-        return isinstance(value, str), value
-    return True, value
-
-
 def coerce_options(
     what: str, factory: Callable[..., Any], options: dict[str, Any]
 ) -> dict[str, Any]:
@@ -371,6 +374,8 @@ def coerce_options(
     """
     import typing
 
+    from flowkit.typecheck import check_type, describe
+
     try:
         hints = typing.get_type_hints(factory)
     except Exception:  # unresolvable annotations (a plugin's forward refs): skip the check
@@ -379,15 +384,9 @@ def coerce_options(
     for key, value in options.items():
         if key not in hints:
             continue
-        ok, out[key] = _coerce(value, hints[key])
+        ok, out[key] = check_type(value, hints[key], text_from_numbers=True)
         if not ok:
-            expected = hints[key]
-            names = [
-                _SCALARS.get(a, getattr(a, "__name__", str(a)))
-                for a in (typing.get_args(expected) or (expected,))
-                if a is not type(None)
-            ]
-            raise ConfigError(f"{what}: option {key} must be {' or '.join(names)}, got {value!r}")
+            raise ConfigError(f"{what}: option {key} must be {describe(hints[key])}, got {value!r}")
     return out
 
 
@@ -400,7 +399,14 @@ def check_positive(what: str, **values: float) -> None:
 
 encoders = Registry("encoder", contract="flowkit.encoders.base:check_encoder_object")
 flows = Registry("flow", contract="flowkit.flows.base:check_flow_object")
-datasets = Registry("dataset", contract="flowkit.data.base:check_dataset_object")
+datasets = Registry(
+    "dataset",
+    contract="flowkit.data.base:check_dataset_object",
+    capabilities={
+        "categories": "categories(root) -> names: the categories found under a data root "
+        '(a suite\'s categories = "all", protocol given)',
+    },
+)
 scorers = Registry("scorer", contract="flowkit.scorers:check_scorer_object")
 REGISTRIES: dict[str, Registry] = {
     "encoders": encoders,

@@ -6,16 +6,22 @@ import hashlib
 import itertools
 import json
 import sys
-import types
 import typing
 import warnings
 from dataclasses import asdict, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from flowkit.config import PAPER, DetectorConfig, cell_fields, stage_fields
+from flowkit.config import (
+    PAPER,
+    STAGES,
+    DetectorConfig,
+    cell_fields,
+    grid_axes,
+    stage_fields,
+)
 from flowkit.errors import ConfigError
-from flowkit.registry import canonical_spec, encoders, flows, scorers
+from flowkit.registry import REGISTRIES, canonical_spec
 from flowkit.spec import Spec, format_spec, parse_spec
 
 if sys.version_info >= (3, 11):
@@ -29,6 +35,7 @@ __all__ = [
     "load_suite",
     "suite_dirs",
     "list_suites",
+    "shipped_suites",
     "ENCODER_FIELDS",
     "FLOW_FIELDS",
     "SCORER_FIELDS",
@@ -52,7 +59,7 @@ def check_suite_name(name: str) -> None:
 
 def _paper(option: str) -> Any:
     """A default factory: the paper's value of ``option``, as a one-item list (a grid axis)."""
-    return lambda: [getattr(PAPER, option)]
+    return lambda: [PAPER.params()[option]]
 
 
 PROTOCOL_HELP = (
@@ -73,17 +80,19 @@ def suite_dirs() -> list[Path]:
 
 
 def list_suites() -> list[str]:
+    """Every suite a name finds: ``$FLOWKIT_SUITES``' and the shipped ones."""
     return sorted({p.stem for d in suite_dirs() if d.is_dir() for p in d.glob("*.toml")})
 
 
-# Suite fields that are not options of a cell: the grid's axes and what the data is.
-_GRID_AXES = {
-    "encoder": "encoders",
-    "flow": "flows",
-    "scorer": "scorers",
-    "preprocess": "preprocess",
-    "seed": "seeds",
-}
+def shipped_suites() -> list[str]:
+    """The suites that ship inside the package (``flowkit/suites``), in a fixed order: the
+    default first, then by name."""
+    found = {p.stem for p in suite_dirs()[-1].glob("*.toml")}
+    return sorted(found, key=lambda n: (n != "quick", n != "recommended", n))
+
+
+# The grid's axes: option → the suite's list field (declared once, in flowkit.config).
+_GRID_AXES = grid_axes()
 
 
 class _SuiteMethods:
@@ -111,13 +120,14 @@ class _SuiteMethods:
             raise ConfigError(f"suite {self.name}: the ood protocol needs out_datasets")
         if self.categories is not None and self.protocol != "given":
             raise ConfigError(f"suite {self.name}: categories only apply to protocol 'given'")
+        values = asdict(self)
         for label in _GRID_AXES.values():
-            if not getattr(self, label):
+            if not values[label]:
                 raise ConfigError(f"suite {self.name}: {label} is empty")
         for spec in self.encoders + self.flows + self.scorers + [self.dataset]:
             Spec.parse(spec)
         try:  # every shared option's own check, named as the suite field it is
-            DetectorConfig(**{f: getattr(self, f) for f in SHARED_FIELDS}).validate()
+            DetectorConfig(**{f: values[f] for f in SHARED_FIELDS}).validate()
         except ConfigError as exc:
             raise ConfigError(f"suite {self.name}: {exc}") from None
         return self  # type: ignore[return-value]
@@ -151,25 +161,32 @@ class _SuiteMethods:
 
     def cells(self, targets: list[int | str]) -> list[Cell]:
         """Every cell of the grid, in run order (cells sharing an encoder are adjacent)."""
-        shared = {f: getattr(self, f) for f in SHARED_FIELDS}
-        grid = itertools.product(
-            targets, self.seeds, self.encoders, self.preprocess, self.flows, self.scorers
-        )
+        values = asdict(self)
+        shared = {f: values[f] for f in SHARED_FIELDS}
+        # the axes in stage order (what the encoder needs first): cells sharing an encoder are
+        # adjacent, and a component is named by its registry's canonical spec
+        axes = sorted(_GRID_AXES, key=lambda name: STAGES.index(_stage_of(name)))
+        lists = [
+            [canonical_spec(REGISTRIES[_GRID_AXES[a]], v) if _GRID_AXES[a] in REGISTRIES else v
+             for v in values[_GRID_AXES[a]]]
+            for a in axes
+        ]  # fmt: skip
         return [
             Cell(
                 dataset=self.dataset,
                 protocol=self.protocol,
                 target=target,
                 image_size=self.image_size,
-                seed=int(seed),
-                encoder=canonical_spec(encoders, enc),
-                preprocess=preprocess,
-                flow=canonical_spec(flows, flow),
-                scorer=canonical_spec(scorers, scorer),
+                **dict(zip(axes, combo, strict=True)),
                 **shared,
             )
-            for target, seed, enc, preprocess, flow, scorer in grid
+            for target in targets
+            for combo in itertools.product(*lists)
         ]
+
+
+def _stage_of(option: str) -> str:
+    return DetectorConfig.__dataclass_fields__[option].metadata["stage"]
 
 
 #: The options a suite holds one value of (the rest of a cell's options are grid axes).
@@ -219,7 +236,8 @@ class _CellMethods:
 
     def detector_params(self, device: str = "auto") -> dict[str, Any]:
         """The :class:`~flowkit.Detector` parameters of this cell (the one place they map)."""
-        return {**{f.name: getattr(self, f.name) for f in cell_fields()}, "device": device}
+        values = self.config()
+        return {**{f.name: values[f.name] for f in cell_fields()}, "device": device}
 
     def detector_config(self, device: str = "auto") -> DetectorConfig:
         return DetectorConfig(**self.detector_params(device))
@@ -281,48 +299,28 @@ _KEY_DEFAULTS: dict[str, Any] = {"flow_augment": 0}
 
 
 def _key(cell: Cell, fields: tuple[str, ...], extra: dict[str, Any]) -> str:
-    values = {f: getattr(cell, f) for f in fields}
+    config = cell.config()
+    values = {f: config[f] for f in fields}
     values = {f: v for f, v in values.items() if _KEY_DEFAULTS.get(f, object()) != v}
     blob = json.dumps({**values, **extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
-
-
-def _describe(hint: Any) -> str:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return _describe(args[0]) + ' (or "all")'
-    if typing.get_origin(hint) is list:
-        item = _TYPE_NAMES[args[0]].split(" ", 1)[1]
-        return f"a list of {item}s, e.g. {[1, 2] if args[0] is int else ['a', 'b']}"
-    return _TYPE_NAMES[hint]
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return value is None or any(
-            _type_ok(value, a) for a in typing.get_args(hint) if a is not type(None)
-        )
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
 def check_field_types(suite: str, values: dict[str, Any]) -> None:
     """Refuse a suite field of the wrong type, naming the field and the expected type."""
+    from flowkit.typecheck import check_type, describe
+
     hints = typing.get_type_hints(Suite)
     for key, value in values.items():
-        if not _type_ok(value, hints[key]):
-            raise ConfigError(
-                f"suite {suite}: field {key} must be {_describe(hints[key])}; got {value!r}"
+        if not check_type(value, hints[key])[0]:
+            hint = hints[key]
+            # the optional fields (classes, categories) take "all" in a suite file
+            what = (
+                describe(typing.get_args(hint)[0]) + ' (or "all")'
+                if value is not None and type(None) in typing.get_args(hint)
+                else describe(hint)
             )
+            raise ConfigError(f"suite {suite}: field {key} must be {what}; got {value!r}")
 
 
 _LIST_FIELDS = {*_GRID_AXES.values(), "out_datasets", "categories"}

@@ -83,17 +83,40 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def config_options(*names: str, overrides: bool = False) -> Callable[[F], F]:
+def config_options(*names: str, overrides: bool = False, axes: bool = False) -> Callable[[F], F]:
     """Add one typer option per declared Detector option (:mod:`flowkit.config`) to a
     command that takes them as ``**options``: the flag, type, default and help come from the
-    declaration. ``overrides``: every option defaults to ``None`` (keep the suite's value)."""
+    declaration. ``overrides``: every option defaults to ``None`` (keep the suite's value).
+    ``axes``: the bench grid's axes too (:func:`flowkit.config.grid_axes`), each under its
+    suite field's name (``encoders``): a spec axis repeats its flag (``--encoder A --encoder
+    B``), an integer one takes a comma-separated list (``--seeds 0,1,2``)."""
     import inspect
 
-    from flowkit.config import DetectorConfig
+    from flowkit.config import DetectorConfig, grid_axes
 
     def decorate(func: F) -> F:
         sig = inspect.signature(func, eval_str=True)  # the command's own, resolved
         params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        for name, axis in grid_axes().items() if axes else ():
+            f = DetectorConfig.__dataclass_fields__[name]
+            if f.type in (int, "int"):
+                flags: tuple[str, ...] = ("--" + axis,)
+                typ: Any = Optional[str]
+                text = f"{f.metadata['help']} A grid axis: comma-separated, e.g. 0,1,2."
+            else:
+                flags = ("--" + name.replace("_", "-"), *f.metadata["aliases"])
+                typ = Optional[list[str]]
+                text = f"{f.metadata['help']} A grid axis: repeat for several."
+            params.append(
+                inspect.Parameter(
+                    axis,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=None,
+                    annotation=Annotated[
+                        typ, typer.Option(*flags, help=text + " Default: the suite's.")
+                    ],
+                )
+            )
         for name in names:
             f = DetectorConfig.__dataclass_fields__[name]
             meta = f.metadata

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from flowkit.bench.suite import SHARED_FIELDS
+from flowkit.bench.suite import SHARED_FIELDS, shipped_suites
 from flowkit.cli._common import (
     DataRootOpt,
     DeviceOpt,
@@ -24,6 +24,7 @@ from flowkit.cli._common import (
     shown,
     styled,
 )
+from flowkit.config import grid_axes
 from flowkit.errors import ConfigError
 
 Repeat = Optional[list[str]]
@@ -75,14 +76,12 @@ class _LiveTable:
         return table
 
 
-@config_options(*SHARED_FIELDS, overrides=True)
+@config_options(*SHARED_FIELDS, overrides=True, axes=True)
 @handle_errors
 def bench(
     suite: Annotated[
         str,
-        typer.Option(
-            help="Suite name (quick, recommended, paper-mnist, paper-cifar10, paper-svhn-ood, ood-digits, ood-photos, ssl, mvtec) or path to a TOML file."
-        ),
+        typer.Option(help=f"Suite name ({', '.join(shipped_suites())}) or path to a TOML file."),
     ] = "quick",
     dataset: Annotated[
         Optional[str], typer.Option(help="Override the suite's dataset (NAME:key=value,...).")
@@ -90,24 +89,6 @@ def bench(
     classes: Annotated[
         Optional[str], typer.Option(help="Held-out classes, e.g. 0,1,7 (default: the suite's).")
     ] = None,
-    encoder: Annotated[
-        Repeat, typer.Option(help="Encoder NAME:key=value,...; repeat for several.")
-    ] = None,
-    flow: Annotated[
-        Repeat, typer.Option(help="Flow NAME:key=value,...; repeat for several.")
-    ] = None,
-    scorer: Annotated[
-        Repeat, typer.Option(help="Scorer NAME:key=value,...; repeat for several.")
-    ] = None,
-    preprocess: Annotated[
-        Repeat,
-        typer.Option(
-            "--preprocess",
-            "--latent",
-            help="Latent preprocessing (auto, standardize, pca:K, l2, ...); repeat for several.",
-        ),
-    ] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="Seeds, e.g. 0,1,2.")] = None,
     data_root: DataRootOpt = None,
     out_dir: Annotated[
         Optional[Path],
@@ -162,25 +143,21 @@ def bench(
 
     Each encoder is trained once per (dataset, held-out class, seed) and cached with its latents; finished cells are appended to <out>/results.jsonl and skipped on rerun.
     """
-    from flowkit.executors import make_executor
     from flowkit.bench.report import write_report
     from flowkit.bench.runner import run_suite
     from flowkit.bench.suite import load_suite
+    from flowkit.executors import make_executor
     from flowkit.progress import progress_bar
 
     set_threads(threads)
     device_list = [d.strip() for d in devices.split(",") if d.strip()] if devices else None
     runner = make_executor(executor, workers, device_list, ray_address, threads)
     options["flow_batch_size"] = int_or_auto(options["flow_batch_size"], "--flow-batch-size")
+    for axis in grid_axes().values():  # an integer axis comes as "0,1,2"
+        if isinstance(options[axis], str):
+            options[axis] = _int_list(options[axis], f"--{axis}")
     s = load_suite(suite).with_overrides(
-        dataset=dataset,
-        classes=_int_list(classes, "--classes"),
-        encoders=encoder,
-        flows=flow,
-        scorers=scorer,
-        preprocess=preprocess,
-        seeds=_int_list(seeds, "--seeds"),
-        **options,
+        dataset=dataset, classes=_int_list(classes, "--classes"), **options
     )
     run_dir = out_dir or Path("runs") / s.name
     err.print(
