@@ -141,7 +141,7 @@ class Detector:
 
     def check_fitted(self) -> Detector:
         """Raise :class:`NotFittedError` unless fitted (or loaded)."""
-        if not hasattr(self, "calibration_stage_"):
+        if "calibration_stage_" not in vars(self):
             raise NotFittedError(
                 "this Detector is not fitted yet: call fit() or Detector.load() first"
             )
@@ -245,7 +245,7 @@ class Detector:
 
     def embed(self, X: Any) -> torch.Tensor:
         """Raw encoder latents ``(N, embed_dim)`` of images (float32, CPU)."""
-        if not hasattr(self, "encoder_stage_"):
+        if "encoder_stage_" not in vars(self):
             raise NotFittedError("this Detector has no encoder yet: call fit() first")
         images = as_uint8_images(X, value_range=self.value_range)
         return self.encoder_stage_.embed(images, device=self.device)

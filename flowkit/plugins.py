@@ -103,8 +103,9 @@ def _load() -> None:
     for ep in eps:
         if ep.name in disabled or ep.name in infos:
             continue
-        dist = ep.dist.metadata["Name"] if getattr(ep, "dist", None) is not None else None
-        version = ep.dist.version if getattr(ep, "dist", None) is not None else None
+        found = ep.dist  # None for an entry point made by hand (the built-ins from a tree)
+        dist = found.metadata["Name"] if found is not None else None
+        version = found.version if found is not None else None
         if ep.name == BUILTIN:
             from flowkit import __version__
 

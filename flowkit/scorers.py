@@ -29,8 +29,10 @@ import torch
 from torch import nn
 
 from flowkit.errors import ConfigError, NotExportableError
+from flowkit.registry import optional_members
 
 __all__ = [
+    "CAPABILITIES",
     "ScoreContext",
     "Scorer",
     "check_scorer_object",
@@ -96,21 +98,44 @@ def check_part(part: int | None, parts: int) -> None:
         )
 
 
-def check_scorer_parts(scorer: Any, parts: int) -> None:
+def check_scorer_parts(scorer: Scorer, parts: int) -> None:
     """:func:`check_part` for a scorer and, in a combination, each of its scorers."""
-    for inner in getattr(scorer, "scorers", None) or [scorer]:
-        check_part(getattr(inner, "part", None), parts)
+    for inner in scorer.members():
+        check_part(inner.part, parts)
+
+
+#: What a scorer may declare beyond ``score(ctx)`` (members of :class:`Scorer`, with their
+#: defaults there), and what each gives.
+CAPABILITIES: dict[str, str] = {
+    "fit": "fit(train, val): state fitted on normal training and validation contexts",
+    "state_dict": "state_dict() / load_state_dict(state): state saved in the model file",
+    "export_score": "export_score(ctx): the score in plain torch ops, for ONNX export",
+    "needs_images": "True: the scorer reads ctx.images (the uint8 images)",
+    "part": "the latent part (0, 1, ...) the scorer reads; None: the whole latent",
+    "name": "the name messages use",
+}
 
 
 class Scorer(abc.ABC):
     """Base class: :meth:`score` is required (an ``abc`` abstract method); override
-    :meth:`fit` if the scorer has state.
+    :meth:`fit` if the scorer has state. The optional capabilities (:data:`CAPABILITIES`)
+    are declared here with their defaults.
 
     State that must be saved goes in :meth:`state_dict` as tensors, floats or ints.
     """
 
     name = "scorer"
     needs_images = False
+    part: int | None = None
+
+    def members(self) -> list[Scorer]:
+        """The scorers this one is made of: itself, or a combination's scorers."""
+        return [self]
+
+    @property
+    def exportable(self) -> bool:
+        """Whether :meth:`export_score` is defined (else export names the scorer and stops)."""
+        return type(self).export_score is not Scorer.export_score
 
     def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
         return self
@@ -382,6 +407,8 @@ class ComplexityScorer(Scorer):
         c = image_complexity(_require_images(ctx, self.name))
         return -ctx.log_prob.double() - (self.slope * c + self.intercept)
 
+    exportable = False  # declared: export_score says why
+
     def export_score(self, ctx: ScoreContext) -> torch.Tensor:
         raise NotExportableError(
             "the complexity scorer compresses each image as PNG, which an ONNX graph cannot "
@@ -412,6 +439,13 @@ class ComboScorer(Scorer):
         self.needs_images = any(s.needs_images for s in self.scorers)
         self.means = torch.zeros(len(self.scorers), dtype=torch.double)
         self.stds = torch.ones(len(self.scorers), dtype=torch.double)
+
+    def members(self) -> list[Scorer]:
+        return list(self.scorers)
+
+    @property
+    def exportable(self) -> bool:
+        return all(s.exportable for s in self.scorers)
 
     def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
         ctx = val if len(val.log_prob) >= 10 else train
@@ -485,33 +519,43 @@ def rotation() -> RotationScorer:
     return RotationScorer()
 
 
+_MEMBERS = ("score", "fit", "state_dict", "load_state_dict", "export_score", "needs_images")
+
+
 class _ScorerAdapter(Scorer):
-    """A plugin scorer that has only ``score(ctx)``: the optional methods get defaults."""
+    """A plugin scorer that is not a :class:`Scorer`: what it declares (:data:`CAPABILITIES`)
+    is read once, here, and the rest gets the base class's defaults."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self.name = getattr(inner, "name", type(inner).__name__)
-        self.needs_images = bool(getattr(inner, "needs_images", False))
+        self.own = optional_members(inner, (*_MEMBERS, "name", "part"))
+        self.name = self.own.get("name", type(inner).__name__)
+        self.needs_images = bool(self.own.get("needs_images", False))
+        self.part = self.own.get("part")
 
     def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
-        if callable(getattr(self.inner, "fit", None)):
-            self.inner.fit(train, val)
+        if callable(self.own.get("fit")):
+            self.own["fit"](train, val)
         return self
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
-        return self.inner.score(ctx)
+        return self.own["score"](ctx)
+
+    @property
+    def exportable(self) -> bool:
+        return callable(self.own.get("export_score"))
 
     def export_score(self, ctx: ScoreContext) -> torch.Tensor:
-        if callable(getattr(self.inner, "export_score", None)):
-            return self.inner.export_score(ctx)
+        if self.exportable:
+            return self.own["export_score"](ctx)
         return super().export_score(ctx)
 
     def state_dict(self) -> dict[str, Any]:
-        own = getattr(self.inner, "state_dict", None)
+        own = self.own.get("state_dict")
         return own() if callable(own) else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        own = getattr(self.inner, "load_state_dict", None)
+        own = self.own.get("load_state_dict")
         if callable(own):
             own(state)
         elif state:
@@ -520,7 +564,9 @@ class _ScorerAdapter(Scorer):
 
 def check_scorer_object(scorer: Any, what: str) -> Scorer:
     """The minimum every scorer meets (``score(ctx)``), checked where it is created; a
-    scorer that is not a :class:`Scorer` gets the optional methods' defaults."""
-    if not callable(getattr(scorer, "score", None)):
+    scorer that is not a :class:`Scorer` is adapted once (:class:`_ScorerAdapter`)."""
+    if isinstance(scorer, Scorer):
+        return scorer
+    if not callable(optional_members(scorer, ("score",)).get("score")):
         raise ConfigError(f"{what} has no score(ctx) method, the one method a scorer needs")
-    return scorer if isinstance(scorer, Scorer) else _ScorerAdapter(scorer)
+    return _ScorerAdapter(scorer)

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from flowkit.config import DetectorConfig
-from flowkit.encoders.base import latent_parts, views
+from flowkit.encoders.base import input_shape_of, latent_parts, views
 from flowkit.errors import ConfigError, DataError, ModelFileError, NotExportableError
-from flowkit.flows.base import check_log_prob, export_form
+from flowkit.flows.base import check_log_prob, export_form, flow_capabilities
 from flowkit.flows.product import ProductFlow
 from flowkit.preprocess import Preprocess, parse_preprocess
 from flowkit.registry import Registry, accepted_options, encoders, flows, scorers
@@ -144,8 +144,8 @@ class _Stage:
     @classmethod
     def spec_of(cls, config: DetectorConfig) -> Spec:
         """The component's spec, its ``*_options`` merged over the spec's own."""
-        options = getattr(config, f"{cls.component}_options")
-        return Spec.parse(getattr(config, cls.component), options)
+        params = config.params()
+        return Spec.parse(params[cls.component], params[f"{cls.component}_options"])
 
     @property
     def spec(self) -> Spec:
@@ -153,7 +153,7 @@ class _Stage:
 
     @property
     def fitted(self) -> bool:
-        return hasattr(self, self.fitted_attribute)
+        return self.fitted_attribute in vars(self)
 
 
 # -- stage 1 ----------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ class EncoderStage(_Stage):
         name, options = self.spec.factory_args()
         torch.manual_seed(self.config.seed)
         encoder = encoders.create(name, in_channels=c, image_size=h, **options)
-        expected = tuple(getattr(encoder, "input_shape", (c, h, w)))
+        expected = input_shape_of(encoder, (c, h, w))
         if expected != (c, h, w):
             raise DataError(f"encoder expects images {expected}, got {(c, h, w)}")
         return encoder
@@ -328,7 +328,7 @@ class Density(nn.Module):
     def for_export(self, label: str = "flow") -> nn.Module:
         """The same density in ONNX-exportable form (the Jacobian a constant buffer), or
         :class:`NotExportableError` naming (as ``label``) the flow that has none, and why."""
-        why = getattr(self.flow, "not_exportable", None)
+        why = flow_capabilities(self.flow).get("not_exportable")
         if why:
             raise NotExportableError(f"the {label} has no ONNX form: {why}")
         return _ExportDensity(self.preprocess, export_form(self.flow))

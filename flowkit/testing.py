@@ -79,7 +79,7 @@ def check_flow(
         flow: a registered name (built with ``features`` and ``options``) or a flow instance
             (a ``torch.nn.Module`` with ``log_prob``; it is copied, never changed).
     """
-    from flowkit.flows.base import check_flow_object, initialize_flow
+    from flowkit.flows.base import check_flow_object, flow_capabilities, initialize_flow
     from flowkit.registry import flows
 
     def build() -> Any:
@@ -90,7 +90,7 @@ def check_flow(
         f = build().double()
     else:
         f = check_flow_object(copy.deepcopy(flow), f"flow {type(flow).__name__}").double()
-        features = int(getattr(flow, "features", features))
+        features = int(flow_capabilities(flow).get("features", features))
     z = torch.randn(batch, features, dtype=torch.double)
     initialize_flow(f, z)
     # A few optimisation steps so that checks do not pass trivially at the identity.
@@ -122,17 +122,18 @@ def check_flow(
         assert torch.allclose(a, single, atol=atol), (
             "eval-mode log_prob depends on the batch (batch statistics used in eval?)"
         )
-        if _has(f, "transform_to_noise", "inverse"):
+        has = flow_capabilities(f)
+        if _has(has, "transform_to_noise", "inverse"):
             u = f.transform_to_noise(z)
             assert u.shape == z.shape, f"noise shape {tuple(u.shape)} != {tuple(z.shape)}"
             back = f.inverse(u)
             assert torch.allclose(back, z, atol=atol), (
                 f"inverse(transform_to_noise(z)) != z (max error {(back - z).abs().max():.2e})"
             )
-        if _has(f, "sample"):
+        if _has(has, "sample"):
             s = f.sample(5)
             assert s.shape == (5, features) and torch.isfinite(s).all(), "bad samples"
-    if _has(f, "transform_to_noise", "base_log_prob") and features <= 16:
+    if _has(has, "transform_to_noise", "base_log_prob") and features <= 16:
         _check_change_of_variables(f, z[:3], atol)
     # Load into an instance that never saw this training: a fresh one, or a scrambled copy
     # of the untouched original (state kept outside the state dict is then missing).
@@ -148,8 +149,8 @@ def check_flow(
         )
 
 
-def _has(obj: Any, *methods: str) -> bool:
-    return all(callable(getattr(obj, m, None)) for m in methods)
+def _has(capabilities: dict[str, Any], *methods: str) -> bool:
+    return all(callable(capabilities.get(m)) for m in methods)
 
 
 def _check_change_of_variables(f: Any, z: torch.Tensor, atol: float) -> None:
@@ -191,12 +192,12 @@ def check_encoder(
             )
         return encoder
 
-    from flowkit.encoders.base import check_encoder_object, is_trainable
+    from flowkit.encoders.base import check_encoder_object, input_shape_of, is_trainable
 
     torch.manual_seed(0)
     e = build() if isinstance(encoder, str) else copy.deepcopy(encoder)
     check_encoder_object(e, f"encoder {type(e).__name__}")
-    shape = tuple(getattr(e, "input_shape", (in_channels, image_size, image_size)))
+    shape = input_shape_of(e, (in_channels, image_size, image_size))
     assert len(shape) == 3, f"input_shape must be (C, H, W), got {shape}"
     x = torch.rand(batch, *shape) * 2 - 1
     if is_trainable(e):
@@ -279,7 +280,7 @@ def check_scorer(scorer: Any, **options: Any) -> None:
         scorer: a registered name (built with ``options``) or a scorer instance (copied).
     """
     from flowkit.registry import scorers
-    from flowkit.scorers import check_scorer_object
+    from flowkit.scorers import Scorer, check_scorer_object
 
     def build() -> Any:
         if isinstance(scorer, str):
@@ -289,10 +290,11 @@ def check_scorer(scorer: Any, **options: Any) -> None:
     s = build()
     train, val, test = _score_contexts()
     fitted = s.fit(train, val)
-    assert fitted is None or fitted is s or hasattr(fitted, "score"), "fit returned junk"
+    assert fitted is None or fitted is s or isinstance(fitted, Scorer), "fit returned junk"
     out = s.score(test)
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     assert isinstance(out, torch.Tensor) and out.shape == (40,), (
-        f"score must return a tensor of shape (40,), got {getattr(out, 'shape', type(out))}"
+        f"score must return a tensor of shape (40,), got {got}"
     )
     assert torch.isfinite(out).all(), "scores are not finite"
     from flowkit.scorers import ScoreContext
@@ -322,11 +324,29 @@ def check_scorer(scorer: Any, **options: Any) -> None:
     )
 
 
+def _check_declared(data: Any, split: str) -> None:
+    """The capabilities an ImageSet carries hold together."""
+    have = data.capabilities
+    assert ("anomaly" in have) == ("is_test" in have), (
+        f"{split}: anomaly and is_test come together (labelled anomalies and their test part)"
+    )
+    if "masks" in have:
+        assert "anomaly" in have, f"{split}: pixel masks need the anomaly labels"
+        normal = ~data.anomaly
+        assert not data.masks[normal].any(), f"{split}: a normal image has defect pixels"
+    if "defect_types" in have and "anomaly" in have:
+        good = [t == "good" for t in data.defect_types]
+        assert good == (~data.anomaly).tolist(), f"{split}: defect_types 'good' != normal"
+
+
 def check_dataset(name: str, root: Any = None, image_size: int = 16, **options: Any) -> None:
     """Check a registered dataset: its factory accepts the documented keywords (``root``,
     ``split``, ``image_size``, ``download``), every split returns an ImageSet of uint8
     ``(N, C, image_size, image_size)`` images with labels inside ``classes``, and an
-    unknown split is refused with a :class:`~flowkit.ConfigError`.
+    unknown split is refused with a :class:`~flowkit.ConfigError`. What a set declares it
+    carries (:data:`flowkit.data.base.CAPABILITIES`) is checked too: ``anomaly`` comes with
+    ``is_test``, pixel ``masks`` are empty on normal images, and a
+    declared ``categories(root)`` lister returns names.
     """
     from flowkit.data.base import DATASET_KEYWORDS, ImageSet
     from flowkit.registry import accepted_options, datasets
@@ -348,6 +368,13 @@ def check_dataset(name: str, root: Any = None, image_size: int = 16, **options: 
         )
         assert data.labels.min() >= 0 and data.labels.max() < len(data.classes), (
             f"{split}: labels outside classes"
+        )
+        _check_declared(data, split)
+    lister = entry.capabilities.get("categories")
+    if lister is not None:
+        found = lister(root)
+        assert isinstance(found, list) and all(isinstance(c, str) for c in found), (
+            f"categories({root!r}) must return a list of names, got {found!r}"
         )
     from flowkit.errors import ConfigError
 

@@ -24,7 +24,7 @@ from torch import nn
 from flowkit.data.base import to_float
 from flowkit.encoders.base import is_trainable
 from flowkit.errors import ConfigError, DataError, TrainingDivergedError
-from flowkit.flows.base import check_log_prob, initialize_flow
+from flowkit.flows.base import check_log_prob, flow_capabilities, initialize_flow
 from flowkit.progress import progress_bar
 
 __all__ = [
@@ -493,7 +493,8 @@ def fit_flow(
     for validation and scoring).
     """
     # a flow may say its size (``features``); otherwise the training latents set it
-    dim = getattr(flow, "features", None) or (latents.shape[1] if latents.ndim == 2 else -1)
+    declared = flow_capabilities(flow).get("features")
+    dim = declared or (latents.shape[1] if latents.ndim == 2 else -1)
     for name, z in (("training", latents), ("validation", val_latents)):
         if z.ndim != 2 or z.shape[1] != dim:
             raise DataError(f"{name} latents must have shape (N, {dim}), got {tuple(z.shape)}")

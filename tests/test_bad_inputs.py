@@ -253,10 +253,10 @@ def test_the_sweep_is_large_enough():
 def _api_cases() -> list[tuple[Any, str]]:
     """(call, text expected in the one-line error) for the Python API's bad inputs."""
     import torch
-    from flowkit.executors import make_executor
 
     from flowkit import load_dataset
     from flowkit.data import leave_one_class_out
+    from flowkit.executors import make_executor
 
     def det(**kw: Any) -> Any:
         return lambda: Detector(**kw).check_config()

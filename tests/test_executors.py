@@ -8,7 +8,6 @@ import os
 
 import pytest
 import torch
-from flowkit.executors import ProcessExecutor, RayExecutor, make_executor
 from typer.testing import CliRunner
 
 from flowkit.bench.report import write_report
@@ -16,6 +15,7 @@ from flowkit.bench.runner import run_suite
 from flowkit.bench.suite import Suite
 from flowkit.cli import app
 from flowkit.errors import ConfigError
+from flowkit.executors import ProcessExecutor, RayExecutor, make_executor
 
 GRID = dict(
     name="x",
@@ -143,9 +143,8 @@ def test_bench_cli_runs_on_process_workers(tmp_path, local_aucs):
 
 
 def test_auto_executor_plans_one_single_thread_worker_per_core(monkeypatch):
-    from flowkit.executors import AutoExecutor, LocalExecutor
-
     from flowkit import executors
+    from flowkit.executors import AutoExecutor, LocalExecutor
 
     monkeypatch.setattr(executors, "cores", lambda: 4)
     plan = AutoExecutor().plan(10, "cpu")

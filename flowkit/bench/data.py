@@ -66,11 +66,11 @@ class BenchData:
 
 def _given_categories(suite: Suite, root: Any) -> list[str]:
     """The categories of a ``given`` suite, discovering them for ``categories = ["all"]``
-    through the dataset factory's ``categories(root)`` attribute."""
+    through the dataset's declared ``categories(root)`` capability (its registry entry)."""
     if suite.categories != ["all"]:
         return suite.targets()
     name, opts = parse_spec(suite.dataset)
-    lister = getattr(datasets.get(name).factory, "categories", None)
+    lister = datasets.get(name).capabilities.get("categories")
     if lister is None:
         raise ConfigError(
             f"suite {suite.name}: dataset {name!r} has no categories to discover; "

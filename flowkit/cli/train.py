@@ -93,7 +93,7 @@ def train(
     set_threads(threads)
     options["flow_batch_size"] = int_or_auto(options["flow_batch_size"], "--flow-batch-size")
     if paper:  # the paper's value for every option not given (even one typed as its default)
-        options = {k: v if _given(ctx, k) else getattr(PAPER, k) for k, v in options.items()}
+        options = {k: v if _given(ctx, k) else PAPER.params()[k] for k, v in options.items()}
     det = Detector(**options, verbose=not quiet).check_config()
     check_output_file(out_path)
     data = load_dataset(

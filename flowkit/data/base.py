@@ -25,11 +25,26 @@ __all__ = [
     "check_value_range",
     "DATASET_KEYWORDS",
     "SPLITS",
+    "CAPABILITIES",
 ]
 
 # What every dataset factory receives, beside the user's options.
 DATASET_KEYWORDS = ("root", "split", "image_size", "download")
 SPLITS = ("train", "test", "all")
+
+#: What an :class:`ImageSet` may carry beyond its images (declared fields, ``None`` when the
+#: data has none), and what each gives. A dataset factory's own capability (``categories``)
+#: is declared on its registry entry (:data:`flowkit.registry.datasets`).
+CAPABILITIES: dict[str, str] = {
+    "labels": "a class index per image (always; 0 for unlabelled data)",
+    "classes": "the class names the labels index",
+    "anomaly": "which images are anomalies (data with labelled anomalies: MVTec AD, "
+    "normal/ + anomalous/)",
+    "is_test": "the data's own evaluation part (its native split; with anomaly)",
+    "masks": "a pixel mask per image, (N, 1, H, W) bool, True where the defect is",
+    "defect_types": "the defect type of each image ('good' for normal ones)",
+    "paths": "the source file of each image",
+}
 
 
 def check_split(split: str) -> None:
@@ -70,6 +85,11 @@ class ImageSet:
             ``normal/`` + ``anomalous/``); ``None`` otherwise.
         is_test: bool per image, the data's own evaluation part (with ``anomaly``).
         layout: how the data was found, in words (folder datasets).
+        masks: pixel masks ``(N, 1, H, W)`` (bool, True on the defect), for data with them.
+        defect_types: each image's defect type (``"good"`` for normal images), for data
+            with them.
+
+    What a set carries is :attr:`capabilities` (:data:`CAPABILITIES`).
     """
 
     images: torch.Tensor
@@ -80,6 +100,8 @@ class ImageSet:
     anomaly: torch.Tensor | None = None
     is_test: torch.Tensor | None = None
     layout: str | None = None
+    masks: torch.Tensor | None = None
+    defect_types: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -90,13 +112,41 @@ class ImageSet:
         self.labels = torch.as_tensor(self.labels, dtype=torch.long).reshape(-1)
         if len(self.labels) != len(self.images):
             raise DataError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
-        for attr in ("anomaly", "is_test"):
-            mask = getattr(self, attr)
-            if mask is not None:
-                mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
-                if len(mask) != len(self.images):
-                    raise DataError(f"{self.name}: {attr} has {len(mask)} entries")
-                setattr(self, attr, mask)
+        self.anomaly = self._per_image(self.anomaly, "anomaly")
+        self.is_test = self._per_image(self.is_test, "is_test")
+        if self.masks is not None:
+            self.masks = torch.as_tensor(self.masks).bool()
+            n, _, h, w = self.images.shape
+            if tuple(self.masks.shape) != (n, 1, h, w):
+                raise DataError(
+                    f"{self.name}: masks must have shape {(n, 1, h, w)} (one per image, the "
+                    f"images' size), got {tuple(self.masks.shape)}"
+                )
+        if self.defect_types is not None and len(self.defect_types) != len(self.images):
+            raise DataError(f"{self.name}: defect_types has {len(self.defect_types)} entries")
+
+    def _per_image(self, mask: torch.Tensor | None, what: str) -> torch.Tensor | None:
+        """A bool per image, or ``None``."""
+        if mask is None:
+            return None
+        mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
+        if len(mask) != len(self.images):
+            raise DataError(f"{self.name}: {what} has {len(mask)} entries")
+        return mask
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What this set carries beyond its images (:data:`CAPABILITIES`)."""
+        have = {
+            "labels": True,
+            "classes": bool(self.classes),
+            "anomaly": self.anomaly is not None,
+            "is_test": self.is_test is not None,
+            "masks": self.masks is not None,
+            "defect_types": self.defect_types is not None,
+            "paths": self.paths is not None,
+        }
+        return tuple(name for name in CAPABILITIES if have[name])
 
     @property
     def labelled_anomalies(self) -> bool:
@@ -122,6 +172,8 @@ class ImageSet:
             self.anomaly[idx] if self.anomaly is not None else None,
             self.is_test[idx] if self.is_test is not None else None,
             self.layout,
+            self.masks[idx] if self.masks is not None else None,
+            [self.defect_types[i] for i in idx.tolist()] if self.defect_types is not None else None,
         )
 
     @staticmethod
@@ -130,19 +182,23 @@ class ImageSet:
         if all(s.paths is not None for s in sets):
             paths = [p for s in sets for p in s.paths]  # type: ignore[union-attr]
 
-        def masks(attr: str) -> torch.Tensor | None:
-            parts = [getattr(s, attr) for s in sets]
-            return torch.cat(parts) if all(p is not None for p in parts) else None
+        def joined(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+            return torch.cat(parts) if all(p is not None for p in parts) else None  # type: ignore[arg-type]
 
+        types = None
+        if all(s.defect_types is not None for s in sets):
+            types = [t for s in sets for t in s.defect_types]  # type: ignore[union-attr]
         return ImageSet(
             torch.cat([s.images for s in sets]),
             torch.cat([s.labels for s in sets]),
             sets[0].classes,
             name or sets[0].name,
             paths,
-            masks("anomaly"),
-            masks("is_test"),
+            joined([s.anomaly for s in sets]),
+            joined([s.is_test for s in sets]),
             sets[0].layout,
+            joined([s.masks for s in sets]),
+            types,
         )
 
 

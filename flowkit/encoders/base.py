@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from flowkit.errors import ConfigError
+from flowkit.registry import optional_members
 
 __all__ = [
     "Encoder",
@@ -40,6 +41,7 @@ __all__ = [
     "views",
     "has_capability",
     "capability",
+    "input_shape_of",
 ]
 
 #: The optional capabilities an encoder may declare, and what each gives.
@@ -66,7 +68,13 @@ class Encoder(nn.Module, abc.ABC):
     """
 
     embed_dim: int
-    input_shape: tuple[int, int, int]
+    #: The image shape ``(C, H, W)`` it takes (``None``: any the factory was built for).
+    input_shape: tuple[int, int, int] | None = None
+    #: The stage-1 objective ``loss(x) -> scalar`` (a method; ``None``: not trained).
+    loss: Any = None
+    #: ``False`` keeps an encoder that has a ``loss`` from being trained; ``True`` insists it
+    #: has one; ``None``: trained if it has a ``loss``.
+    trainable: bool | None = None
     #: Optional capability: the sizes of the latent's parts (``None``: one part).
     latent_parts: tuple[int, ...] | None = None
     #: Optional capabilities (methods a subclass defines): ``augment(x)``,
@@ -86,7 +94,8 @@ class Encoder(nn.Module, abc.ABC):
 def is_trainable(encoder: Any) -> bool:
     """Whether stage 1 trains ``encoder``: it has ``loss`` and does not say
     ``trainable = False``."""
-    return callable(getattr(encoder, "loss", None)) and bool(getattr(encoder, "trainable", True))
+    own = optional_members(encoder, ("loss", "trainable"))
+    return callable(own.get("loss")) and bool(own.get("trainable", True))
 
 
 def has_capability(encoder: Any, name: str) -> bool:
@@ -102,7 +111,7 @@ def capability(encoder: Any, name: str) -> Any:
     """The object behind a method capability (``augment``, ...), or ``None``. A submodule of
     that name counts too (``self.augment = nn.Sequential(...)``), although the base class's
     ``None`` would hide it from plain attribute lookup."""
-    own = getattr(encoder, name, None)
+    own = optional_members(encoder, (name,)).get(name)
     if own is None and isinstance(encoder, nn.Module):
         own = dict(encoder.named_children()).get(name)
     return own
@@ -111,8 +120,14 @@ def capability(encoder: Any, name: str) -> Any:
 def latent_parts(encoder: Any) -> tuple[int, ...]:
     """The sizes of ``encoder``'s latent parts (``(embed_dim,)`` for a latent of one part).
     ``embed_blocks``, the capability's earlier name, is still read."""
-    parts = getattr(encoder, "latent_parts", None) or getattr(encoder, "embed_blocks", None)
+    own = optional_members(encoder, ("latent_parts", "embed_blocks"))
+    parts = own.get("latent_parts") or own.get("embed_blocks")
     return tuple(int(p) for p in parts) if parts else (int(encoder.embed_dim),)
+
+
+def input_shape_of(encoder: Any, default: tuple[int, int, int]) -> tuple[int, ...]:
+    """The image shape ``(C, H, W)`` ``encoder`` declares it takes, or ``default``."""
+    return tuple(optional_members(encoder, ("input_shape",)).get("input_shape", default))
 
 
 def views(encoder: Any) -> Any:
@@ -130,12 +145,13 @@ def check_encoder_object(encoder: Any, what: str) -> Any:
     ``what`` and what is missing)."""
     if not isinstance(encoder, nn.Module):
         raise ConfigError(f"{what} returned {type(encoder).__name__}, not a torch.nn.Module")
-    if not callable(getattr(encoder, "encode", None)):
+    own = optional_members(encoder, ("encode", "embed_dim", "trainable", "loss"))
+    if not callable(own.get("encode")):
         raise ConfigError(f"{what} has no encode(x) method")
-    dim = getattr(encoder, "embed_dim", None)
+    dim = own.get("embed_dim")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise ConfigError(f"{what} needs an integer embed_dim >= 1, got {dim!r}")
-    if getattr(encoder, "trainable", False) and not callable(getattr(encoder, "loss", None)):
+    if own.get("trainable", False) and not callable(own.get("loss")):
         raise ConfigError(f"{what} says trainable = True but has no loss(x) method")
     parts = latent_parts(encoder)
     if sum(parts) != dim or min(parts) < 1:

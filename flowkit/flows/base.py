@@ -25,20 +25,52 @@ import torch
 from torch import nn
 
 from flowkit.errors import ConfigError
+from flowkit.registry import optional_members
 
 __all__ = [
     "Flow",
     "TransformFlow",
+    "CAPABILITIES",
+    "flow_capabilities",
     "check_flow_object",
     "check_log_prob",
     "export_form",
     "initialize_flow",
 ]
 
+#: The optional capabilities a flow may declare (members of :class:`Flow`, ``None`` there),
+#: and what each gives.
+CAPABILITIES: dict[str, str] = {
+    "sample": "sample(n) -> (n, D): sampling, and its contract check",
+    "transform_to_noise": "transform_to_noise(z) -> u: the noise (with inverse: the "
+    "invertibility check)",
+    "inverse": "inverse(u) -> z: latents for noise",
+    "base_log_prob": "base_log_prob(u): with transform_to_noise, log_prob is checked against "
+    "the change of variables with an autograd Jacobian",
+    "initialize": "initialize(z): a data-dependent initialisation, once before training",
+    "for_export": "for_export() -> module: an equivalent module for ONNX export",
+    "not_exportable": "a reason (text): flowkit export refuses the flow in one line",
+    "features": "the latent size D the flow was built for",
+}
+
 
 class Flow(nn.Module, abc.ABC):
     """Base class of flowkit flows: only :meth:`log_prob` is required (an ``abc`` abstract
-    method, so a subclass without it cannot be instantiated)."""
+    method, so a subclass without it cannot be instantiated). The optional capabilities
+    (:data:`CAPABILITIES`) are declared here with ``None``: a flow that has one defines it."""
+
+    features: int | None = None
+    not_exportable: str | None = None
+    sample: Any = None
+    transform_to_noise: Any = None
+    inverse: Any = None
+    base_log_prob: Any = None
+    initialize: Any = None
+    for_export: Any = None
+
+    def capabilities(self) -> dict[str, Any]:
+        """The optional capabilities this flow has, by name (:data:`CAPABILITIES`)."""
+        return optional_members(self, CAPABILITIES)
 
     @abc.abstractmethod
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
@@ -87,12 +119,21 @@ class TransformFlow(Flow):
         return self.inverse(u if ref is None else u.to(ref))
 
 
+def flow_capabilities(flow: Any) -> dict[str, Any]:
+    """The optional capabilities ``flow`` has, by name (:data:`CAPABILITIES`): a
+    :class:`Flow`'s own declaration (a product of flows has what all its parts have), or, for
+    a plain ``nn.Module`` from a plugin, the members it defines."""
+    if isinstance(flow, Flow):
+        return flow.capabilities()
+    return optional_members(flow, CAPABILITIES)
+
+
 def check_flow_object(flow: Any, what: str) -> Any:
     """The minimum every flow meets, checked where it is created (one line naming ``what``,
     e.g. ``"flow 'probe' (plugin 'mine')"``, and what is missing)."""
     if not isinstance(flow, nn.Module):
         raise ConfigError(f"{what} returned {type(flow).__name__}, not a torch.nn.Module")
-    if not callable(getattr(flow, "log_prob", None)):
+    if not callable(optional_members(flow, ("log_prob",)).get("log_prob")):
         raise ConfigError(f"{what} has no log_prob(z) method, the one method a flow needs")
     return flow
 
@@ -111,11 +152,12 @@ def check_log_prob(flow: nn.Module, z: torch.Tensor) -> None:
 def export_form(flow: nn.Module) -> nn.Module:
     """The flow's optional exportable equivalent (``for_export()``, e.g. the Gaussian's
     precomputed L⁻¹), or the flow itself."""
-    return flow.for_export() if callable(getattr(flow, "for_export", None)) else flow
+    own = flow_capabilities(flow).get("for_export")
+    return own() if callable(own) else flow
 
 
 def initialize_flow(flow: nn.Module, z: torch.Tensor) -> None:
     """Call the flow's optional data-dependent ``initialize(z)``, if it has one."""
-    init = getattr(flow, "initialize", None)
+    init = flow_capabilities(flow).get("initialize")
     if callable(init):
         init(z)

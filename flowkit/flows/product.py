@@ -9,12 +9,13 @@ set of couplings. The Detector builds it from any registered flow; nothing regis
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from flowkit.errors import ConfigError
-from flowkit.flows.base import Flow, export_form, initialize_flow
+from flowkit.flows.base import Flow, export_form, flow_capabilities, initialize_flow
 
 __all__ = ["ProductFlow"]
 
@@ -39,8 +40,20 @@ class ProductFlow(Flow):
         self.features = sum(self.part_sizes)
         # flowkit.export reads this: a product has an ONNX form only if every part has one
         self.not_exportable = next(
-            (why for p in parts if (why := getattr(p, "not_exportable", None))), None
+            (c["not_exportable"] for c in self._part_capabilities() if "not_exportable" in c),
+            None,
         )
+
+    def _part_capabilities(self) -> list[dict[str, Any]]:
+        return [flow_capabilities(p) for p in self.parts]
+
+    def capabilities(self) -> dict[str, Any]:
+        """What every part can do (sampling, inversion...), and the product's own
+        (``initialize``, ``for_export``, ``features``, ``not_exportable``)."""
+        parts = self._part_capabilities()
+        own = super().capabilities()
+        shared = ("sample", "transform_to_noise", "inverse", "base_log_prob")
+        return {k: v for k, v in own.items() if k not in shared or all(k in c for c in parts)}
 
     def per_part(self, z: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
         """Each part's flow with its part of ``z`` (split along the last dimension)."""
