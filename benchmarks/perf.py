@@ -13,7 +13,7 @@ Prints, in one run:
     python benchmarks/perf.py                     # embedded digits, ~2 minutes on 2 cores
     python benchmarks/perf.py --data-root ../shared/data/mnist-dev   # real MNIST
     python benchmarks/perf.py --readme            # also rewrite this machine kind's table in
-                                                  # benchmarks/README.md (one table per kind)
+                                                  # benchmarks/PERF.md (one table per kind)
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
         python benchmarks/perf.py --readme        # an AVX-512 machine as an AVX2-only one
     python benchmarks/perf.py --device cuda
@@ -53,7 +53,7 @@ from flowkit.training import (
     resolve_flow_batch_size,
 )
 
-README = Path(__file__).resolve().parent / "README.md"
+TABLES = Path(__file__).resolve().parent / "PERF.md"
 # one table per machine kind: <!-- perf:begin KIND --> ... <!-- perf:end KIND -->
 BEGIN, END = "<!-- perf:begin {} -->", "<!-- perf:end {} -->"
 EMULATION = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
@@ -166,8 +166,8 @@ def machine_kind(dev: torch.device) -> str:
 
 
 def write_readme(kind: str, text: str) -> None:
-    """Replace this machine kind's table in README.md, or add it after the last one."""
-    doc = README.read_text()
+    """Replace this machine kind's table in PERF.md, or add it after the last one."""
+    doc = TABLES.read_text()
     begin, end = BEGIN.format(kind), END.format(kind)
     note = "<!-- written by `python benchmarks/perf.py --readme`; do not edit -->"
     block = f"{begin}\n{note}\n{text}\n{end}"
@@ -176,7 +176,7 @@ def write_readme(kind: str, text: str) -> None:
     else:
         last = max(m.end() for m in re.finditer(r"<!-- perf:end [^>]*-->", doc))
         doc = doc[:last] + "\n\n" + block + doc[last:]
-    README.write_text(doc)
+    TABLES.write_text(doc)
 
 
 def flops_of(fn: Callable[[], object]) -> float:
@@ -361,7 +361,7 @@ def main() -> None:
     ap.add_argument("--epochs-encoder", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--readme", action="store_true", help="rewrite the table in README.md")
+    ap.add_argument("--readme", action="store_true", help="rewrite this machine kind's table in PERF.md")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,4 +1,4 @@
-"""benchmarks/perf.py keeps one table per machine kind in benchmarks/README.md."""
+"""benchmarks/perf.py keeps one table per machine kind in benchmarks/PERF.md."""
 
 from __future__ import annotations
 
@@ -19,19 +19,19 @@ def perf(monkeypatch, tmp_path):
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look it up
     spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "README", tmp_path / "README.md")
+    monkeypatch.setattr(module, "TABLES", tmp_path / "PERF.md")
     return module
 
 
 def test_each_machine_kind_keeps_its_own_table(perf):
-    perf.README.write_text(
+    perf.TABLES.write_text(
         "intro\n<!-- perf:begin cpu AVX512+BF16 -->\nold\n<!-- perf:end cpu AVX512+BF16 -->\n"
         "reading it\n"
     )
     perf.write_readme("cpu AVX2", "avx2 table")
     perf.write_readme("cpu AVX512+BF16", "new table with \\1 and \\g<0>")  # taken literally
     perf.write_readme("cpu AVX2", "avx2 table, again")
-    doc = perf.README.read_text()
+    doc = perf.TABLES.read_text()
     assert doc.count("perf:begin") == 2 and "old" not in doc
     assert doc.index("new table with \\1 and \\g<0>") < doc.index("avx2 table, again")
     assert "avx2 table\n" not in doc and doc.endswith("reading it\n")
