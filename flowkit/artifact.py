@@ -8,6 +8,7 @@ holding anything but tensors and plain containers is refused by ``weights_only=T
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -22,7 +23,14 @@ import torch
 
 from flowkit.errors import ModelFileError
 
-__all__ = ["FORMAT_VERSION", "write", "read", "package_versions", "atomic_write_bytes"]
+__all__ = [
+    "FORMAT_VERSION",
+    "write",
+    "read",
+    "package_versions",
+    "atomic_write_bytes",
+    "writable_target",
+]
 
 MAGIC = b"FLOWKIT-MODEL\n"
 FORMAT_VERSION = 1
@@ -52,10 +60,20 @@ def _umask() -> int:
 def _remove_stale_temporaries(path: Path) -> None:
     """Delete temporaries of ``path`` left by writers that were killed mid-write (their pid,
     in the name, no longer runs); a live writer's temporary is left alone."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+    stem = _tmp_stem(path)
+    for tmp in path.parent.glob(f".{glob.escape(stem)}.*.tmp"):
+        pid = tmp.name[len(stem) + 2 :].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
+
+
+def _tmp_stem(path: Path) -> str:
+    """The part of ``path``'s name its temporaries carry: short enough that a temporary's
+    name fits the file system's 255 bytes whatever the file's own name."""
+    name = path.name
+    while len(name.encode()) > 120:
+        name = name[:-1]
+    return name
 
 
 def _alive(pid: int) -> bool:
@@ -70,18 +88,65 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def writable_target(path: str | Path) -> Path:
+    """Where a write of ``path`` lands: the path itself, or, for a symbolic link, the file it
+    points to (the link stays a link). :class:`ConfigError` for anything that exists and is
+    a device (``/dev/full``), a FIFO or a socket: the rename that makes a write atomic would
+    replace it with a plain file (a directory it cannot replace). A name too long for
+    the file system is refused the same way, in one line."""
+    import errno
+    import stat
+
+    from flowkit.errors import ConfigError
+
+    path = Path(path)
+    target = path
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            target = path.resolve()
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ConfigError(
+                f"{path}: the file name is too long for the file system "
+                f"({len(target.name.encode())} bytes; most allow 255)"
+            ) from None
+        return target  # a folder on the way that is a file, ...: the write says it
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):  # a directory: the rename refuses
+        kind = (
+            "a FIFO" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )  # fmt: skip
+        via = f" (the symbolic link points to {target})" if target != path else ""
+        raise ConfigError(
+            f"{path} is {kind}{via}, not a regular file: give a new path or a file to replace"
+        )
+    return target
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename.
 
     The file gets the permissions of a normally created file (0666 less the umask). A
-    temporary left by a killed earlier write of the same path is removed.
+    temporary left by a killed earlier write of the same path is removed. A symbolic link is
+    written through (its target is replaced, the link kept); a path that exists and is not a
+    regular file is refused (:func:`writable_target`).
     """
-    path = Path(path)
+    path = writable_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
-    )
+    try:
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{_tmp_stem(path)}.{os.getpid()}.", suffix=".tmp"
+        )
+    except OSError as exc:  # a folder that takes no new file (/proc, read-only, full)
+        from flowkit.errors import ConfigError
+
+        raise ConfigError(f"cannot write {path}: {exc.strerror} in {path.parent}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

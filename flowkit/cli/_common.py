@@ -181,8 +181,13 @@ def int_or_auto(value: Any, flag: str) -> Any:
 def check_output_file(path: Path, option: str = "--out", example: str = "model.flowkit") -> None:
     """Refuse an output path that cannot be written, before any work is done (a missing
     folder on the way is created when the file is written)."""
+    from flowkit.artifact import writable_target
     from flowkit.errors import ConfigError
 
+    try:  # a device, FIFO or socket (or a link to one), or a name the file system refuses
+        path = writable_target(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{option} {exc}") from None
     if path.is_dir():
         raise ConfigError(
             f"{option} {shown(path)} is a directory; give a file name, e.g. {shown(path / example)}"
