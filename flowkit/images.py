@@ -11,15 +11,20 @@ the batch, so an image's pixels (and its score) never depend on the images besid
 
 **Decoding** (:func:`decode_image`) maps each mode Pillow reads onto 8-bit L or RGB:
 
-- ``I;16`` (and ``I;16B``/``I;16L``/``I``): 16-bit values ``0..65535`` are rescaled to
-  ``0..255`` (``v / 257``), never clipped;
+- ``I;16`` (and ``I;16B``/``I;16L``): 16-bit values ``0..65535`` are rescaled to ``0..255``
+  (``v / 257``);
+- ``I`` (32-bit integers) by the range its pixels are in, as ``F`` is: ``0..255`` as an
+  8-bit image, else ``0..65535`` as a 16-bit one; negative pixels or pixels above 65535 are
+  refused with the range found, never clipped;
 - ``F`` (float): read as ``[0, 1]`` (the float input contract) or, when a pixel is above 1,
   as ``[0, 255]``; anything else (negative, above 255, NaN) is refused, never clipped;
 - ``1``, ``P`` (palette), ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: Pillow's own conversions;
 - ``LA``, ``RGBA``, ``PA`` and palettes with transparency: alpha-composited onto **black**
   (``pixel * alpha / 255``), so a transparent background reads as dark, as in MNIST-style
   data;
-- RGB → one channel uses Pillow's ITU-R 601-2 luma; one channel → RGB repeats it.
+- RGB → one channel uses Pillow's ITU-R 601-2 luma; one channel → RGB repeats it;
+- an EXIF orientation tag (phone and camera photos) is applied first, as every viewer does
+  (:func:`PIL.ImageOps.exif_transpose`), so a photo stored rotated reads upright.
 
 **Folder layouts** (:func:`detect_layout`), said out loud and never guessed silently:
 
@@ -54,6 +59,7 @@ __all__ = [
     "check_value_range",
     "find_images",
     "decode_image",
+    "upright",
     "read_images",
     "Layout",
     "detect_layout",
@@ -76,12 +82,14 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     """Image files among ``paths`` (folders searched recursively, sorted), each once however
     often the paths name it (``a a/0.png a``: a/0.png once, where it first appears). Only
     regular files are images: a folder named ``d.png`` is searched, never opened, and a FIFO
-    or device named ``*.png`` is passed over in a folder and refused when named."""
+    or device named ``*.png`` is passed over in a folder and refused when named. Symbolic
+    links to folders are followed, each real folder searched once (a link back to a folder
+    above it is no loop)."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             found += sorted(
-                f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+                f for f in _walk(p) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
             )
         elif p.is_file():
             found.append(p)
@@ -97,6 +105,24 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
             seen.add(key)
             unique.append(f)
     return unique
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every file under ``root``, following links to folders, each real folder once."""
+    import os
+
+    seen: set[str] = set()
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []  # a folder reached again through a link: searched already
+            continue
+        seen.add(real)
+        # real folders before links, so that a folder is found under its own name first
+        dirs.sort(key=lambda d, f=folder: (os.path.islink(os.path.join(f, d)), d))
+        files += [Path(folder) / n for n in names]
+    return files
 
 
 def _composite_on_black(im: Any) -> np.ndarray:
@@ -125,12 +151,29 @@ def _float_to_8bit(arr: np.ndarray) -> np.ndarray:
     )
 
 
+def _int32_to_8bit(arr: np.ndarray) -> np.ndarray:
+    """A 32-bit integer (``I``) image by the range its pixels are in: ``0..255`` (8-bit values
+    stored wide) as they are, ``0..65535`` as 16-bit (``v / 257``); anything else is refused
+    with the range found. Each image is read alone, as float images are."""
+    low, high = int(arr.min()), int(arr.max())
+    if low >= 0 and high <= 255:
+        return arr.astype(np.uint8)
+    if low >= 0 and high <= 65535:
+        return np.rint(arr / 257.0).astype(np.uint8)
+    raise DataError(
+        f"a 32-bit integer (I) image with pixels in [{low}, {high}]: flowkit reads them as "
+        "8-bit (0..255) or 16-bit (0..65535) values; rescale it (or save it as 8 or 16 bit)"
+    )
+
+
 def _to_8bit(im: Any) -> np.ndarray:
     """``(H, W)`` for grayscale modes or ``(H, W, 3)``, uint8, per the module's rules."""
     mode = im.mode
-    if mode.startswith("I"):  # I;16 variants and I: 16-bit data
+    if mode == "I":  # 32-bit integers: by their range, never clipped
+        return _int32_to_8bit(np.asarray(im).astype(np.int64))
+    if mode.startswith("I;16"):  # 16-bit data: 0..65535 by construction
         arr = np.asarray(im).astype(np.float64)
-        return np.rint(np.clip(arr, 0, 65535) / 257.0).astype(np.uint8)
+        return np.rint(arr / 257.0).astype(np.uint8)
     if mode == "F":
         return _float_to_8bit(np.asarray(im, dtype=np.float64))
     if mode in ("LA", "La", "RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info):
@@ -154,8 +197,9 @@ def _to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
 
 
 def decode_image(im: Any, channels: int) -> np.ndarray:
-    """A Pillow image as uint8 ``(H, W, channels)`` (1 or 3), by the module's rules."""
-    arr = _to_8bit(im)
+    """A Pillow image as uint8 ``(H, W, channels)`` (1 or 3), by the module's rules (its EXIF
+    orientation applied)."""
+    arr = _to_8bit(upright(im))
     return _to_channels(arr if arr.ndim == 3 else arr[..., None], channels)
 
 
@@ -176,7 +220,27 @@ def _open(f: Path) -> Any:
 
     im = Image.open(f)
     im.load()
-    return im
+    return upright(im)
+
+
+#: The EXIF tag of an image's orientation (1: stored upright).
+_ORIENTATION = 0x0112
+
+
+def upright(im: Any) -> Any:
+    """``im`` as a viewer shows it: its EXIF orientation applied (a copy), or itself."""
+    from PIL import ImageOps
+
+    try:
+        orientation = im.getexif().get(_ORIENTATION, 1)
+    except Exception:  # unreadable EXIF: show it as stored, as viewers do
+        return im
+    if orientation in (None, 1):
+        return im
+    turned = ImageOps.exif_transpose(im)
+    if turned is not im:
+        im.close()
+    return turned
 
 
 def check_value_range(value_range: object) -> tuple[float, float]:
