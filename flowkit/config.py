@@ -331,6 +331,13 @@ class DetectorConfig:
         params = self.params()
         for f in fields(self):
             f.metadata["check"](f.name, params[f.name])
+        default = DetectorConfig.__dataclass_fields__["confidence"].default
+        if self.contamination is not None and self.confidence != default:
+            raise ConfigError(
+                f"give one of contamination ({self.contamination}) and confidence "
+                f"({self.confidence}): the threshold is the 1 - contamination quantile of "
+                "normal validation scores, or the confidence one"
+            )
         return self
 
     def params(self) -> dict[str, Any]:

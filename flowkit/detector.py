@@ -22,10 +22,10 @@ import torch
 from flowkit import artifact
 from flowkit.config import DEFAULTS, PAPER_PARAMS, DetectorConfig, check_names, option_fields
 from flowkit.data.base import as_uint8_images
-from flowkit.errors import ModelFileError, NotFittedError
+from flowkit.errors import ConfigError, ModelFileError, NotFittedError
 from flowkit.images import check_input_shape, check_unambiguous
 from flowkit.pipeline import StagePipeline, check_downstream
-from flowkit.scorers import ScoreContext
+from flowkit.scorers import ScoreContext, check_scorer_parts
 from flowkit.stages import (
     CalibrationStage,
     Density,
@@ -97,9 +97,14 @@ class Detector:
         /,
         **params: Any,
     ) -> Detector:
-        """A fitted Detector made of fitted stages (``params`` default to the
-        calibration's configuration)."""
-        det = cls(**{**calibration.config.params(), **params})
+        """A fitted Detector of fitted stages of one fit (each records the identity of the
+        one it was fitted on: stages of different fits are refused). Its parameters are the
+        stages' own; ``params`` may set runtime options (``device``...) and repeat a fitted
+        value, never contradict one (:meth:`with_scorer` fits another calibration)."""
+        _check_composition(encoding, density, calibration)
+        fitted = _fitted_params(encoding, density, calibration)
+        _check_agrees(params, fitted)
+        det = cls(**{**fitted, **params})
         det._compose(encoding, density, calibration)
         return det
 
@@ -109,7 +114,10 @@ class Detector:
         return {f.name: getattr(self, f.name) for f in option_fields()}
 
     def set_params(self, **params: Any) -> Detector:
+        """Set parameters, each checked now. As in scikit-learn, one changed after :meth:`fit`
+        describes the next fit: scoring, the threshold and :meth:`save` keep what was fitted."""
         check_names(params)
+        DetectorConfig(**{**self.get_params(), **params}).validate()
         for key, value in params.items():
             setattr(self, key, value)
         return self
@@ -125,12 +133,8 @@ class Detector:
 
     def check_config(self, input_shape: tuple[int, int, int] | None = None) -> Detector:
         """Validate the parameters and, given the image shape ``(C, H, W)``, build every
-        component once, untrained.
-
-        Option values and ranges that only the factories know (``layers=-2``, a PCA larger
-        than the encoder's latent, an image size the encoder cannot take) fail here, in one
-        line, before any training starts. :meth:`fit` calls it first.
-        """
+        component once, untrained: what only the factories know (``layers=-2``, a PCA larger
+        than the latent) fails here, in one line, before any training. :meth:`fit` calls it."""
         config = self.config
         check_options(config)
         if input_shape is not None:
@@ -166,8 +170,10 @@ class Detector:
         fitted on normal images ``X``, split as :meth:`fit` splits them (give the images
         this Detector was fitted on). Compare scorers without training anything twice."""
         self.check_fitted()
-        config = self.config.replace(scorer=scorer, **params)
+        _check_calibration_only(params)
+        config = self.fitted_config_.replace(scorer=scorer, **params)
         check_options(config)
+        check_unambiguous(X, self.input_shape_)
         images = as_uint8_images(X, "training images", config.value_range)
         check_input_shape(tuple(images.shape[1:]), self.input_shape_)
         path = StagePipeline(
@@ -178,8 +184,9 @@ class Detector:
             density=self.density_stage_,
         )
         calibration = path.calibrate()
+        runtime = {k: v for k, v in config.params().items() if _stage(k) == "runtime"}
         return Detector.from_stages(
-            self.encoder_stage_, self.density_stage_, calibration, **config.params()
+            self.encoder_stage_, self.density_stage_, calibration, **runtime
         )
 
     def _compose(
@@ -190,6 +197,15 @@ class Detector:
         self.calibration_stage_ = calibration
 
     # -- fitted attributes (read from the stages) -------------------------------------------
+
+    @property
+    def fitted_config_(self) -> DetectorConfig:
+        """What the stages were fitted with (runtime options: this Detector's): what
+        :meth:`save` writes, whatever :meth:`set_params` changed since."""
+        self.check_fitted()
+        fitted = _fitted_params(self.encoder_stage_, self.density_stage_, self.calibration_stage_)
+        runtime = {k: v for k, v in self.get_params().items() if _stage(k) == "runtime"}
+        return DetectorConfig(**{**fitted, **runtime})
 
     @property
     def encoder_(self) -> torch.nn.Module:
@@ -231,15 +247,15 @@ class Detector:
 
     @property
     def encoder_spec_(self) -> tuple[str, dict[str, Any]]:
-        return EncoderStage.spec_of(self.config).factory_args()
+        return self.encoder_stage_.spec.factory_args()  # what was fitted
 
     @property
     def flow_spec_(self) -> tuple[str, dict[str, Any]]:
-        return DensityStage.spec_of(self.config).factory_args()
+        return self.density_stage_.spec.factory_args()
 
     @property
     def scorer_spec_(self) -> tuple[str, dict[str, Any]]:
-        return CalibrationStage.spec_of(self.config).factory_args()
+        return self.calibration_stage_.spec.factory_args()
 
     # -- scoring ----------------------------------------------------------------------------
 
@@ -300,7 +316,7 @@ class Detector:
         """Write one file: parameters, each stage's state, threshold, versions. The write is
         atomic (a crash never leaves a half-written model behind)."""
         self.check_fitted()
-        params = {k: v for k, v in self.get_params().items() if k != "verbose"}
+        params = {k: v for k, v in self.fitted_config_.params().items() if k != "verbose"}
         stages = (self.encoder_stage_, self.density_stage_, self.calibration_stage_)
         return artifact.write(path, model_payload(params, *stages))
 
@@ -324,3 +340,80 @@ class Detector:
                 f"flowkit or its plugins ({type(exc).__name__}: {exc})"
             ) from None
         return det
+
+
+def _stage(option: str) -> str:
+    return DetectorConfig.__dataclass_fields__[option].metadata["stage"]
+
+
+def _fitted_params(
+    encoding: EncoderStage, density: DensityStage, calibration: CalibrationStage
+) -> dict[str, Any]:
+    """Each option from the stage it changes (runtime ones from the calibration's config)."""
+    by_stage = {
+        "encoder": encoding.config,
+        "density": density.config,
+        "calibration": calibration.config,
+        "runtime": calibration.config,
+    }
+    return {k: by_stage[_stage(k)].params()[k] for k in DetectorConfig.__dataclass_fields__}
+
+
+def _check_composition(
+    encoding: EncoderStage, density: DensityStage, calibration: CalibrationStage
+) -> None:
+    """Stages given in order, each fitted, of one fit, with latents that fit together."""
+    for stage, kind, place in (
+        (encoding, EncoderStage, "first"),
+        (density, DensityStage, "second"),
+        (calibration, CalibrationStage, "third"),
+    ):
+        if not isinstance(stage, kind):
+            raise ConfigError(
+                "from_stages takes (EncoderStage, DensityStage, CalibrationStage), in that "
+                f"order: the {place} is a {type(stage).__name__}"
+            )
+        if not stage.fitted:
+            raise NotFittedError(f"from_stages: the {kind.__name__} is not fitted yet")
+    embed_dim = int(encoding.encoder_.embed_dim)
+    pre = density.density_.preprocess
+    if pre.in_dim != embed_dim or tuple(pre.part_sizes) != tuple(encoding.part_sizes):
+        raise ConfigError(
+            f"from_stages: the density takes latents of {pre.in_dim} dimensions in parts "
+            f"{tuple(pre.part_sizes)}, the encoder gives {embed_dim} in parts "
+            f"{tuple(encoding.part_sizes)}: they are not of one fit"
+        )
+    for stage, on, what in (
+        (density, encoding, "the density was fitted on another encoder's latents"),
+        (calibration, density, "the calibration was fitted on another density's scores"),
+    ):
+        if stage.fitted_on is not None and stage.fitted_on != on.identity:
+            raise ConfigError(
+                f"from_stages: {what} (another fit: another seed, data or options); stages "
+                "of different fits cannot be mixed: refit the later stages on this one "
+                "(Detector.with_scorer for a calibration)"
+            )
+    check_scorer_parts(calibration.scorer_, len(density.density_.part_sizes))
+
+
+def _check_agrees(params: dict[str, Any], fitted: dict[str, Any]) -> None:
+    """``params`` given to :meth:`Detector.from_stages` may set runtime options and repeat
+    fitted values, never contradict them."""
+    check_names(params)
+    for key, value in params.items():
+        if _stage(key) != "runtime" and value != fitted[key]:
+            raise ConfigError(
+                f"from_stages: {key}={value!r} contradicts the fitted {_stage(key)} stage "
+                f"({key}={fitted[key]!r}); fit a stage with it (Detector.with_scorer for the "
+                "calibration's options, Detector.fit for the others) or leave it out"
+            )
+
+
+def _check_calibration_only(params: dict[str, Any]) -> None:
+    check_names(params)
+    refits = sorted(k for k in params if _stage(k) not in ("calibration", "runtime"))
+    if refits:
+        raise ConfigError(
+            f"with_scorer refits the calibration only; {', '.join(refits)} change(s) an "
+            "earlier stage: fit a new Detector for that"
+        )

@@ -31,7 +31,14 @@ from flowkit.errors import FlowkitError
 from flowkit.scorers import ScoreContext
 from flowkit.stages import CalibrationStage, DensityStage, EncoderStage, split_validation
 
-__all__ = ["StagePipeline", "StageCache", "Encoded", "check_downstream", "views_tag"]
+__all__ = [
+    "StagePipeline",
+    "StageCache",
+    "Encoded",
+    "check_downstream",
+    "check_variation",
+    "views_tag",
+]
 
 
 class StageCache(Protocol):
@@ -77,6 +84,39 @@ def _default_views_tag() -> str:
     from flowkit.encoders.augment import Augment
 
     return repr(Augment())  # the views of every cache entry written before the tag
+
+
+#: Fewer distinct training images than this (but more than one) fit, with a warning.
+FEW_DISTINCT = 10
+
+
+def check_variation(images: torch.Tensor) -> None:
+    """Refuse training images that are all one image (a constant set: 200 white images, one
+    image repeated): a density of a single point has no finite likelihood (the flow drives it
+    towards infinity, the threshold to a meaningless value, and the training image itself
+    scores as an anomaly). Warn when there are only a few distinct images."""
+    import hashlib
+    import warnings
+
+    from flowkit.errors import DataError
+
+    n = len(images)
+    flat = images.reshape(n, -1)
+    if n and bool((flat == flat[0]).all()):
+        raise DataError(
+            f"the {n} training images are all the same image (1 distinct image): a density "
+            "cannot be fitted to a single point; train on normal images that vary"
+        )
+    distinct = len(
+        {hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest() for row in flat}
+    )
+    if distinct < FEW_DISTINCT:
+        warnings.warn(
+            f"only {distinct} distinct images among the {n} training images: the density "
+            "will fit those few points, and its likelihoods and threshold mean little",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def check_downstream(config: DetectorConfig, encoder: torch.nn.Module) -> None:
@@ -171,6 +211,7 @@ class StagePipeline:
         # the encoder that will train is the one checked: built once, before any training
         encoder = stage.build(self._shape())
         check_downstream(self.config, encoder)
+        check_variation(torch.cat([self.train_images, self.val_images]))
         stage.fit(
             self.train_images,
             self.val_images,
@@ -229,7 +270,12 @@ class StagePipeline:
             return None
         try:
             stage = DensityStage.from_state_dict(
-                config, cached["pipeline"], cached["flow"], cached["history"], "cache"
+                config,
+                cached["pipeline"],
+                cached["flow"],
+                cached["history"],
+                "cache",
+                cached.get("fitted_on"),
             )
         except (FlowkitError, KeyError, RuntimeError):
             return None  # an unreadable cache entry: fit it again
@@ -247,9 +293,13 @@ class StagePipeline:
             device=self.device,
             part_sizes=enc.stage.part_sizes,
             progress=self.progress,
+            fitted_on=enc.stage.identity,
         )
         if self.cache is not None and key is not None:
-            self.cache.save_density(key, {**stage.state_dict(), "history": stage.history_})
+            self.cache.save_density(
+                key,
+                {**stage.state_dict(), "history": stage.history_, "fitted_on": stage.fitted_on},
+            )
         return stage
 
     # -- calibration --------------------------------------------------------------------------
@@ -273,7 +323,7 @@ class StagePipeline:
         config = config or self.config
         density = density if density is not None else self.density()
         CalibrationStage(config).check(len(density.density_.part_sizes))
-        return CalibrationStage(config).fit(*self.contexts(density))
+        return CalibrationStage(config).fit(*self.contexts(density), fitted_on=density.identity)
 
     def fit(self) -> tuple[EncoderStage, DensityStage, CalibrationStage]:
         """Every stage, in order: what :meth:`flowkit.Detector.fit` composes."""

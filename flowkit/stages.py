@@ -132,14 +132,49 @@ def _rebuild(registry: Registry, name: str, options: dict, source: Any, **kwargs
         ) from None
 
 
+def state_digest(state: dict[str, Any]) -> str:
+    """A digest of a state dict (tensors, numbers, text): the same weights give the same
+    digest in every process, after any save and load."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        h.update(str(key).encode())
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            h.update(str(t.dtype).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            h.update(state_digest(value).encode())
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()[:16]
+
+
 class _Stage:
-    """What every stage shares: its configuration and the spec of the component it fits."""
+    """What every stage shares: its configuration, the spec of the component it fits, its
+    identity (a digest of its fitted state) and the identity of the stage it was fitted on
+    (``fitted_on``: the encoder's for a density, the density's for a calibration; ``None``
+    for an encoder, or a stage read from a model file saved before flowkit recorded it)."""
 
     component = ""  # the config field naming it: "encoder", "flow" or "scorer"
     fitted_attribute = ""  # set by fit (or from_state_dict)
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
+        self.fitted_on: str | None = None
+
+    def _state_for_identity(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def identity(self) -> str:
+        """A digest of this stage's fitted state (what a later stage records as
+        ``fitted_on``)."""
+        if "_identity" not in vars(self):
+            self._identity = state_digest(self._state_for_identity())
+        return self._identity
 
     @classmethod
     def spec_of(cls, config: DetectorConfig) -> Spec:
@@ -208,7 +243,11 @@ class EncoderStage(_Stage):
         )
         return self._set(encoder, shape, history.to_dict())
 
+    def _state_for_identity(self) -> dict[str, Any]:
+        return {"shape": list(self.input_shape_), **self.encoder_.state_dict()}
+
     def _set(self, encoder: nn.Module, shape: tuple, history: dict[str, Any]) -> EncoderStage:
+        vars(self).pop("_identity", None)
         self.encoder_ = encoder.eval()
         self.input_shape_ = tuple(int(s) for s in shape)
         self.history_ = history
@@ -436,10 +475,12 @@ class DensityStage(_Stage):
         device: str | torch.device,
         part_sizes: tuple[int, ...] | None = None,
         progress: Any = None,
+        fitted_on: str | None = None,
     ) -> DensityStage:
         """Stage 2: the preprocessing on ``z_train``, then the flow(s) on its output, with
         early stopping on ``z_val``. ``z_train`` holds every latent the flow trains on
-        (augmented copies included)."""
+        (augmented copies included); ``fitted_on``, the identity of the encoder stage that
+        gave them."""
         cfg = self.config
         preprocess = Preprocess(cfg.preprocess, in_dim=z_train.shape[1], part_sizes=part_sizes)
         preprocess.fit(z_train)
@@ -478,7 +519,7 @@ class DensityStage(_Stage):
             flow.eval()
         else:
             history = fit(flow, p_train, p_val).to_dict()
-        return self._set(Density(preprocess, flow), history)
+        return self._set(Density(preprocess, flow), history, fitted_on)
 
     def context(
         self,
@@ -526,6 +567,7 @@ class DensityStage(_Stage):
         flow: dict[str, Any],
         history: dict[str, Any],
         source: Any,
+        fitted_on: str | None = None,
     ) -> DensityStage:
         stage = cls(config)
         pre = Preprocess(
@@ -538,10 +580,16 @@ class DensityStage(_Stage):
             lambda d: _rebuild(flows, flow["name"], options, source, features=d),
         )
         model.load_state_dict(flow["state"])
-        return stage._set(Density(pre, model.eval()), history)
+        return stage._set(Density(pre, model.eval()), history, fitted_on)
 
-    def _set(self, density: Density, history: dict[str, Any]) -> DensityStage:
-        self.density_, self.history_ = density, history
+    def _state_for_identity(self) -> dict[str, Any]:
+        return dict(self.density_.state_dict())
+
+    def _set(
+        self, density: Density, history: dict[str, Any], fitted_on: str | None = None
+    ) -> DensityStage:
+        vars(self).pop("_identity", None)
+        self.density_, self.history_, self.fitted_on = density, history, fitted_on
         return self
 
 
@@ -565,10 +613,13 @@ class CalibrationStage(_Stage):
         check_scorer_parts(scorer, parts)
         return scorer
 
-    def fit(self, train: ScoreContext, val: ScoreContext) -> CalibrationStage:
+    def fit(
+        self, train: ScoreContext, val: ScoreContext, *, fitted_on: str | None = None
+    ) -> CalibrationStage:
         """The scorer on normal training and validation contexts, then the threshold: the
         ``confidence`` quantile (or ``1 - contamination``) of the anomaly scores of normal
-        validation images (of the training images when fewer than 10 are held out)."""
+        validation images (of the training images when fewer than 10 are held out).
+        ``fitted_on``: the identity of the density stage the contexts come from."""
         scorer = self.build()
         if scorer.needs_images and val.images is None:
             raise ConfigError(f"scorer {self.spec.name!r} needs the training images")
@@ -587,7 +638,7 @@ class CalibrationStage(_Stage):
         calib = scorer.score(val) if n_val >= MIN_CALIBRATION else scorer.score(train)
         cfg = self.config
         q = 1.0 - cfg.contamination if cfg.contamination is not None else cfg.confidence
-        return self._set(scorer, float(torch.quantile(calib.double(), q)))
+        return self._set(scorer, float(torch.quantile(calib.double(), q)), fitted_on)
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         """Anomaly scores (float64), higher = more anomalous."""
@@ -599,15 +650,26 @@ class CalibrationStage(_Stage):
 
     @classmethod
     def from_state_dict(
-        cls, config: DetectorConfig, state: dict[str, Any], threshold: float, source: Any
+        cls,
+        config: DetectorConfig,
+        state: dict[str, Any],
+        threshold: float,
+        source: Any,
+        fitted_on: str | None = None,
     ) -> CalibrationStage:
         stage = cls(config)
         scorer = _rebuild(scorers, state["name"], state["options"], source)
         scorer.load_state_dict(state["state"])
-        return stage._set(scorer, float(threshold))
+        return stage._set(scorer, float(threshold), fitted_on)
 
-    def _set(self, scorer: Scorer, threshold: float) -> CalibrationStage:
-        self.scorer_, self.threshold_ = scorer, threshold
+    def _state_for_identity(self) -> dict[str, Any]:
+        return {"scorer": self.scorer_.state_dict(), "threshold": self.threshold_}
+
+    def _set(
+        self, scorer: Scorer, threshold: float, fitted_on: str | None = None
+    ) -> CalibrationStage:
+        vars(self).pop("_identity", None)
+        self.scorer_, self.threshold_, self.fitted_on = scorer, threshold, fitted_on
         return self
 
 
@@ -646,6 +708,11 @@ def check_payload(payload: dict[str, Any], source: Any) -> None:
             raise bad(f"{key} state must be a mapping")
     if not isinstance(payload.get("history", {}), dict):
         raise bad("history must be a mapping")
+    lineage = payload.get("lineage", {})
+    if not isinstance(lineage, dict) or not all(
+        v is None or isinstance(v, str) for v in lineage.values()
+    ):
+        raise bad("lineage must map stages to identities (text)")
 
 
 def model_payload(
@@ -665,6 +732,9 @@ def model_payload(
         "scorer": calibration.state_dict(),
         "threshold": calibration.threshold_,
         "history": {"encoder": encoding.history_, "flow": density.history_},
+        # which fit each stage belongs to: a density fitted on this encoder, a calibration
+        # on this density (files saved before this key compose unchecked)
+        "lineage": {"density": density.fitted_on, "calibration": calibration.fitted_on},
     }
 
 
@@ -675,12 +745,20 @@ def stages_from_payload(
     field checked by type and range first (:class:`ModelFileError` in one line)."""
     check_payload(payload, source)
     history = payload.get("history") or {}
+    lineage = payload.get("lineage") or {}
     return (
         EncoderStage.from_state_dict(
             config, payload["encoder"], history.get("encoder", {}), source
         ),
         DensityStage.from_state_dict(
-            config, payload["pipeline"], payload["flow"], history.get("flow", {}), source
+            config,
+            payload["pipeline"],
+            payload["flow"],
+            history.get("flow", {}),
+            source,
+            lineage.get("density"),
         ),
-        CalibrationStage.from_state_dict(config, payload["scorer"], payload["threshold"], source),
+        CalibrationStage.from_state_dict(
+            config, payload["scorer"], payload["threshold"], source, lineage.get("calibration")
+        ),
     )
