@@ -42,6 +42,7 @@ __all__ = [
     "canonical_spec",
     "check_positive",
     "optional_members",
+    "check_memory",
     "REGISTRIES",
 ]
 
@@ -95,9 +96,16 @@ class Registry:
     """
 
     def __init__(
-        self, kind: str, contract: str | None = None, capabilities: dict[str, str] | None = None
+        self,
+        kind: str,
+        contract: str | None = None,
+        capabilities: dict[str, str] | None = None,
+        *,
+        sized: bool = False,
     ) -> None:
         self.kind = kind
+        # torch modules: their parameters' memory is estimated before they are built
+        self.sized = sized
         #: the capabilities an entry of this kind may declare, with what each means
         self.capabilities = dict(capabilities or {})
         # "module:function" checking what a factory returns (imported on first use: the
@@ -275,6 +283,8 @@ class Registry:
         args: tuple[Any, ...] = (name.split("/", 1)[1],) if entry.namespace else ()
         kwargs = self.check_options(name, kwargs)
         origin = f" (plugin {entry.plugin!r})" if entry.plugin not in ("builtin", "user") else ""
+        if self.sized:
+            check_memory(f"{self.kind} {format_spec(name, kwargs)}", entry.factory, args, kwargs)
         try:
             obj = entry.factory(*args, **kwargs)
         except FlowkitError:
@@ -390,6 +400,53 @@ def coerce_options(
     return out
 
 
+def _physical_memory() -> int | None:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"
+
+
+def check_memory(what: str, factory: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    """Refuse, before anything is allocated, a module whose parameters and buffers alone
+    would not fit in this machine's memory (``simclr:latent_dim=100000000``: 1.6 TB). The
+    factory runs once on PyTorch's ``meta`` device, which records shapes and allocates
+    nothing; a factory that cannot run there is not estimated. The random state is kept, so
+    the real build that follows gives the same weights."""
+    import torch
+
+    have = _physical_memory()
+    if have is None:
+        return
+    state = torch.get_rng_state()
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            probe = factory(*args, **kwargs)
+        if not isinstance(probe, torch.nn.Module):
+            return
+        need = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
+    except Exception:  # a factory that needs real tensors: built for real, unestimated
+        return
+    finally:
+        torch.set_rng_state(state)
+    if need > have:
+        raise ConfigError(
+            f"{what} would need {_size(need)} for its parameters alone, more than this "
+            f"machine's {_size(have)} of memory: choose smaller options"
+        )
+
+
 def check_positive(what: str, **values: float) -> None:
     """Refuse non-positive sizes in one line: ``realnvp: layers must be >= 1, got -2``."""
     for key, value in values.items():
@@ -397,8 +454,8 @@ def check_positive(what: str, **values: float) -> None:
             raise ConfigError(f"{what}: {key} must be >= 1, got {value}")
 
 
-encoders = Registry("encoder", contract="flowkit.encoders.base:check_encoder_object")
-flows = Registry("flow", contract="flowkit.flows.base:check_flow_object")
+encoders = Registry("encoder", contract="flowkit.encoders.base:check_encoder_object", sized=True)
+flows = Registry("flow", contract="flowkit.flows.base:check_flow_object", sized=True)
 datasets = Registry(
     "dataset",
     contract="flowkit.data.base:check_dataset_object",

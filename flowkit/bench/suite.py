@@ -166,9 +166,13 @@ class _SuiteMethods:
         # the axes in stage order (what the encoder needs first): cells sharing an encoder are
         # adjacent, and a component is named by its registry's canonical spec
         axes = sorted(_GRID_AXES, key=lambda name: STAGES.index(_stage_of(name)))
+        # each value once, however often the suite repeats it (by its canonical spec:
+        # "realnvp:layers=4,hidden=8" and "realnvp:hidden=8,layers=4" are one flow)
         lists = [
-            [canonical_spec(REGISTRIES[_GRID_AXES[a]], v) if _GRID_AXES[a] in REGISTRIES else v
-             for v in values[_GRID_AXES[a]]]
+            list(dict.fromkeys(
+                canonical_spec(REGISTRIES[_GRID_AXES[a]], v) if _GRID_AXES[a] in REGISTRIES else v
+                for v in values[_GRID_AXES[a]]
+            ))
             for a in axes
         ]  # fmt: skip
         return [
@@ -180,7 +184,7 @@ class _SuiteMethods:
                 **dict(zip(axes, combo, strict=True)),
                 **shared,
             )
-            for target in targets
+            for target in dict.fromkeys(targets)
             for combo in itertools.product(*lists)
         ]
 

@@ -32,6 +32,7 @@ def _root(
         False, "--version", help="Print the version and exit.", is_eager=True
     ),
 ) -> None:
+    _readable_streams()
     if version:
         from flowkit import __version__
 
@@ -44,3 +45,14 @@ def main() -> None:
 
 
 __all__ = ["app", "main"]
+
+
+def _readable_streams() -> None:
+    """stdout and stderr write what their encoding cannot (a file name in Greek on an ASCII
+    terminal, ``PYTHONIOENCODING=ascii``) as backslash escapes instead of failing."""
+    import io
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")

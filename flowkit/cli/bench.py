@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -87,7 +88,8 @@ def bench(
         Optional[str], typer.Option(help="Override the suite's dataset (NAME:key=value,...).")
     ] = None,
     classes: Annotated[
-        Optional[str], typer.Option(help="Held-out classes, e.g. 0,1,7 (default: the suite's).")
+        Optional[str],
+        typer.Option(help="Held-out classes, e.g. 0,1,7, or all (default: the suite's)."),
     ] = None,
     data_root: DataRootOpt = None,
     out_dir: Annotated[
@@ -156,9 +158,12 @@ def bench(
     for axis in grid_axes().values():  # an integer axis comes as "0,1,2"
         if isinstance(options[axis], str):
             options[axis] = _int_list(options[axis], f"--{axis}")
+    every_class = classes is not None and classes.strip() == "all"
     s = load_suite(suite).with_overrides(
-        dataset=dataset, classes=_int_list(classes, "--classes"), **options
+        dataset=dataset, classes=None if every_class else _int_list(classes, "--classes"), **options
     )
+    if every_class:  # as a suite file's classes = "all"
+        s = replace(s, classes=None).validate()
     run_dir = out_dir or Path("runs") / s.name
     err.print(
         f"suite {s.name}: {s.dataset} ({s.protocol}), encoders {s.encoders}, flows "

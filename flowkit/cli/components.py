@@ -26,8 +26,21 @@ def list_components(
     pattern: Annotated[str, typer.Argument(help="Glob filter, e.g. 'timm/resnet*'.")] = "*",
 ) -> None:
     """List registered encoders, flows, datasets or scorers, with the plugin of each."""
+    import difflib
+
+    from flowkit.cli._common import err
+
     registry = REGISTRIES[kind.value]
     names = registry.list(pattern)
+    if not names:
+        known = registry.list()
+        close = difflib.get_close_matches(pattern.strip("*"), known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        err.print(
+            f"no {kind.value} match {pattern!r}{hint} (`flowkit list {kind.value}` lists all "
+            f"{len(known)})"
+        )
+        raise typer.Exit(1)
     table = Table(title=f"{kind.value} matching {pattern!r}" if pattern != "*" else kind.value)
     for col in ("name", "plugin", "description"):
         table.add_column(col)
@@ -35,8 +48,6 @@ def list_components(
         entry = registry.get(name.removesuffix("/*") + "/x" if name.endswith("/*") else name)
         table.add_row(name, entry.plugin, entry.summary)
     out.print(table)
-    if not names:
-        raise typer.Exit(1)
 
 
 @handle_errors

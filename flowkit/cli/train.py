@@ -28,7 +28,7 @@ from flowkit.cli._common import (
     warn,
 )
 from flowkit.config import option_fields
-from flowkit.errors import ConfigError
+from flowkit.errors import ConfigError, DataError
 
 #: ``flowkit train``'s Detector options: every declared option the command line carries.
 TRAIN_OPTIONS = tuple(f.name for f in option_fields() if f.metadata["cli"])
@@ -91,6 +91,11 @@ def train(
     from flowkit.metrics import detection_metrics
 
     set_threads(threads)
+    if _given(ctx, "contamination") and _given(ctx, "confidence"):
+        raise ConfigError(
+            "give one of --contamination and --confidence: the threshold is the 1 - "
+            "contamination quantile, or the confidence one"
+        )
     options["flow_batch_size"] = int_or_auto(options["flow_batch_size"], "--flow-batch-size")
     if paper:  # the paper's value for every option not given (even one typed as its default)
         options = {k: v if _given(ctx, k) else PAPER.params()[k] for k, v in options.items()}
@@ -131,7 +136,6 @@ def train(
 def _files_to_score(paths: list[Path]) -> tuple[list[Path], dict[Path, bool] | None]:
     """The image files to score, and their labels when one folder in a labelled layout
     (MVTec AD, normal/ + anomalous/) is given."""
-    from flowkit.errors import DataError
     from flowkit.images import find_images, labelled_files
 
     if len(paths) == 1 and paths[0].is_dir():
@@ -295,12 +299,24 @@ def score(
                 row = (f, float(s), float(ll), "anomaly" if s > threshold else "normal")
                 rows.append(row)
                 if writer is not None:
-                    writer.writerow([shown(f), f"{s:.6g}", f"{ll:.6g}", f"{threshold:.6g}", row[3]])
+                    # the csv module quotes a name with a comma, quote or newline in it; bytes
+                    # that are not UTF-8 are written as backslash escapes
+                    name = (
+                        str(f)
+                        .encode("utf-8", "surrogateescape")
+                        .decode("utf-8", "backslashreplace")
+                    )
+                    writer.writerow([name, f"{s:.6g}", f"{ll:.6g}", f"{threshold:.6g}", row[3]])
                 elif json_out:
                     sys.stdout.write(_row_json(row, threshold))
             prog.advance(task, len(chunk))
     if skipped:
         names = ", ".join(shown(s) for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        if not rows:  # a batch job must not see success with nothing scored
+            raise DataError(
+                f"none of the {len(skipped)} image file(s) could be read, so nothing was "
+                f"scored: {names}"
+            )
         warn(f"skipped {len(skipped)} unreadable file(s): {names}")
     if not (csv_out or json_out):
         _print_table(model, det, rows)
