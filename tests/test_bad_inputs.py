@@ -7,6 +7,7 @@ not even of the option's type).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -64,6 +65,12 @@ def place(tmp_path_factory, fake_data):
     (root / "m[" / "]x.flowkit").write_bytes(raw)  # a model whose path is markup
     (root / "renamed.onnx").write_bytes(raw)  # a model file with the wrong suffix
     os.mkfifo(root / "pipe.png")
+    os.symlink(root / "pipe.png", root / "link_to_pipe")
+    const = root / "constant"  # 30 copies of one white image
+    const.mkdir()
+    for i in range(30):
+        Image.fromarray(np.full((32, 32), 255, np.uint8)).save(const / f"{i}.png")
+    Image.fromarray(np.full((8, 8), -5, np.int32), "I").save(root / "negative.tif")
     only = root / "only_crack"  # MVTec with test/crack alone: no normal test image
     for sub, n in (("train/good", 3), ("test/crack", 3)):
         (only / sub).mkdir(parents=True)
@@ -239,6 +246,26 @@ CASES: list[tuple[list[str], str]] = [
     (["train", *FAST, *OUT, "--val-fraction", "0"], "val_fraction must be in (0, 0.5)"),
     (["train", *FAST, *OUT, "--contamination", "0.7"], "contamination must be in (0, 0.5)"),
     (["train", *FAST, *OUT, "--flow-batch-size", "1"], "flow_batch_size must be >= 2"),
+    # -- issue 37: paths that are not plain files, degenerate data, contradicting options
+    (["train", *FAST, "--out", "{root}/pipe.png"], "pipe.png is a FIFO, not a regular file"),
+    (["train", *FAST, "--out", "{root}/link_to_pipe"], "(the symbolic link points to"),
+    (["export", "{root}/model.flowkit", "-o", "{root}/pipe.png"], "is a FIFO, not a regular"),
+    (["train", *FAST, "--out", "{root}/" + "x" * 300 + ".flowkit"], "file name is too long"),
+    (["train", *FAST, *OUT, "--encoder", "simclr:latent_dim=100000000"], "parameters alone"),
+    (
+        ["train", *FAST, *OUT, "--contamination", "0.1", "--confidence", "0.9"],
+        "give one of --contamination and --confidence",
+    ),
+    (
+        ["train", *FAST, *OUT, "--dataset", "folder", "--data-root", "{root}/constant"],
+        "the 30 training images are all the same image",
+    ),
+    (
+        ["score", "{root}/model.flowkit", "{root}/corrupt", "--skip-unreadable", "--csv"],
+        "none of the 1 image file(s) could be read",
+    ),
+    (["score", "{root}/model.flowkit", "{root}/negative.tif"], "(I) image with pixels in [-5, -5]"),
+    (["list", "encoders", "zzz*"], "no encoders match 'zzz*'"),
     # -- report and list
     (["report", "{root}/nothere"], "not a bench run directory"),
     (["report", "{root}/afile.txt"], "not a bench run directory"),
@@ -284,10 +311,55 @@ def _api_cases() -> list[tuple[Any, str]]:
         (lambda: make_executor("auto", threads=-1), "threads must be a positive integer"),
         (lambda: make_executor("process", devices=["nope"]), "devices: unknown device"),
         (lambda: Detector.load("/nonexistent/m.flowkit"), "no such model file"),
+        # issue 37: stages that are not of one fit, parameters that contradict them
+        (lambda: _mixed("encoder"), "the density was fitted on another encoder's latents"),
+        (lambda: _mixed("calibration"), "the calibration was fitted on another density's"),
+        (lambda: _mixed("sizes"), "they are not of one fit"),
+        (lambda: _mixed("order"), "in that order: the first is a DensityStage"),
+        (lambda: _mixed("unfitted"), "the EncoderStage is not fitted yet"),
+        (lambda: _mixed("scorer"), "scorer='knn' contradicts the fitted calibration stage"),
+        (lambda: _mixed("confidence"), "confidence=0.5 contradicts the fitted calibration"),
+        (lambda: _fits()[0].set_params(epochs_encoder=-5), "epochs_encoder must be >= 1"),
+        (lambda: _fits()[0].with_scorer(torch.zeros(4, 3, 32, 32), "nll"), "expects 1-channel"),
+        (det(contamination=0.1, confidence=0.9), "give one of contamination (0.1) and confid"),
+        (lambda: Detector(**TINY).fit(torch.zeros(50, 1, 32, 32)), "all the same image"),
     ]
 
 
-API_CASES = list(range(20))  # the calls are built lazily (they need the registries)
+@functools.lru_cache(maxsize=1)
+def _fits() -> tuple[Detector, Detector, Detector]:
+    """Three tiny fits: seeds 0 and 1 of one configuration, and one of another latent size."""
+    from flowkit import load_dataset
+
+    data = load_dataset("fake", per_class=20).images
+    small = {**TINY, "encoder": "dcgan_ae:width=8,latent_dim=4"}
+    return (
+        Detector(**TINY).fit(data),
+        Detector(**{**TINY, "seed": 1}).fit(data),
+        Detector(**small).fit(data),
+    )
+
+
+def _mixed(how: str) -> Detector:
+    from flowkit.stages import EncoderStage
+
+    a, b, c = _fits()
+    stages = {
+        "encoder": (a.encoder_stage_, b.density_stage_, b.calibration_stage_),
+        "calibration": (a.encoder_stage_, a.density_stage_, b.calibration_stage_),
+        "sizes": (c.encoder_stage_, a.density_stage_, a.calibration_stage_),
+        "order": (a.density_stage_, a.encoder_stage_, a.calibration_stage_),
+        "unfitted": (EncoderStage(a.config), a.density_stage_, a.calibration_stage_),
+    }
+    params = {"scorer": {"scorer": "knn"}, "confidence": {"confidence": 0.5}}
+    if how in params:
+        return Detector.from_stages(
+            *stages["calibration"][:1], a.density_stage_, a.calibration_stage_, **params[how]
+        )
+    return Detector.from_stages(*stages[how])
+
+
+API_CASES = list(range(31))  # the calls are built lazily (they need the registries)
 
 
 @pytest.mark.parametrize("index", API_CASES)

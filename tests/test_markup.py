@@ -4,6 +4,8 @@ bytes that are not UTF-8 go through every command that prints them and come out 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 
@@ -56,6 +58,10 @@ def test_score_prints_every_file_name_as_written(tiny_detector, tmp_path, odd_fo
     if fmt == "--json":
         paths = [json.loads(line)["path"] for line in res.stdout.splitlines()]
         assert len(paths) == len(MARKUP) + 2 and any(p.endswith("new\nline.png") for p in paths)
+    elif fmt == "--csv":  # quoted by the csv module: a newline is a newline, not "\n"
+        paths = [row[0] for row in csv.reader(io.StringIO(res.stdout))][1:]
+        assert any(p.endswith("new\nline.png") for p in paths)
+        assert any(p.endswith("bad\\xffname.png") for p in paths)
     else:
         assert "bad\\xffname.png" in flat and "new\\nline.png" in flat
     assert "7 image(s)" in res.output or fmt != "table"
