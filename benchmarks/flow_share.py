@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import sys
 import time
 import warnings
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 import flowkit
+from flowkit.executors import cores as flowkit_cores
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from perf import cpu_features, cpu_name, flops_of, matmul_peak  # noqa: E402
@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--flow", action="append", help="flow spec (repeatable)")
     ap.add_argument("--batch", type=int, default=1024, help="the auto size at ≥ 4,096 latents")
     ap.add_argument("--seconds", type=float, default=4.0, help="timed seconds per measurement")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=flowkit_cores())
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     dev = torch.device("cpu")

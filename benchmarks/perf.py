@@ -361,7 +361,9 @@ def main() -> None:
     ap.add_argument("--epochs-encoder", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--readme", action="store_true", help="rewrite this machine kind's table in PERF.md")
+    ap.add_argument(
+        "--readme", action="store_true", help="rewrite this machine kind's table in PERF.md"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
