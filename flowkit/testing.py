@@ -274,7 +274,9 @@ def check_scorer(scorer: Any, **options: Any) -> None:
     """Check a scorer on latents of a standard normal (normal) and a shifted one (anomalous):
     ``score`` returns finite ``(B,)`` scores that depend on each image alone, its fitted state
     survives a save/load round trip (``torch.load(weights_only=True)``), and ``fit`` never
-    needs test data. Scorers that call encoder methods are checked by the bench, not here.
+    needs test data; what it declares holds: its ``members()`` are scorers, and, where it is
+    ``exportable``, ``export_score`` gives its scores. Scorers that call encoder methods are
+    checked by the bench, not here.
 
     Args:
         scorer: a registered name (built with ``options``) or a scorer instance (copied).
@@ -322,6 +324,15 @@ def check_scorer(scorer: Any, **options: Any) -> None:
     assert torch.allclose(clone.score(test).double(), out.double(), atol=1e-8), (
         "scores changed after a state_dict save/load round trip"
     )
+    # what it declares (flowkit.scorers.CAPABILITIES)
+    assert s.members() and all(isinstance(m, Scorer) for m in s.members()), "members()"
+    if s.exportable:  # its ONNX form gives its scores, in float32
+        exported = s.export_score(
+            ScoreContext(test.log_prob.float(), test.latents.float(), test.images)
+        )
+        assert torch.allclose(exported.double(), out.double(), rtol=1e-4, atol=1e-4), (
+            "export_score(ctx) differs from score(ctx)"
+        )
 
 
 def _check_declared(data: Any, split: str) -> None:
