@@ -243,7 +243,7 @@ def score(
     executor: Annotated[
         str,
         typer.Option(
-            help="Where chunks of --batch-size files are read and scored: local (here), process (--workers spawned processes) or ray (a Ray Data map over the chunks, --workers tasks at a time, in Ray worker processes; pip install 'flowkit[ray]'). Each worker opens the model once; the rows come out in the same order, with the same scores, as local."
+            help="Where chunks of --batch-size files are read and scored: local (here), process (--workers spawned processes) or ray (a Ray Data map over the chunks, --workers tasks at a time, in Ray worker processes; pip install 'flowkit[ray]'). Each worker opens the model once; the rows come out in the same order and with the same labels as local, each score within about 2e-5 of it (another thread count sums floats in another order)."
         ),
     ] = "local",
     workers: Annotated[
