@@ -34,6 +34,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "fake": "flowkit.data.sources:fake",
         "folder": "flowkit.data.files:folder",
         "mvtec": "flowkit.data.files:mvtec",
+        "mtd": "flowkit.data.files:mtd",
         "digits_inverted": "flowkit.data.ood:digits_inverted",
         "digits_flipped": "flowkit.data.ood:digits_flipped",
         "digits_blurred": "flowkit.data.ood:digits_blurred",

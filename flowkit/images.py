@@ -60,6 +60,8 @@ __all__ = [
     "find_images",
     "decode_image",
     "upright",
+    "read_mask",
+    "image_size_of",
     "read_images",
     "Layout",
     "detect_layout",
@@ -430,6 +432,48 @@ def read_images(
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2)), kept
 
 
+def image_size_of(f: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file as a viewer shows it (its EXIF orientation
+    applied), read from its header."""
+    from PIL import Image
+
+    with Image.open(f) as im:
+        orientation = im.getexif().get(_ORIENTATION, 1)
+        w, h = im.size
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+#: A mask pixel at or above this value is defective (masks are 0 / 255, with a few boundary
+#: pixels in between).
+MASK_LEVEL = 128
+
+
+def read_mask(f: Path | None, image_hw: tuple[int, int], size: int, image: Path) -> np.ndarray:
+    """A pixel mask as bool ``(size, size)``, resized as its image is (squashed to a square,
+    bilinear), so that mask and image pixels stay in register: binarized at
+    :data:`MASK_LEVEL` at its own size, then a resized pixel is defective where at least half
+    of what it covers is. ``f=None``: an empty mask (a defect-free image). A mask of another
+    size than its image, or that cannot be read, is refused naming both files; a colour mask
+    is read by its luma."""
+    from PIL import Image, UnidentifiedImageError
+
+    if f is None:
+        return np.zeros((size, size), dtype=bool)
+    try:
+        with Image.open(f) as im:
+            im.load()
+            gray = np.asarray(im.convert("L") if im.mode != "L" else im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"the mask {f} of {image} cannot be read ({type(exc).__name__})") from None
+    if gray.shape != tuple(image_hw):
+        raise DataError(
+            f"the mask {f} is {gray.shape[1]}×{gray.shape[0]} but its image {image} is "
+            f"{image_hw[1]}×{image_hw[0]}: a mask must match its image pixel for pixel"
+        )
+    binary = np.where(gray >= MASK_LEVEL, 255, 0).astype(np.uint8)
+    return _resize(binary[..., None], size)[..., 0] >= 128
+
+
 @dataclass
 class Layout:
     """What :func:`detect_layout` found: image groups with class labels and a test part.
@@ -451,7 +495,7 @@ class Layout:
         if self.kind == "mvtec":
             return (
                 f"MVTec AD layout in {root}: training on train/good; evaluating on test/ "
-                f"({', '.join(self.classes)}); ground_truth/ ignored"
+                f"({', '.join(self.classes)}); pixel masks from ground_truth/ where it is"
             )
         if self.kind == "normal-anomalous":
             return (
