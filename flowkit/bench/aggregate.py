@@ -24,6 +24,7 @@ METRICS = ("auc", "ap", "f1", "aupr_in", "aupr_out", "fpr95")
 # protocol → (its title in reports, what one target is)
 PROTOCOL_TITLES = {
     "loo": ("leave-one-class-out", "held-out class"),
+    "one-class": ("one-class (one class normal, the others anomalous)", "normal class"),
     "ood": ("out-of-distribution", "OOD set"),
     "given": ("the data's own test split", "category"),
 }

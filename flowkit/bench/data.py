@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from flowkit.bench.suite import Cell, Suite, target_dataset
+from flowkit.bench.suite import CLASS_PROTOCOLS, Cell, Suite, target_dataset
 from flowkit.data.base import ImageSet, match_channels
 from flowkit.data.protocols import (
     Split,
     labelled_split,
     leave_one_class_out,
+    one_class,
     out_of_distribution,
 )
 from flowkit.errors import ConfigError
@@ -49,9 +50,10 @@ class BenchData:
         return some.shape
 
     def split(self, cell: Cell) -> Split:
-        if cell.protocol == "loo":
+        if cell.protocol in CLASS_PROTOCOLS:
             assert self.data is not None
-            return leave_one_class_out(self.data, int(cell.target), seed=cell.seed)
+            by_class = leave_one_class_out if cell.protocol == "loo" else one_class
+            return by_class(self.data, int(cell.target), seed=cell.seed)
         if cell.protocol == "given":
             assert self.given is not None
             return labelled_split(self.given[str(cell.target)])
@@ -59,7 +61,7 @@ class BenchData:
         return out_of_distribution(self.data, self.test_in, self.out[str(cell.target)])
 
     def target_name(self, cell: Cell) -> str:
-        if cell.protocol == "loo" and self.data is not None:
+        if cell.protocol in CLASS_PROTOCOLS and self.data is not None:
             return self.data.classes[int(cell.target)]
         return str(cell.target)
 
@@ -92,7 +94,7 @@ def load_bench_data(suite: Suite, root: Any = None, download: bool = True) -> Be
             name, root=where, split=split, image_size=suite.image_size, download=download, **opts
         )
 
-    if suite.protocol == "loo":
+    if suite.protocol in CLASS_PROTOCOLS:
         return BenchData(data=load(suite.dataset, "all"))
     if suite.protocol == "given":
         targets = _given_categories(suite, root)

@@ -233,7 +233,9 @@ def _histograms(
         lo, hi = np.percentile(lp, [1, 99.5])
         bins = np.linspace(lo, hi, 40)
         ax.hist(np.clip(lp[~y], lo, hi), bins, alpha=0.6, density=True, label="normal")
-        other = {"loo": "held out", "ood": "OOD"}.get(protocol, "anomalous")
+        other = {"loo": "held out", "ood": "OOD", "one-class": "other classes"}.get(
+            protocol, "anomalous"
+        )
         ax.hist(np.clip(lp[y], lo, hi), bins, alpha=0.6, density=True, label=other)
         target = rec.get("target_name", rec["config"]["target"])
         ax.set_title(f"{target} AUC {rec['metrics']['auc']:.2f}", fontsize=8)

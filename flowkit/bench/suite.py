@@ -42,7 +42,9 @@ __all__ = [
     "SHARED_FIELDS",
 ]
 
-PROTOCOLS = ("loo", "ood", "given")
+PROTOCOLS = ("loo", "one-class", "ood", "given")
+#: The protocols whose targets are the data's classes.
+CLASS_PROTOCOLS = ("loo", "one-class")
 
 
 def check_suite_name(name: str) -> None:
@@ -63,7 +65,8 @@ def _paper(option: str) -> Any:
 
 
 PROTOCOL_HELP = (
-    "loo (leave one class out), ood (train on dataset, test against out_datasets) or given "
+    "loo (leave one class out), one-class (one class normal, the others anomalous), ood "
+    "(train on dataset, test against out_datasets) or given "
     "(the dataset's own train/test parts with labelled anomalies, e.g. MVTec AD)"
 )
 
@@ -98,7 +101,8 @@ _GRID_AXES = grid_axes()
 class _SuiteMethods:
     """A benchmark grid: dataset × target × seed × encoder × preprocess × flow × scorer.
 
-    Targets depend on the protocol: held-out classes (``loo``), out-of-distribution datasets
+    Targets depend on the protocol: held-out classes (``loo``), normal classes
+    (``one-class``), out-of-distribution datasets
     (``ood``: the model trains on every class of ``dataset``), or the dataset's categories
     (``given``: each category's own train/test parts, e.g. MVTec AD; ``categories = "all"``
     takes every category found under the data root).

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from flowkit.bench.suite import SHARED_FIELDS, shipped_suites
+from flowkit.bench.suite import PROTOCOL_HELP, SHARED_FIELDS, shipped_suites
 from flowkit.cli._common import (
     DataRootOpt,
     DeviceOpt,
@@ -87,6 +87,10 @@ def bench(
     dataset: Annotated[
         Optional[str], typer.Option(help="Override the suite's dataset (NAME:key=value,...).")
     ] = None,
+    protocol: Annotated[
+        Optional[str],
+        typer.Option(help=f"Override the suite's protocol: {PROTOCOL_HELP}."),
+    ] = None,
     classes: Annotated[
         Optional[str],
         typer.Option(help="Held-out classes, e.g. 0,1,7, or all (default: the suite's)."),
@@ -160,7 +164,10 @@ def bench(
             options[axis] = _int_list(options[axis], f"--{axis}")
     every_class = classes is not None and classes.strip() == "all"
     s = load_suite(suite).with_overrides(
-        dataset=dataset, classes=None if every_class else _int_list(classes, "--classes"), **options
+        dataset=dataset,
+        protocol=protocol,
+        classes=None if every_class else _int_list(classes, "--classes"),
+        **options,
     )
     if every_class:  # as a suite file's classes = "all"
         s = replace(s, classes=None).validate()

@@ -17,7 +17,13 @@ from flowkit.data.files import (
     mvtec,
     mvtec_categories,
 )
-from flowkit.data.protocols import Split, labelled_split, leave_one_class_out, out_of_distribution
+from flowkit.data.protocols import (
+    Split,
+    labelled_split,
+    leave_one_class_out,
+    one_class,
+    out_of_distribution,
+)
 from flowkit.data.sources import cifar10, digits, fake, mnist, svhn
 
 __all__ = [
@@ -42,5 +48,6 @@ __all__ = [
     "svhn",
     "fake",
     "leave_one_class_out",
+    "one_class",
     "out_of_distribution",
 ]

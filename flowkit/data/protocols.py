@@ -2,6 +2,9 @@
 
 - Leave-one-class-out: the normal images of every split are pooled, shuffled with the seed and
   split 80/20; the test set also gets every image of the held-out class.
+- One-class (the protocol most later papers report): one class is normal, every other class
+  anomalous; the normal class's images are shuffled with the seed and split 80/20; the test
+  set also gets every image of the other classes.
 - Out-of-distribution: train on dataset A's train split; test A's test split against B.
 
 Validation (early stopping, threshold, scorer calibration) is carved later from the normal
@@ -17,7 +20,14 @@ import torch
 from flowkit.data.base import ImageSet
 from flowkit.errors import ConfigError
 
-__all__ = ["Split", "class_index", "leave_one_class_out", "out_of_distribution", "labelled_split"]
+__all__ = [
+    "Split",
+    "class_index",
+    "leave_one_class_out",
+    "one_class",
+    "out_of_distribution",
+    "labelled_split",
+]
 
 
 @dataclass
@@ -65,25 +75,49 @@ def leave_one_class_out(
             f"{data.name} has its own test part with labelled anomalies ({data.layout}); "
             "holding a class out does not apply: leave --anomaly-class out"
         )
-    anomaly_class = class_index(data, anomaly_class)
-    if not 0 <= anomaly_class < len(data.classes):
+    anomaly_class = _checked_class(data, anomaly_class, "anomaly class")
+    return _split(data, data.labels != anomaly_class, seed, test_fraction)
+
+
+def one_class(
+    data: ImageSet, normal_class: int | str, seed: int = 0, test_fraction: float = 0.2
+) -> Split:
+    """Class ``normal_class`` (an index or a class name) is normal, every other class
+    anomalous: the one-class protocol (a seeded 80/20 split of the normal class, the other
+    classes' images all in the test set)."""
+    if data.labelled_anomalies:
         raise ConfigError(
-            f"anomaly class must be in 0..{len(data.classes) - 1} for "
-            f"{data.name}, got {anomaly_class}"
+            f"{data.name} has its own test part with labelled anomalies ({data.layout}); "
+            "one class as normal does not apply"
         )
-    normal_idx = (data.labels != anomaly_class).nonzero().flatten()
-    anomal_idx = (data.labels == anomaly_class).nonzero().flatten()
-    if len(anomal_idx) == 0:
+    normal_class = _checked_class(data, normal_class, "normal class")
+    if len(data.classes) < 2:
+        raise ConfigError(f"{data.name} has one class: no other class to be anomalous")
+    return _split(data, data.labels == normal_class, seed, test_fraction)
+
+
+def _checked_class(data: ImageSet, target: int | str, what: str) -> int:
+    index = class_index(data, target)
+    if not 0 <= index < len(data.classes):
         raise ConfigError(
-            f"{data.name} has no image of class {anomaly_class} ({data.classes[anomaly_class]!r})"
+            f"{what} must be in 0..{len(data.classes) - 1} for {data.name}, got {index}"
         )
+    if not bool((data.labels == index).any()):
+        raise ConfigError(f"{data.name} has no image of class {index} ({data.classes[index]!r})")
+    return index
+
+
+def _split(data: ImageSet, normal: torch.Tensor, seed: int, test_fraction: float) -> Split:
+    """Normal images (``normal``) shuffled with ``seed``, ``test_fraction`` of them tested
+    beside every other image (the anomalies)."""
+    normal_idx = normal.nonzero().flatten()
+    anomal_idx = (~normal).nonzero().flatten()
     order = normal_idx[
         torch.randperm(len(normal_idx), generator=torch.Generator().manual_seed(seed))
     ]
     n_test = int(round(len(order) * test_fraction))
     train = data.subset(order[n_test:])
-    test_idx = torch.cat([order[:n_test], anomal_idx])
-    test = data.subset(test_idx)
+    test = data.subset(torch.cat([order[:n_test], anomal_idx]))
     return Split(
         train,
         test,
