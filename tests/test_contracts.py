@@ -13,6 +13,7 @@ from flowkit.testing import check_dataset, check_scorer, registered
 
 from .conftest import TINY
 from .test_data import write_cifar10, write_mnist, write_svhn
+from .test_defect_data import write_mtd
 from .test_plugins import _module
 
 PROBE = """
@@ -157,6 +158,7 @@ def test_builtin_datasets_pass_check_dataset(name, tmp_path, monkeypatch):
         "mnist": lambda: write_mnist(tmp_path),
         "cifar10": lambda: write_cifar10(tmp_path, monkeypatch),
         "svhn": lambda: write_svhn(tmp_path, monkeypatch),
+        "mtd": lambda: write_mtd(tmp_path),
     }
     if name in writers:
         writers[name]()

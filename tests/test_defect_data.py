@@ -20,7 +20,7 @@ def _tile(path: Path, h: int, w: int, seed: int) -> None:
     Image.fromarray(rng.integers(60, 120, (h, w), dtype=np.uint8)).save(path, quality=95)
 
 
-def _mtd_tree(root: Path) -> Path:
+def write_mtd(root: Path) -> Path:
     """5 defect-free tiles (empty masks) and 2 cracked ones, of two sizes; each crack mask
     has its defect in the left half and one boundary pixel of value 100 (not a defect)."""
     free, crack = root / "MT_Free" / "Imgs", root / "MT_Crack" / "Imgs"
@@ -40,7 +40,7 @@ def _mtd_tree(root: Path) -> Path:
 
 
 def test_mtd_reads_the_native_layout_with_a_seeded_split_and_masks(tmp_path):
-    root = _mtd_tree(tmp_path / "mtd")
+    root = write_mtd(tmp_path / "mtd")
     data = flowkit.load_dataset("mtd", root=root, image_size=16)
     assert data.classes == ["good", "Crack"] and len(data) == 7
     assert data.defect_types.count("Crack") == 2 and data.images.shape == (7, 1, 16, 16)
@@ -61,7 +61,7 @@ def test_mtd_reads_the_native_layout_with_a_seeded_split_and_masks(tmp_path):
 
 
 def test_a_bad_mask_is_one_line_naming_the_files(tmp_path):
-    root = _mtd_tree(tmp_path / "mtd")
+    root = write_mtd(tmp_path / "mtd")
     crack = root / "MT_Crack" / "Imgs"
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(crack / "exp1_num_0.png")
     with pytest.raises(

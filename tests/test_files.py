@@ -140,7 +140,14 @@ def make_mvtec(root: Path, n_train: int = 40) -> Path:
     _write(root / "test" / "good", 8, 0.3, 1)
     _write(root / "test" / "crack", 8, 0.7, 2)
     _write(root / "test" / "hole", 4, 0.5, 3)
-    _write(root / "ground_truth" / "crack", 8, 0.7, 4)  # masks: never images to train on
+    # masks: never images to train on; one per defect image, named as MVTec AD names them
+    for defect, n in (("crack", 8), ("hole", 4)):
+        (root / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            size = Image.open(root / "test" / defect / f"{i:03d}.png").size
+            mask = np.zeros(size[::-1], np.uint8)
+            mask[: size[1] // 2] = 255
+            Image.fromarray(mask).save(root / "ground_truth" / defect / f"{i:03d}_mask.png")
     return root
 
 
