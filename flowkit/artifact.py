@@ -30,6 +30,7 @@ __all__ = [
     "package_versions",
     "atomic_write_bytes",
     "writable_target",
+    "state_digest",
 ]
 
 MAGIC = b"FLOWKIT-MODEL\n"
@@ -260,3 +261,21 @@ def read(path: str | Path) -> dict[str, Any]:
         )
     payload["_versions"] = saved
     return payload
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """A digest of a state dict (tensors, numbers, text, nested dicts): the same state gives
+    the same digest in every process, after any save and load. It identifies a stage's
+    fitted state (a stage's ``identity``) and a bench record's scorer state."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        h.update(str(key).encode())
+        if isinstance(value, torch.Tensor):  # its bytes, whatever the dtype (bf16 too)
+            t = value.detach().cpu().contiguous().reshape(-1)
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            h.update(state_digest(value).encode())
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()[:16]

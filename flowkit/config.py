@@ -34,6 +34,7 @@ __all__ = [
     "option_fields",
     "cell_fields",
     "stage_fields",
+    "stage_of",
     "grid_axes",
     "help_for",
 ]
@@ -375,6 +376,11 @@ def cell_fields() -> list[Field]:
 def stage_fields(stage: str) -> tuple[str, ...]:
     """Names of the cell options that change ``stage`` (its part of a cache key)."""
     return tuple(f.name for f in cell_fields() if f.metadata["stage"] == stage)
+
+
+def stage_of(option: str) -> str:
+    """The stage an option changes (:data:`STAGES`)."""
+    return DetectorConfig.__dataclass_fields__[option].metadata["stage"]
 
 
 def grid_axes() -> dict[str, str]:

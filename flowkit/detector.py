@@ -20,7 +20,14 @@ import numpy as np
 import torch
 
 from flowkit import artifact
-from flowkit.config import DEFAULTS, PAPER_PARAMS, DetectorConfig, check_names, option_fields
+from flowkit.config import (
+    DEFAULTS,
+    PAPER_PARAMS,
+    DetectorConfig,
+    check_names,
+    option_fields,
+    stage_of,
+)
 from flowkit.data.base import as_uint8_images
 from flowkit.errors import ConfigError, ModelFileError, NotFittedError
 from flowkit.images import check_input_shape, check_unambiguous
@@ -184,9 +191,8 @@ class Detector:
             density=self.density_stage_,
         )
         calibration = path.calibrate()
-        runtime = {k: v for k, v in config.params().items() if _stage(k) == "runtime"}
         return Detector.from_stages(
-            self.encoder_stage_, self.density_stage_, calibration, **runtime
+            self.encoder_stage_, self.density_stage_, calibration, **_runtime(config.params())
         )
 
     def _compose(
@@ -204,8 +210,7 @@ class Detector:
         :meth:`save` writes, whatever :meth:`set_params` changed since."""
         self.check_fitted()
         fitted = _fitted_params(self.encoder_stage_, self.density_stage_, self.calibration_stage_)
-        runtime = {k: v for k, v in self.get_params().items() if _stage(k) == "runtime"}
-        return DetectorConfig(**{**fitted, **runtime})
+        return DetectorConfig(**{**fitted, **_runtime(self.get_params())})
 
     @property
     def encoder_(self) -> torch.nn.Module:
@@ -342,8 +347,9 @@ class Detector:
         return det
 
 
-def _stage(option: str) -> str:
-    return DetectorConfig.__dataclass_fields__[option].metadata["stage"]
+def _runtime(params: dict[str, Any]) -> dict[str, Any]:
+    """The runtime options of ``params`` (device, value range, verbosity): no stage's."""
+    return {k: v for k, v in params.items() if stage_of(k) == "runtime"}
 
 
 def _fitted_params(
@@ -356,7 +362,7 @@ def _fitted_params(
         "calibration": calibration.config,
         "runtime": calibration.config,
     }
-    return {k: by_stage[_stage(k)].params()[k] for k in DetectorConfig.__dataclass_fields__}
+    return {k: by_stage[stage_of(k)].params()[k] for k in DetectorConfig.__dataclass_fields__}
 
 
 def _check_composition(
@@ -401,9 +407,9 @@ def _check_agrees(params: dict[str, Any], fitted: dict[str, Any]) -> None:
     fitted values, never contradict them."""
     check_names(params)
     for key, value in params.items():
-        if _stage(key) != "runtime" and value != fitted[key]:
+        if stage_of(key) != "runtime" and value != fitted[key]:
             raise ConfigError(
-                f"from_stages: {key}={value!r} contradicts the fitted {_stage(key)} stage "
+                f"from_stages: {key}={value!r} contradicts the fitted {stage_of(key)} stage "
                 f"({key}={fitted[key]!r}); fit a stage with it (Detector.with_scorer for the "
                 "calibration's options, Detector.fit for the others) or leave it out"
             )
@@ -411,7 +417,7 @@ def _check_agrees(params: dict[str, Any], fitted: dict[str, Any]) -> None:
 
 def _check_calibration_only(params: dict[str, Any]) -> None:
     check_names(params)
-    refits = sorted(k for k in params if _stage(k) not in ("calibration", "runtime"))
+    refits = sorted(k for k in params if stage_of(k) not in ("calibration", "runtime"))
     if refits:
         raise ConfigError(
             f"with_scorer refits the calibration only; {', '.join(refits)} change(s) an "

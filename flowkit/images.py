@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,12 +109,11 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     return unique
 
 
-def _walk(root: Path) -> list[Path]:
+def _walk(root: Path) -> Iterator[Path]:
     """Every file under ``root``, following links to folders, each real folder once."""
     import os
 
     seen: set[str] = set()
-    files: list[Path] = []
     for folder, dirs, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
@@ -123,8 +122,7 @@ def _walk(root: Path) -> list[Path]:
         seen.add(real)
         # real folders before links, so that a folder is found under its own name first
         dirs.sort(key=lambda d, f=folder: (os.path.islink(os.path.join(f, d)), d))
-        files += [Path(folder) / n for n in names]
-    return files
+        yield from (Path(folder) / n for n in names)
 
 
 def _composite_on_black(im: Any) -> np.ndarray:
@@ -508,7 +506,7 @@ class Layout:
 
 
 def _has_images(d: Path, recursive: bool = True) -> bool:
-    it = d.rglob("*") if recursive else d.iterdir()
+    it = _walk(d) if recursive else d.iterdir()  # the files find_images would find
     return any(f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES for f in it)
 
 

@@ -155,6 +155,7 @@ class StagePipeline:
     ) -> None:
         self.config, self.device, self.progress = config, device, progress
         self.cache, self.encoder_key = cache, encoder_key
+        self.images = images  # checked for variation before the encoder trains
         self.train_images, self.val_images = split_validation(
             images, config.val_fraction, config.seed
         )
@@ -211,7 +212,7 @@ class StagePipeline:
         # the encoder that will train is the one checked: built once, before any training
         encoder = stage.build(self._shape())
         check_downstream(self.config, encoder)
-        check_variation(torch.cat([self.train_images, self.val_images]))
+        check_variation(self.images)
         stage.fit(
             self.train_images,
             self.val_images,
@@ -322,7 +323,6 @@ class StagePipeline:
         normal training and validation images under ``density`` (default: :meth:`density`)."""
         config = config or self.config
         density = density if density is not None else self.density()
-        CalibrationStage(config).check(len(density.density_.part_sizes))
         return CalibrationStage(config).fit(*self.contexts(density), fitted_on=density.identity)
 
     def fit(self) -> tuple[EncoderStage, DensityStage, CalibrationStage]:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowkit.artifact import state_digest
 from flowkit.config import DetectorConfig
 from flowkit.encoders.base import input_shape_of, latent_parts, views
 from flowkit.errors import ConfigError, DataError, ModelFileError, NotExportableError
@@ -130,26 +131,6 @@ def _rebuild(registry: Registry, name: str, options: dict, source: Any, **kwargs
         raise ModelFileError(
             f"{source}: cannot rebuild the {registry.kind} {name!r}: {exc}"
         ) from None
-
-
-def state_digest(state: dict[str, Any]) -> str:
-    """A digest of a state dict (tensors, numbers, text): the same weights give the same
-    digest in every process, after any save and load."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for key in sorted(state):
-        value = state[key]
-        h.update(str(key).encode())
-        if isinstance(value, torch.Tensor):
-            t = value.detach().cpu().contiguous().reshape(-1)
-            h.update(str(t.dtype).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        elif isinstance(value, dict):
-            h.update(state_digest(value).encode())
-        else:
-            h.update(repr(value).encode())
-    return h.hexdigest()[:16]
 
 
 class _Stage:
@@ -619,8 +600,9 @@ class CalibrationStage(_Stage):
         """The scorer on normal training and validation contexts, then the threshold: the
         ``confidence`` quantile (or ``1 - contamination``) of the anomaly scores of normal
         validation images (of the training images when fewer than 10 are held out).
-        ``fitted_on``: the identity of the density stage the contexts come from."""
-        scorer = self.build()
+        ``fitted_on``: the identity of the density stage the contexts come from. A latent
+        part the scorer asks for that the contexts' latents do not have is refused first."""
+        scorer = self.check(len(train.part_sizes or (1,)))
         if scorer.needs_images and val.images is None:
             raise ConfigError(f"scorer {self.spec.name!r} needs the training images")
         scorer.fit(train, val)

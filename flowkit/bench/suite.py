@@ -19,6 +19,7 @@ from flowkit.config import (
     cell_fields,
     grid_axes,
     stage_fields,
+    stage_of,
 )
 from flowkit.errors import ConfigError
 from flowkit.registry import REGISTRIES, canonical_spec
@@ -169,7 +170,7 @@ class _SuiteMethods:
         shared = {f: values[f] for f in SHARED_FIELDS}
         # the axes in stage order (what the encoder needs first): cells sharing an encoder are
         # adjacent, and a component is named by its registry's canonical spec
-        axes = sorted(_GRID_AXES, key=lambda name: STAGES.index(_stage_of(name)))
+        axes = sorted(_GRID_AXES, key=lambda name: STAGES.index(stage_of(name)))
         # each value once, however often the suite repeats it (by its canonical spec:
         # "realnvp:layers=4,hidden=8" and "realnvp:hidden=8,layers=4" are one flow)
         lists = [
@@ -191,10 +192,6 @@ class _SuiteMethods:
             for target in dict.fromkeys(targets)
             for combo in itertools.product(*lists)
         ]
-
-
-def _stage_of(option: str) -> str:
-    return DetectorConfig.__dataclass_fields__[option].metadata["stage"]
 
 
 #: The options a suite holds one value of (the rest of a cell's options are grid axes).

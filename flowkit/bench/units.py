@@ -12,7 +12,6 @@ unchanged. A unit whose worker died twice has every cell recorded as failed with
 
 from __future__ import annotations
 
-import hashlib
 import io
 import time
 import traceback
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowkit.artifact import atomic_write_bytes
+from flowkit.artifact import atomic_write_bytes, state_digest
 from flowkit.bench.data import BenchData
 from flowkit.bench.store import RunStore
 from flowkit.bench.suite import Cell
@@ -173,20 +172,6 @@ def extremes(scores: np.ndarray, images: torch.Tensor) -> dict[str, np.ndarray]:
     }
 
 
-def state_digest(state: dict[str, Any]) -> str:
-    """A digest of a scorer's fitted state (to prove it never depends on test data)."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        value = state[key]
-        h.update(key.encode())
-        h.update(
-            value.detach().cpu().numpy().tobytes()
-            if torch.is_tensor(value)
-            else repr(value).encode()
-        )
-    return h.hexdigest()[:16]
-
-
 def _error_text(exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
@@ -216,7 +201,10 @@ class Sink:
 
 
 class StoreSink(Sink):
-    """Straight into the run directory and its cache (the driver, the local executor)."""
+    """Straight into the run directory and its cache: the driver's sink (its records, and
+    :func:`deliver`'s target); a script reusing a run's cache (``unit_pipeline`` with a
+    :class:`RunStore`) reads and writes the cache through it. Units on any executor, local
+    included, run into a :class:`CollectSink`."""
 
     def __init__(self, store: RunStore, recorder: Callable[..., None] | None) -> None:
         self.store, self.recorder = store, recorder

@@ -42,8 +42,14 @@ def shown(value: Any) -> str:
     text = str(value)
     if text.isprintable():
         return text
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = bytes_escaped(text)
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def bytes_escaped(value: Any) -> str:
+    """``value`` as text, the bytes of a file name that are not UTF-8 as backslash escapes
+    (everything else as it is: a newline stays a newline)."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def styled(label: str, style: str, rest: Any = "") -> Text:

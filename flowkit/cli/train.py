@@ -17,6 +17,7 @@ from flowkit.cli._common import (
     DeviceOpt,
     DownloadOpt,
     ThreadsOpt,
+    bytes_escaped,
     check_output_file,
     config_options,
     err,
@@ -301,12 +302,9 @@ def score(
                 if writer is not None:
                     # the csv module quotes a name with a comma, quote or newline in it; bytes
                     # that are not UTF-8 are written as backslash escapes
-                    name = (
-                        str(f)
-                        .encode("utf-8", "surrogateescape")
-                        .decode("utf-8", "backslashreplace")
+                    writer.writerow(
+                        [bytes_escaped(f), f"{s:.6g}", f"{ll:.6g}", f"{threshold:.6g}", row[3]]
                     )
-                    writer.writerow([name, f"{s:.6g}", f"{ll:.6g}", f"{threshold:.6g}", row[3]])
                 elif json_out:
                     sys.stdout.write(_row_json(row, threshold))
             prog.advance(task, len(chunk))

@@ -84,16 +84,24 @@ def folder(
         files, labels, parts = ([x[i] for i in keep] for x in (files, labels, parts))
     if not files:
         raise DataError(f"{root}: no image files in the {split} part ({layout.describe(root)})")
+    with_masks = layout.kind == "mvtec" and (root / "ground_truth").is_dir()
+    # every defect image's mask is found before any image is decoded
+    mask_files = (
+        [
+            _mvtec_mask(root, f, layout.classes[label])
+            for f, label in zip(files, labels, strict=True)
+        ]
+        if with_masks
+        else None
+    )
     images, kept = load_images(files, image_size, channels, skip_unreadable)
     index = {f: i for i, f in enumerate(files)}
     rows = [index[f] for f in kept]
     label_t = torch.tensor([labels[i] for i in rows], dtype=torch.long)
     masks = types = None
-    if layout.kind == "mvtec" and (root / "ground_truth").is_dir():
+    if mask_files is not None:
         types = [layout.classes[labels[i]] for i in rows]
-        masks = _masks(
-            kept, [_mvtec_mask(root, f, t) for f, t in zip(kept, types, strict=True)], image_size
-        )
+        masks = _masks(kept, [mask_files[i] for i in rows], image_size)
     return ImageSet(
         images,
         label_t,
@@ -234,18 +242,24 @@ def mtd(
         labels += [label] * len(images)
     keep = [i for i, p in enumerate(parts) if split in ("all", p)]
     files, labels, parts = ([x[i] for i in keep] for x in (files, labels, parts))
+    # every defect image's mask is there before any image is decoded
+    missing = [
+        str(f.with_suffix(".png"))
+        for f, label in zip(files, labels, strict=True)
+        if label and not f.with_suffix(".png").is_file()
+    ]
+    if missing:
+        raise DataError(
+            f"{len(missing)} defect image(s) have no mask beside them: {', '.join(missing[:5])}"
+        )
     images_t, kept = load_images(files, image_size, 1, skip_unreadable)
-    rows = [{f: i for i, f in enumerate(files)}[f] for f in kept]
+    index = {f: i for i, f in enumerate(files)}
+    rows = [index[f] for f in kept]
     label_t = torch.tensor([labels[i] for i in rows], dtype=torch.long)
     masks = [
         f.with_suffix(".png") if labels[i] else _optional(f.with_suffix(".png"))
         for f, i in zip(kept, rows, strict=True)
     ]
-    missing = [str(m) for m, i in zip(masks, rows, strict=True) if labels[i] and not m.is_file()]
-    if missing:
-        raise DataError(
-            f"{len(missing)} defect image(s) have no mask beside them: {', '.join(missing[:5])}"
-        )
     return ImageSet(
         images_t,
         label_t,
