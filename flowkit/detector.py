@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import operator
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,17 @@ from flowkit.config import (
     DetectorConfig,
     check_names,
     option_fields,
+    preset,
     stage_of,
 )
 from flowkit.data.base import as_uint8_images
 from flowkit.errors import ConfigError, ModelFileError, NotFittedError
+from flowkit.heatmaps import resize_map
 from flowkit.images import check_input_shape, check_unambiguous
 from flowkit.pipeline import StagePipeline, check_downstream
 from flowkit.scorers import ScoreContext, check_scorer_parts
 from flowkit.stages import (
     CalibrationStage,
-    Density,
     DensityStage,
     EncoderStage,
     check_options,
@@ -46,6 +48,11 @@ from flowkit.stages import (
 from flowkit.training import resolve_device
 
 __all__ = ["Detector", "PAPER_PARAMS"]
+
+
+def _read(path: str, doc: str) -> property:
+    """A read-only property for ``path`` (``"stage.attribute"``) of the fitted stages."""
+    return property(operator.attrgetter(path), doc=doc)
 
 
 class Detector:
@@ -90,10 +97,12 @@ class Detector:
     )
 
     @classmethod
-    def paper(cls, **params: Any) -> Detector:
-        """The seed paper's pair (:data:`flowkit.config.PAPER`), with any parameter
-        overridden: ``Detector.paper(epochs_encoder=6, seed=1)``."""
-        return cls(**{**PAPER_PARAMS, **params})
+    def preset(cls, name: str, **params: Any) -> Detector:
+        """A preset (:data:`flowkit.config.PRESETS`: recommended, paper, defects) with any
+        parameter overridden: ``Detector.preset("defects", seed=1)``."""
+        return cls(**{**preset(name), **params})
+
+    paper = classmethod(lambda cls, **params: cls.preset("paper", **params))  # the seed's pair
 
     @classmethod
     def from_stages(
@@ -212,35 +221,18 @@ class Detector:
         fitted = _fitted_params(self.encoder_stage_, self.density_stage_, self.calibration_stage_)
         return DetectorConfig(**{**fitted, **_runtime(self.get_params())})
 
-    @property
-    def encoder_(self) -> torch.nn.Module:
-        return self.encoder_stage_.encoder_
-
-    @property
-    def input_shape_(self) -> tuple[int, int, int]:
-        return self.encoder_stage_.input_shape_
-
-    @property
-    def density_(self) -> Density:
-        return self.density_stage_.density_
-
-    @property
-    def preprocess_(self) -> torch.nn.Module:
-        return self.density_.preprocess
-
-    pipeline_ = preprocess_  # its earlier name
-
-    @property
-    def flow_(self) -> torch.nn.Module:
-        return self.density_.flow
-
-    @property
-    def scorer_(self) -> Any:
-        return self.calibration_stage_.scorer_
-
-    @property
-    def threshold_(self) -> float:
-        return self.calibration_stage_.threshold_
+    # what the stages hold, read through them (scikit-learn's fitted attributes)
+    encoder_ = _read("encoder_stage_.encoder_", "The fitted encoder.")
+    input_shape_ = _read("encoder_stage_.input_shape_", "The image shape (C, H, W) it takes.")
+    density_ = _read("density_stage_.density_", "The fitted density (preprocess + flow).")
+    preprocess_ = pipeline_ = _read("density_stage_.density_.preprocess", "The preprocessing.")
+    flow_ = _read("density_stage_.density_.flow", "The fitted flow.")
+    scorer_ = _read("calibration_stage_.scorer_", "The fitted scorer.")
+    threshold_ = _read("calibration_stage_.threshold_", "The image threshold (anomaly score).")
+    pixel_threshold_ = property(
+        lambda self: _maps_of(self.calibration_stage_.pixel_threshold_),
+        doc="The pixel threshold of the anomaly maps (models with a spatial flow).",
+    )
 
     @property
     def offset_(self) -> float:
@@ -281,13 +273,31 @@ class Detector:
         z = self.encoder_stage_.embed(images, device=self.device)
         return self.density_stage_.context(z, images, self.encoder_, resolve_device(self.device))
 
-    def score(self, X: Any) -> dict[str, np.ndarray]:
-        """``log_prob`` (the density's log-likelihood) and ``anomaly_score`` in one pass."""
+    def score(self, X: Any, maps: bool = False) -> dict[str, np.ndarray]:
+        """``log_prob`` (the density's log-likelihood) and ``anomaly_score`` in one pass;
+        with ``maps``, also ``anomaly_map`` (:meth:`anomaly_map`)."""
         ctx = self.context(X)
-        return {
+        out = {
             "log_prob": ctx.log_prob.numpy(),
             "anomaly_score": self.calibration_stage_.score(ctx).numpy(),
         }
+        if maps:
+            out["anomaly_map"] = _maps_of(ctx).numpy()
+        return out
+
+    def anomaly_map(self, X: Any, sizes: list[tuple[int, int]] | None = None) -> Any:
+        """Anomaly maps ``(N, S, S)`` at the model's input size ``S`` (higher = more
+        anomalous; models with a spatial flow), or with ``sizes`` (each image's own
+        ``(height, width)``) a list of maps at those sizes (bilinear, as images are squashed
+        to ``S × S``)."""
+        out = self.score(X, maps=True)["anomaly_map"]
+        return [resize_map(m, hw) for m, hw in zip(out, sizes, strict=True)] if sizes else out
+
+    def predict_mask(self, X: Any, sizes: list[tuple[int, int]] | None = None) -> Any:
+        """Defect masks: True where :meth:`anomaly_map` exceeds ``pixel_threshold_`` (the
+        ``confidence`` quantile of normal validation images' highest pixel)."""
+        maps, limit = self.anomaly_map(X, sizes), self.pixel_threshold_
+        return [m > limit for m in maps] if sizes else maps > limit
 
     def log_likelihood(self, X: Any) -> np.ndarray:
         """Log-likelihood of each image's latent under the density (flow and preprocessing
@@ -345,6 +355,17 @@ class Detector:
                 f"flowkit or its plugins ({type(exc).__name__}: {exc})"
             ) from None
         return det
+
+
+def _maps_of(value: Any) -> Any:
+    """``value`` (a context's maps, a pixel threshold), or one line saying why it is missing."""
+    value = value.maps if isinstance(value, ScoreContext) else value
+    if value is None:
+        raise ConfigError(
+            "this model gives no anomaly maps: fit it with a spatial flow (patchflow, "
+            "patchknn) on a backbone's feature maps (timm/...:layers=..., the defects preset)"
+        )
+    return value
 
 
 def _runtime(params: dict[str, Any]) -> dict[str, Any]:

@@ -42,10 +42,20 @@ from flowkit.errors import ConfigError, NotExportableError
 from flowkit.registry import format_spec
 from flowkit.scorers import ScoreContext
 
-__all__ = ["export_onnx", "ScoringGraph", "INPUT_NAME", "OUTPUT_NAMES", "DEFAULT_OPSET"]
+__all__ = [
+    "export_onnx",
+    "ScoringGraph",
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+    "MAP_OUTPUT",
+    "output_names",
+    "DEFAULT_OPSET",
+]
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("anomaly_score", "log_likelihood")
+#: The third output of a model with anomaly maps: float32 ``(N, H, W)`` at the input size.
+MAP_OUTPUT = "anomaly_map"
 DEFAULT_OPSET = 18
 RTOL = 1e-3  # on noise probes; see the module doc
 
@@ -64,17 +74,24 @@ class ScoringGraph(nn.Module):
         self.density = detector.density_.for_export(f"{detector.flow_spec_[0]} flow")
         self.scorer = detector.scorer_
         self.part_sizes = detector.density_.part_sizes
+        self.spatial = detector.density_.spatial
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z, log_prob = self.density(self.encoder.encode(to_float(images)))
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        z, log_prob, *maps = self.density(self.encoder.encode(to_float(images)))
         ctx = ScoreContext(
             log_prob=log_prob,
             latents=z,
             images=images,
             encoder=self.encoder,
             part_sizes=self.part_sizes,
+            maps=maps[0] if maps else None,
         )
-        return self.scorer.export_score(ctx).float(), log_prob
+        return (self.scorer.export_score(ctx).float(), log_prob, *maps)
+
+
+def output_names(spatial: bool) -> list[str]:
+    """The graph's outputs: :data:`OUTPUT_NAMES`, and ``anomaly_map`` for a spatial density."""
+    return [*OUTPUT_NAMES, *((MAP_OUTPUT,) if spatial else ())]
 
 
 def _describe(detector: Any) -> str:
@@ -95,7 +112,19 @@ def _metadata(detector: Any) -> dict[str, str]:
         "preprocess": str(detector.preprocess),
         "flow": format_spec(*detector.flow_spec_),
         "scorer": format_spec(*detector.scorer_spec_),
-        "outputs": "anomaly_score (higher = more anomalous), log_likelihood",
+        "outputs": "anomaly_score (higher = more anomalous), log_likelihood"
+        + (", anomaly_map" if detector.density_.spatial else ""),
+        **_map_metadata(detector.calibration_stage_),
+    }
+
+
+def _map_metadata(calibration: Any) -> dict[str, str]:
+    """The pixel threshold and the heatmaps' display range, for a model with maps."""
+    if calibration.pixel_threshold_ is None:
+        return {}
+    return {
+        "pixel_threshold": repr(float(calibration.pixel_threshold_)),
+        "map_range": ",".join(repr(float(v)) for v in calibration.map_range_),
     }
 
 
@@ -120,7 +149,7 @@ def _trace(graph: ScoringGraph, probe: torch.Tensor, opset: int, what: str) -> b
                 graph,
                 (probe,),
                 input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
+                output_names=output_names(graph.spatial),
                 dynamic_shapes={"images": {0: batch}},
                 opset_version=opset,
                 dynamo=True,
@@ -190,7 +219,8 @@ def _verify(model_bytes: bytes, detector: Any, what: str, rtol: float) -> float:
     worst = 0.0
     for n, seed in ((1, 1), (7, 2)):  # a batch size unlike the traced one, and one image
         probe = _probe(detector.input_shape_, n, seed)
-        ref = detector.score(probe)
+        spatial = detector.density_.spatial
+        ref = detector.score(probe, maps=spatial)
         try:
             got = session.run(None, {INPUT_NAME: probe.numpy()})
         except Exception as exc:  # onnxruntime's own exception types
@@ -198,9 +228,8 @@ def _verify(model_bytes: bytes, detector: Any, what: str, rtol: float) -> float:
                 f"{what}: the exported graph fails on a batch of {n} ({_root_cause(exc)}), "
                 "so it was not written"
             ) from None
-        for name, value, expected in zip(
-            OUTPUT_NAMES, got, (ref["anomaly_score"], ref["log_prob"]), strict=True
-        ):
+        expect = [ref["anomaly_score"], ref["log_prob"], *([ref["anomaly_map"]] if spatial else [])]
+        for name, value, expected in zip(output_names(spatial), got, expect, strict=True):
             scale = np.maximum(np.abs(expected), 1.0)
             err = float(np.max(np.abs(value.astype(np.float64) - expected) / scale))
             worst = max(worst, err)

@@ -26,10 +26,16 @@ from typing import Any, Protocol
 import torch
 
 from flowkit.config import DetectorConfig
-from flowkit.encoders.base import latent_parts, views
+from flowkit.encoders.base import input_shape_of, latent_parts, views
 from flowkit.errors import FlowkitError
 from flowkit.scorers import ScoreContext
-from flowkit.stages import CalibrationStage, DensityStage, EncoderStage, split_validation
+from flowkit.stages import (
+    CalibrationStage,
+    DensityStage,
+    EncoderStage,
+    map_layout,
+    split_validation,
+)
 
 __all__ = [
     "StagePipeline",
@@ -122,7 +128,10 @@ def check_variation(images: torch.Tensor) -> None:
 def check_downstream(config: DetectorConfig, encoder: torch.nn.Module) -> None:
     """Build the density and scorer that go with ``encoder``, untrained: a bad flow or
     scorer option fails before the encoder trains."""
-    density = DensityStage(config).check(int(encoder.embed_dim), latent_parts(encoder))
+    shape = input_shape_of(encoder, (0, 0, 0))
+    density = DensityStage(config).check(
+        int(encoder.embed_dim), latent_parts(encoder), map_layout(encoder, shape)
+    )
     CalibrationStage(config).check(len(density.part_sizes))
 
 
@@ -295,6 +304,7 @@ class StagePipeline:
             part_sizes=enc.stage.part_sizes,
             progress=self.progress,
             fitted_on=enc.stage.identity,
+            maps=enc.stage.maps,
         )
         if self.cache is not None and key is not None:
             self.cache.save_density(

@@ -98,6 +98,7 @@ class OnnxDetector:
         self.offset_ = -self.threshold_
         self.scorer_spec_ = parse_spec(meta["scorer"])
         self.metadata = meta
+        self.pixel_threshold_, self.map_range_ = _map_metadata(self.path, meta, self.session)
 
     def __repr__(self) -> str:
         return f"OnnxDetector({str(self.path)!r}, scorer={self.metadata['scorer']!r})"
@@ -108,18 +109,45 @@ class OnnxDetector:
         check_input_shape(images.shape[1:], self.input_shape_)
         return images
 
-    def score(self, X: Any, batch_size: int = 256) -> dict[str, np.ndarray]:
-        """``log_prob`` and ``anomaly_score`` (float64 arrays), as :meth:`Detector.score`."""
+    def score(self, X: Any, maps: bool = False, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """``log_prob`` and ``anomaly_score`` (float64 arrays), as :meth:`Detector.score`;
+        with ``maps``, also ``anomaly_map`` ``(N, H, W)`` (models with anomaly maps)."""
         images = self._check_images(X)
-        scores, log_probs = [], []
+        if maps:
+            self._check_maps()
+        scores, log_probs, heat = [], [], []
         for start in range(0, len(images), batch_size):
-            s, lp = self.session.run(None, {INPUT_NAME: images[start : start + batch_size]})
+            s, lp, *m = self.session.run(None, {INPUT_NAME: images[start : start + batch_size]})
             scores.append(s)
             log_probs.append(lp)
-        return {
+            heat += m
+        out = {
             "log_prob": np.concatenate(log_probs).astype(np.float64),
             "anomaly_score": np.concatenate(scores).astype(np.float64),
         }
+        if maps:
+            c, h, w = self.input_shape_
+            out["anomaly_map"] = np.concatenate(heat) if heat else np.empty((0, h, w), np.float32)
+        return out
+
+    def _check_maps(self) -> None:
+        if self.pixel_threshold_ is None:
+            raise ConfigError(
+                f"{self.path} gives no anomaly maps: export a model with a spatial flow "
+                "(flowkit train --preset defects)"
+            )
+
+    def anomaly_map(self, X: Any, sizes: list[tuple[int, int]] | None = None) -> Any:
+        """Anomaly maps as :meth:`flowkit.Detector.anomaly_map` gives them."""
+        from flowkit.heatmaps import resize_map
+
+        out = self.score(X, maps=True)["anomaly_map"]
+        return [resize_map(m, hw) for m, hw in zip(out, sizes, strict=True)] if sizes else out
+
+    def predict_mask(self, X: Any, sizes: list[tuple[int, int]] | None = None) -> Any:
+        """Defect masks as :meth:`flowkit.Detector.predict_mask` gives them."""
+        maps, limit = self.anomaly_map(X, sizes), self.pixel_threshold_
+        return [m > limit for m in maps] if sizes else maps > limit
 
     def log_likelihood(self, X: Any) -> np.ndarray:
         return self.score(X)["log_prob"]
@@ -137,6 +165,32 @@ class OnnxDetector:
     def predict(self, X: Any) -> np.ndarray:
         """1 for normal, -1 for anomalies (score above the stored threshold)."""
         return np.where(self.anomaly_score(X) > self.threshold_, -1, 1)
+
+
+def _map_metadata(
+    path: Path, meta: dict[str, str], session: Any
+) -> tuple[float | None, tuple[float, float] | None]:
+    """The pixel threshold and display range of a model with anomaly maps (a third output),
+    checked; ``(None, None)`` for a model without them."""
+    import math
+
+    outputs = [o.name for o in session.get_outputs()]
+    if "pixel_threshold" not in meta and len(outputs) == 2:
+        return None, None
+    try:
+        threshold = float(meta["pixel_threshold"])
+        low, high = (float(v) for v in meta["map_range"].split(","))
+    except (KeyError, ValueError):
+        raise ModelFileError(
+            f"{path}: invalid flowkit metadata: a model with anomaly maps needs a numeric "
+            "pixel_threshold and map_range"
+        ) from None
+    if len(outputs) != 3 or not all(math.isfinite(v) for v in (threshold, low, high)):
+        raise ModelFileError(
+            f"{path}: invalid flowkit metadata: the pixel threshold and map range must be "
+            "finite, and the graph must output the anomaly map"
+        )
+    return threshold, (low, high)
 
 
 def _check_metadata(

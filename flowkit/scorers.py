@@ -16,6 +16,8 @@ the normal training images) and saved inside the Detector artifact.
 - ``rotation``: the rotation-prediction loss of a ``rotnet`` encoder (Golan & El-Yaniv,
   "Deep anomaly detection using geometric transformations", NeurIPS 2018).
 - ``combo``: sum of scores each standardized on normal validation data, e.g. ``nll+knn``.
+- ``map_max``: the highest value of the anomaly map (spatial densities over feature maps).
+- ``map_topk``: the mean of the anomaly map's highest ``fraction`` of pixels.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "KNNScorer",
     "ComplexityScorer",
     "ComboScorer",
+    "MapScorer",
     "image_complexity",
 ]
 
@@ -63,6 +66,8 @@ class ScoreContext:
         part_sizes: the sizes of the latents' parts, side by side along ``D``, when the
             encoder gives several (its ``latent_parts``, after preprocessing); ``None`` for
             one part.
+        maps: the anomaly maps ``(B, S, S)`` at the model's input resolution (higher = more
+            anomalous), for a spatial density over feature maps; ``None`` otherwise.
     """
 
     log_prob: torch.Tensor
@@ -71,6 +76,7 @@ class ScoreContext:
     encoder: nn.Module | None = None
     device: torch.device | str = "cpu"
     part_sizes: tuple[int, ...] | None = None
+    maps: torch.Tensor | None = None
 
     @property
     def blocks(self) -> tuple[int, ...] | None:
@@ -186,6 +192,48 @@ class BPDScorer(Scorer):
         return -ctx.log_prob / (ctx.latents.shape[1] * math.log(2.0))
 
     export_score = score
+
+
+class MapScorer(Scorer):
+    """An image's score from its anomaly map: the mean of its highest ``fraction`` of
+    pixels (one pixel: the map's maximum)."""
+
+    def __init__(self, name: str, fraction: float) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ConfigError(f"{name}: fraction must be in [0, 1], got {fraction}")
+        self.name, self.fraction = name, float(fraction)
+
+    def fit(self, train: ScoreContext, val: ScoreContext) -> Scorer:
+        _require_maps(train, self.name)
+        return self
+
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        flat = _require_maps(ctx, self.name).flatten(1)
+        k = max(1, int(round(self.fraction * flat.shape[1])))
+        if k == 1:
+            return flat.amax(1)
+        return flat.topk(k, dim=1).values.mean(1)
+
+    export_score = score
+
+
+def _require_maps(ctx: ScoreContext, name: str) -> torch.Tensor:
+    if ctx.maps is None:
+        raise ConfigError(
+            f"the {name} scorer reads anomaly maps: it needs a spatial flow (patchflow, "
+            "patchknn) over an encoder's feature maps (timm/...:layers=...)"
+        )
+    return ctx.maps
+
+
+def map_max() -> MapScorer:
+    """The anomaly map's highest value (spatial densities)."""
+    return MapScorer("map_max", 0.0)
+
+
+def map_topk(fraction: float = 0.01) -> MapScorer:
+    """The mean of the anomaly map's highest ``fraction`` of pixels (spatial densities)."""
+    return MapScorer("map_topk", fraction)
 
 
 def nll() -> NLLScorer:

@@ -29,7 +29,15 @@ import numpy as np
 from flowkit.errors import ConfigError, DataError
 from flowkit.executors import Job, check_count, cores, make_executor, require_ray
 
-__all__ = ["ChunkScores", "open_model", "score_chunk", "score_files", "SCORE_EXECUTORS"]
+__all__ = [
+    "ChunkScores",
+    "open_model",
+    "score_chunk",
+    "score_files",
+    "display_range",
+    "map_outputs",
+    "SCORE_EXECUTORS",
+]
 
 SCORE_EXECUTORS = ("local", "process", "ray")
 
@@ -43,6 +51,8 @@ class ChunkScores:
     anomaly_score: np.ndarray
     log_prob: np.ndarray
     skipped: list[str]
+    #: with ``maps``: each kept file's anomaly map at that image's own size
+    maps: list[np.ndarray] | None = None
 
 
 def open_model(path: str | Path, backend: str = "auto", device: str = "auto") -> Any:
@@ -58,10 +68,14 @@ def open_model(path: str | Path, backend: str = "auto", device: str = "auto") ->
     return Detector.load(path, device=device)
 
 
-def score_chunk(model: Any, files: list[Path], skip_unreadable: bool = False) -> ChunkScores:
+def score_chunk(
+    model: Any, files: list[Path], skip_unreadable: bool = False, maps: bool = False
+) -> ChunkScores:
     """Read, decode and score ``files`` with an open model. Files skipped as unreadable come
-    back in ``skipped``, without a warning per chunk: the caller reports them once."""
-    from flowkit.images import read_images
+    back in ``skipped``, without a warning per chunk: the caller reports them once. With
+    ``maps``, each file's anomaly map comes back too, resized to that image's own size."""
+    from flowkit.heatmaps import resize_map
+    from flowkit.images import image_size_of, read_images
 
     c, h, _ = model.input_shape_
     try:
@@ -70,15 +84,39 @@ def score_chunk(model: Any, files: list[Path], skip_unreadable: bool = False) ->
         if not skip_unreadable:
             raise
         empty = np.empty(0)
-        return ChunkScores([], empty, empty, [str(f) for f in files])
-    result = model.score(images)
+        return ChunkScores([], empty, empty, [str(f) for f in files], [] if maps else None)
+    result = model.score(images, maps=True) if maps else model.score(images)
     kept_set = set(kept)
+    own = None
+    if maps:
+        own = [
+            resize_map(m, image_size_of(f))
+            for m, f in zip(result["anomaly_map"], kept, strict=True)
+        ]
     return ChunkScores(
         list(kept),
         np.asarray(result["anomaly_score"], dtype=np.float64),
         np.asarray(result["log_prob"], dtype=np.float64),
         [str(f) for f in files if f not in kept_set],
+        own,
     )
+
+
+def display_range(model: Any) -> tuple[float, float]:
+    """The colour scale of an open model's heatmaps (:func:`flowkit.heatmaps.heatmap_rgb`):
+    the median pixel of normal validation images and the pixel threshold; one line for a
+    model without anomaly maps."""
+    from flowkit.runtime import OnnxDetector
+
+    span = (
+        model.map_range_ if isinstance(model, OnnxDetector) else model.calibration_stage_.map_range_
+    )
+    if span is None:
+        raise ConfigError(
+            "--maps: this model gives no anomaly maps (train one with --preset defects, or a "
+            "spatial flow such as patchflow or patchknn on a backbone's feature maps)"
+        )
+    return float(span[0]), float(span[1])
 
 
 # -- the job workers run (module level: spawned processes and Ray import it) ----------------
@@ -86,12 +124,12 @@ def score_chunk(model: Any, files: list[Path], skip_unreadable: bool = False) ->
 _MODEL: dict[str, Any] = {}
 
 
-def _open_here(device: str, path: str, backend: str, skip_unreadable: bool) -> None:
-    _MODEL.update(model=open_model(path, backend, device), skip=skip_unreadable)
+def _open_here(device: str, path: str, backend: str, skip_unreadable: bool, maps: bool) -> None:
+    _MODEL.update(model=open_model(path, backend, device), skip=skip_unreadable, maps=maps)
 
 
 def _score_here(files: list[Path]) -> ChunkScores:
-    return score_chunk(_MODEL["model"], files, _MODEL["skip"])
+    return score_chunk(_MODEL["model"], files, _MODEL["skip"], _MODEL["maps"])
 
 
 def check_executor(executor: str, workers: int | None, threads: int | None) -> int:
@@ -122,19 +160,42 @@ def score_files(
     workers: int | None = None,
     threads: int | None = None,
     model: Any = None,
+    maps: bool = False,
 ) -> Iterator[ChunkScores]:
     """The scores of every chunk, in the chunks' order, computed by ``executor``
     (:mod:`flowkit.executors`): ``local`` (here, with ``model`` if it is already open),
     ``process`` (``workers`` spawned processes) or ``ray`` (a Ray Data dataset mapped by
     ``workers`` tasks at a time, on a local instance or the cluster Ray is connected to).
     Each worker opens the model once; ``threads`` sets each worker's torch threads (default:
-    cores / workers)."""
+    cores / workers). With ``maps``, each chunk carries its files' anomaly maps, each at its
+    image's own size."""
     n = check_executor(executor, workers, threads)
     path = str(model_path)
     if executor == "local" and model is not None:
         for chunk in chunks:
-            yield score_chunk(model, chunk, skip_unreadable)
+            yield score_chunk(model, chunk, skip_unreadable, maps)
         return
     runner = make_executor(executor, None if executor == "local" else n, threads=threads)
-    job = Job(_score_here, _open_here, (path, backend, skip_unreadable))
+    job = Job(_score_here, _open_here, (path, backend, skip_unreadable, maps))
     yield from runner.map(job, chunks, device)
+
+
+def map_outputs(files: list[Path], paths: list[Path], out: Path) -> dict[Path, Path]:
+    """Where ``--maps out`` writes each file's heatmap: ``out/<stem>.png``, under the same
+    subfolders as below the folder given (so that ``a/x.jpg`` and ``b/x.jpg`` keep two
+    maps); two files that would share one map are refused before any scoring."""
+    roots = [p for p in paths if p.is_dir()]
+    where: dict[Path, Path] = {}
+    for f in files:
+        base = next((r for r in roots if f.is_relative_to(r)), None)
+        rel = f.relative_to(base).parent if base is not None else Path()
+        where[f] = out / rel / f"{f.stem}.png"
+    seen: dict[Path, Path] = {}
+    for f, target in where.items():
+        if target in seen:
+            raise ConfigError(
+                f"--maps: {seen[target]} and {f} would both write {target}; score them apart "
+                "or give their folder"
+            )
+        seen[target] = f
+    return where

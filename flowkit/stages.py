@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,10 +30,12 @@ from torch import nn
 
 from flowkit.artifact import state_digest
 from flowkit.config import DetectorConfig
-from flowkit.encoders.base import input_shape_of, latent_parts, views
+from flowkit.encoders.base import feature_maps, input_shape_of, latent_parts, views
 from flowkit.errors import ConfigError, DataError, ModelFileError, NotExportableError
 from flowkit.flows.base import check_log_prob, export_form, flow_capabilities
 from flowkit.flows.product import ProductFlow
+from flowkit.flows.spatial import SpatialFlow
+from flowkit.maps import MapHead
 from flowkit.preprocess import Preprocess, parse_preprocess
 from flowkit.registry import Registry, accepted_options, encoders, flows, scorers
 from flowkit.scorers import ScoreContext, Scorer, check_scorer_parts
@@ -52,6 +55,8 @@ __all__ = [
     "CalibrationStage",
     "Density",
     "split_validation",
+    "MapLayout",
+    "map_layout",
     "check_options",
     "model_payload",
     "check_payload",
@@ -60,6 +65,8 @@ __all__ = [
 
 #: Latents evaluated by the flow at a time when scoring (bounds memory).
 SCORE_BATCH = 1024
+#: Images a spatial flow evaluates at a time (each is thousands of positions).
+MAP_BATCH = 16
 #: Fewer normal validation images than this cannot place a quantile threshold: the training
 #: images' scores are used instead, with a warning.
 MIN_CALIBRATION = 10
@@ -250,6 +257,12 @@ class EncoderStage(_Stage):
     def part_sizes(self) -> tuple[int, ...]:
         return latent_parts(self.encoder_)
 
+    @property
+    def maps(self) -> MapLayout | None:
+        """The feature maps the latent flattens and the anomaly map's size, for an encoder
+        that declares ``feature_maps``; ``None`` otherwise."""
+        return map_layout(self.encoder_, self.input_shape_)
+
     def embed(
         self, images: torch.Tensor, *, device: str | torch.device, transform: Any = None
     ) -> torch.Tensor:
@@ -314,10 +327,49 @@ class Density(nn.Module):
     flows, one per latent part). ``log_prob`` includes the preprocessing's Jacobian, so that
     it is the density of what the encoder gives."""
 
-    def __init__(self, preprocess: Preprocess, flow: nn.Module) -> None:
+    def __init__(
+        self, preprocess: Preprocess, flow: nn.Module, map_size: int | None = None
+    ) -> None:
         super().__init__()
         self.preprocess = preprocess
         self.flow = flow
+        spatial = isinstance(flow, SpatialFlow)
+        self.head = MapHead(map_size) if spatial and map_size else None
+
+    @property
+    def spatial(self) -> bool:
+        """Whether it gives anomaly maps (a spatial flow over feature maps)."""
+        return self.head is not None
+
+    def maps_and_log_prob(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(anomaly maps (B, S, S), log p(z) (B,))`` of raw latents (a spatial density)."""
+        if self.head is None:
+            raise ConfigError("this model has no anomaly maps: its flow is not a spatial one")
+        u = self.preprocess(z)
+        per_scale = self.flow.log_prob_maps(u)
+        lp = sum(m.flatten(1).sum(1) for m in per_scale)
+        scores = [-m / c for m, (c, _, _) in zip(per_scale, self.flow.maps, strict=True)]
+        return self.head(scores), lp + self.preprocess.log_abs_det().to(u.device)
+
+    @torch.inference_mode()
+    def evaluate_maps(
+        self, z: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`evaluate` with the anomaly maps, in batches of :data:`MAP_BATCH` images:
+        (latents, float64 log-likelihoods, float32 maps ``(N, S, S)``), on CPU."""
+        self.to(device).eval()
+        maps, lps = [], []
+        for i in range(0, len(z), MAP_BATCH):
+            m, lp = self.maps_and_log_prob(z[i : i + MAP_BATCH].to(device))
+            maps.append(m.float().cpu())
+            lps.append(lp.double().cpu())
+        size = self.head.size  # type: ignore[union-attr]
+        empty = torch.empty(0, size, size)
+        return (
+            z.cpu(),
+            torch.cat(lps) if lps else torch.empty(0, dtype=torch.float64),
+            torch.cat(maps) if maps else empty,
+        )
 
     @property
     def part_sizes(self) -> tuple[int, ...]:
@@ -351,6 +403,8 @@ class Density(nn.Module):
         why = flow_capabilities(self.flow).get("not_exportable")
         if why:
             raise NotExportableError(f"the {label} has no ONNX form: {why}")
+        if self.spatial:
+            return _ExportMapDensity(self)
         return _ExportDensity(self.preprocess, export_form(self.flow))
 
 
@@ -363,6 +417,57 @@ class _ExportDensity(nn.Module):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u = self.preprocess(z)
         return u, self.flow.log_prob(u) + self.log_det
+
+
+@dataclass(frozen=True)
+class MapLayout:
+    """What a spatial density needs of its encoder: the ``(C, h, w)`` of each feature map
+    its latent flattens, and ``size``, the side of the square input (the anomaly map's)."""
+
+    shapes: tuple[tuple[int, int, int], ...]
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shapes": [list(s) for s in self.shapes], "size": self.size}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> MapLayout | None:
+        if not d:
+            return None
+        return cls(tuple(tuple(int(v) for v in s) for s in d["shapes"]), int(d["size"]))
+
+
+def map_layout(encoder: nn.Module, input_shape: tuple[int, ...]) -> MapLayout | None:
+    """The :class:`MapLayout` of an encoder that declares ``feature_maps``, else ``None``."""
+    shapes = feature_maps(encoder)
+    return MapLayout(shapes, int(input_shape[-1])) if shapes else None
+
+
+def _check_spatial(name: str, spatial: bool, maps: MapLayout | None, preprocess: str) -> None:
+    """A spatial flow needs feature maps, feature maps need a spatial flow, and the flow
+    standardizes the positions itself (no latent preprocessing)."""
+    if maps is not None and not spatial:
+        raise ConfigError(
+            f"the encoder gives feature maps, which the flow {name!r} cannot score: use a "
+            "spatial flow (patchflow, patchknn)"
+        )
+    if maps is not None and [n for n, _ in parse_preprocess(preprocess) if n != "auto"]:
+        raise ConfigError(
+            f"preprocess={preprocess}: a spatial flow standardizes each map's positions "
+            "itself; use preprocess=none (or auto)"
+        )
+
+
+class _ExportMapDensity(nn.Module):
+    """A spatial density for export: ``(latents, log p(z), anomaly maps)``."""
+
+    def __init__(self, density: Density) -> None:
+        super().__init__()
+        self.density = density
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        maps, lp = self.density.maps_and_log_prob(z)
+        return self.density.preprocess(z), lp, maps
 
 
 def _flow_over(part_sizes: tuple[int, ...], make: Any) -> nn.Module:
@@ -431,21 +536,47 @@ class DensityStage(_Stage):
 
     component = "flow"
     fitted_attribute = "density_"
+    #: the layout of the feature maps it was fitted on (``None``: latent vectors)
+    maps_: MapLayout | None = None
 
-    def build(self, in_dim: int, part_sizes: tuple[int, ...] | None = None) -> Density:
-        """The untrained density for raw latents of ``in_dim`` dimensions in ``part_sizes``."""
-        preprocess = Preprocess(self.config.preprocess, in_dim=in_dim, part_sizes=part_sizes)
+    def _preprocess(
+        self, in_dim: int, part_sizes: tuple[int, ...] | None, maps: MapLayout | None
+    ) -> Preprocess:
+        _check_spatial(self.spec.name, self._spatial(), maps, self.config.preprocess)
+        spec = "none" if maps is not None else self.config.preprocess
+        return Preprocess(spec, in_dim=in_dim, part_sizes=part_sizes)
+
+    def _spatial(self) -> bool:
+        name, _ = self.spec.factory_args()
+        accepted = accepted_options(flows.get(name).factory)
+        return accepted is not None and "maps" in accepted
+
+    def _make_flow(self, preprocess: Preprocess, maps: MapLayout | None) -> nn.Module:
         name, options = self.spec.factory_args()
-        flow = _flow_over(
-            preprocess.out_part_sizes, lambda d: flows.create(name, features=d, **options)
+        given = {"maps": [list(s) for s in maps.shapes]} if maps is not None else {}
+        return _flow_over(
+            preprocess.out_part_sizes, lambda d: flows.create(name, features=d, **given, **options)
         )
-        return Density(preprocess, flow)
 
-    def check(self, in_dim: int, part_sizes: tuple[int, ...]) -> Density:
+    def build(
+        self,
+        in_dim: int,
+        part_sizes: tuple[int, ...] | None = None,
+        maps: MapLayout | None = None,
+    ) -> Density:
+        """The untrained density for raw latents of ``in_dim`` dimensions in ``part_sizes``
+        (feature maps laid out as ``maps``, for a spatial flow)."""
+        preprocess = self._preprocess(in_dim, part_sizes, maps)
+        return Density(preprocess, self._make_flow(preprocess, maps), maps and maps.size)
+
+    def check(
+        self, in_dim: int, part_sizes: tuple[int, ...], maps: MapLayout | None = None
+    ) -> Density:
         """Build once, untrained, and evaluate on two latents (a flow's shape contract)."""
-        density = self.build(in_dim, part_sizes)
-        with torch.no_grad():
-            check_log_prob(density.flow.eval(), torch.zeros(2, density.preprocess.out_dim))
+        density = self.build(in_dim, part_sizes, maps)
+        if not density.spatial:  # a spatial flow's contract is checked on the training latents
+            with torch.no_grad():
+                check_log_prob(density.flow.eval(), torch.zeros(2, density.preprocess.out_dim))
         return density
 
     def fit(
@@ -457,20 +588,18 @@ class DensityStage(_Stage):
         part_sizes: tuple[int, ...] | None = None,
         progress: Any = None,
         fitted_on: str | None = None,
+        maps: MapLayout | None = None,
     ) -> DensityStage:
         """Stage 2: the preprocessing on ``z_train``, then the flow(s) on its output, with
         early stopping on ``z_val``. ``z_train`` holds every latent the flow trains on
         (augmented copies included); ``fitted_on``, the identity of the encoder stage that
-        gave them."""
+        gave them; ``maps``, their layout when they are feature maps."""
         cfg = self.config
-        preprocess = Preprocess(cfg.preprocess, in_dim=z_train.shape[1], part_sizes=part_sizes)
+        preprocess = self._preprocess(z_train.shape[1], part_sizes, maps)
         preprocess.fit(z_train)
         p_train, p_val = preprocess(z_train), preprocess(z_val)
         torch.manual_seed(cfg.seed + 1)
-        name, options = self.spec.factory_args()
-        flow = _flow_over(
-            preprocess.out_part_sizes, lambda d: flows.create(name, features=d, **options)
-        )
+        flow = self._make_flow(preprocess, maps)
         fit = functools.partial(
             fit_flow,
             epochs=cfg.epochs_flow,
@@ -500,7 +629,8 @@ class DensityStage(_Stage):
             flow.eval()
         else:
             history = fit(flow, p_train, p_val).to_dict()
-        return self._set(Density(preprocess, flow), history, fitted_on)
+        density = Density(preprocess, flow, maps and maps.size)
+        return self._set(density, history, fitted_on, maps)
 
     def context(
         self,
@@ -511,7 +641,11 @@ class DensityStage(_Stage):
     ) -> ScoreContext:
         """What a scorer sees of raw ``latents`` (and their images)."""
         dev = resolve_device(device)
-        u, lp = self.density_.evaluate(latents, dev)
+        maps = None
+        if self.density_.spatial:
+            u, lp, maps = self.density_.evaluate_maps(latents, dev)
+        else:
+            u, lp = self.density_.evaluate(latents, dev)
         return ScoreContext(
             log_prob=lp,
             latents=u,
@@ -519,6 +653,7 @@ class DensityStage(_Stage):
             encoder=encoder,
             device=dev,
             part_sizes=self.density_.part_sizes,
+            maps=maps,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -526,7 +661,7 @@ class DensityStage(_Stage):
         name, options = self.spec.factory_args()
         return {
             "pipeline": {
-                "spec": self.config.preprocess,
+                "spec": self.config.preprocess if self.maps_ is None else "none",
                 "in_dim": pre.in_dim,
                 "blocks": list(pre.part_sizes),  # the file's name for the part sizes
                 "state": _cpu_state(pre),
@@ -537,6 +672,7 @@ class DensityStage(_Stage):
                 "options": _resolved_options(flows, name, options),
                 "features": pre.out_dim,
                 "state": _cpu_state(flow),
+                **({"maps": self.maps_.to_dict()} if self.maps_ is not None else {}),
             },
         }
 
@@ -556,32 +692,59 @@ class DensityStage(_Stage):
         )
         pre.load_state_dict(pipeline["state"])
         options = _legacy_flow_options(flow["name"], flow["options"], flow["state"])
+        maps = MapLayout.from_dict(flow.get("maps"))
+        given = {"maps": [list(s) for s in maps.shapes]} if maps is not None else {}
         model = _flow_over(
             pre.out_part_sizes,
-            lambda d: _rebuild(flows, flow["name"], options, source, features=d),
+            lambda d: _rebuild(flows, flow["name"], options, source, features=d, **given),
         )
         model.load_state_dict(flow["state"])
-        return stage._set(Density(pre, model.eval()), history, fitted_on)
+        density = Density(pre, model.eval(), maps and maps.size)
+        return stage._set(density, history, fitted_on, maps)
 
     def _state_for_identity(self) -> dict[str, Any]:
         return dict(self.density_.state_dict())
 
     def _set(
-        self, density: Density, history: dict[str, Any], fitted_on: str | None = None
+        self,
+        density: Density,
+        history: dict[str, Any],
+        fitted_on: str | None = None,
+        maps: MapLayout | None = None,
     ) -> DensityStage:
         vars(self).pop("_identity", None)
         self.density_, self.history_, self.fitted_on = density, history, fitted_on
+        self.maps_ = maps
         return self
 
 
 # -- calibration ------------------------------------------------------------------------------
 
 
+def _pixel_calibration(
+    maps: torch.Tensor | None, q: float
+) -> tuple[float | None, tuple[float, float] | None]:
+    """The pixel threshold and the heatmaps' display range from normal images' anomaly maps:
+    the threshold is the ``q`` quantile of each image's highest pixel (so that a share ``q``
+    of normal images gets an empty mask, as the image threshold passes that share of normal
+    images); the range runs from the median pixel to that threshold."""
+    if maps is None or not len(maps):
+        return None, None
+    flat = maps.reshape(len(maps), -1).double()
+    threshold = float(torch.quantile(flat.amax(1), q))
+    step = max(1, flat.numel() // 1_000_000)  # the median of at most a million pixels
+    low = float(flat.reshape(-1)[::step].median())
+    return threshold, (low, threshold)
+
+
 class CalibrationStage(_Stage):
-    """Fit the scorer and the threshold on normal data. Fitted: ``scorer_``, ``threshold_``."""
+    """Fit the scorer and the threshold on normal data. Fitted: ``scorer_``, ``threshold_``;
+    for a spatial density, also ``pixel_threshold_`` and ``map_range_``."""
 
     component = "scorer"
     fitted_attribute = "threshold_"
+    pixel_threshold_: float | None = None
+    map_range_: tuple[float, float] | None = None
 
     def build(self) -> Scorer:
         name, options = self.spec.factory_args()
@@ -617,10 +780,12 @@ class CalibrationStage(_Stage):
                 UserWarning,
                 stacklevel=2,
             )
-        calib = scorer.score(val) if n_val >= MIN_CALIBRATION else scorer.score(train)
+        ref = val if n_val >= MIN_CALIBRATION else train
+        calib = scorer.score(ref)
         cfg = self.config
         q = 1.0 - cfg.contamination if cfg.contamination is not None else cfg.confidence
-        return self._set(scorer, float(torch.quantile(calib.double(), q)), fitted_on)
+        pixel = _pixel_calibration(ref.maps, q)
+        return self._set(scorer, float(torch.quantile(calib.double(), q)), fitted_on, pixel)
 
     def score(self, ctx: ScoreContext) -> torch.Tensor:
         """Anomaly scores (float64), higher = more anomalous."""
@@ -638,20 +803,31 @@ class CalibrationStage(_Stage):
         threshold: float,
         source: Any,
         fitted_on: str | None = None,
+        pixel: tuple[Any, Any] = (None, None),
     ) -> CalibrationStage:
         stage = cls(config)
         scorer = _rebuild(scorers, state["name"], state["options"], source)
         scorer.load_state_dict(state["state"])
-        return stage._set(scorer, float(threshold), fitted_on)
+        if pixel[0] is not None:
+            pixel = (float(pixel[0]), (float(pixel[1][0]), float(pixel[1][1])))
+        return stage._set(scorer, float(threshold), fitted_on, pixel)
 
     def _state_for_identity(self) -> dict[str, Any]:
-        return {"scorer": self.scorer_.state_dict(), "threshold": self.threshold_}
+        state = {"scorer": self.scorer_.state_dict(), "threshold": self.threshold_}
+        if self.pixel_threshold_ is not None:
+            state["pixel_threshold"] = self.pixel_threshold_
+        return state
 
     def _set(
-        self, scorer: Scorer, threshold: float, fitted_on: str | None = None
+        self,
+        scorer: Scorer,
+        threshold: float,
+        fitted_on: str | None = None,
+        pixel: tuple[Any, Any] = (None, None),
     ) -> CalibrationStage:
         vars(self).pop("_identity", None)
         self.scorer_, self.threshold_, self.fitted_on = scorer, threshold, fitted_on
+        self.pixel_threshold_, self.map_range_ = pixel
         return self
 
 
@@ -690,6 +866,15 @@ def check_payload(payload: dict[str, Any], source: Any) -> None:
             raise bad(f"{key} state must be a mapping")
     if not isinstance(payload.get("history", {}), dict):
         raise bad("history must be a mapping")
+    pixel, span = payload.get("pixel_threshold"), payload.get("map_range")
+    if pixel is not None and not (
+        isinstance(pixel, float)
+        and math.isfinite(pixel)
+        and isinstance(span, (list, tuple))
+        and len(span) == 2
+        and all(isinstance(v, float) and math.isfinite(v) for v in span)
+    ):
+        raise bad("pixel_threshold and map_range must be finite numbers")
     lineage = payload.get("lineage", {})
     if not isinstance(lineage, dict) or not all(
         v is None or isinstance(v, str) for v in lineage.values()
@@ -713,6 +898,11 @@ def model_payload(
         "flow": state["flow"],
         "scorer": calibration.state_dict(),
         "threshold": calibration.threshold_,
+        **(
+            {"pixel_threshold": calibration.pixel_threshold_, "map_range": calibration.map_range_}
+            if calibration.pixel_threshold_ is not None
+            else {}
+        ),
         "history": {"encoder": encoding.history_, "flow": density.history_},
         # which fit each stage belongs to: a density fitted on this encoder, a calibration
         # on this density (files saved before this key compose unchecked)
@@ -741,6 +931,11 @@ def stages_from_payload(
             lineage.get("density"),
         ),
         CalibrationStage.from_state_dict(
-            config, payload["scorer"], payload["threshold"], source, lineage.get("calibration")
+            config,
+            payload["scorer"],
+            payload["threshold"],
+            source,
+            lineage.get("calibration"),
+            pixel=(payload.get("pixel_threshold"), payload.get("map_range")),
         ),
     )

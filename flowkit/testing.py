@@ -258,7 +258,8 @@ def _score_contexts(features: int = 3) -> tuple[Any, Any, Any]:
         z = torch.randn(n, features, generator=g, dtype=torch.double) + shift
         lp = -0.5 * (z**2).sum(1) - 0.5 * features * torch.log(torch.tensor(2 * torch.pi))
         img = (torch.rand(n, 1, 8, 8, generator=g) * 60 + 100 * min(shift, 1)).to(torch.uint8)
-        return ScoreContext(log_prob=lp, latents=z.float(), images=img)
+        maps = img[:, 0].float() / 255.0  # an anomaly map per image, for map scorers
+        return ScoreContext(log_prob=lp, latents=z.float(), images=img, maps=maps)
 
     test = ctx(20, 0.0)
     far = ctx(20, 4.0)
@@ -266,6 +267,7 @@ def _score_contexts(features: int = 3) -> tuple[Any, Any, Any]:
         torch.cat([test.log_prob, far.log_prob]),
         torch.cat([test.latents, far.latents]),
         torch.cat([test.images, far.images]),  # type: ignore[list-item]
+        maps=torch.cat([test.maps, far.maps]),  # type: ignore[list-item]
     )
     return ctx(64, 0.0), ctx(32, 0.0), test
 
@@ -308,6 +310,7 @@ def check_scorer(scorer: Any, **options: Any) -> None:
                     test.log_prob[i : i + 1],
                     test.latents[i : i + 1],
                     test.images[i : i + 1] if test.images is not None else None,
+                    maps=test.maps[i : i + 1] if test.maps is not None else None,
                 )
             )
             for i in range(40)
@@ -328,7 +331,9 @@ def check_scorer(scorer: Any, **options: Any) -> None:
     assert s.members() and all(isinstance(m, Scorer) for m in s.members()), "members()"
     if s.exportable:  # its ONNX form gives its scores, in float32
         exported = s.export_score(
-            ScoreContext(test.log_prob.float(), test.latents.float(), test.images)
+            ScoreContext(
+                test.log_prob.float(), test.latents.float(), test.images, maps=test.maps
+            )
         )
         assert torch.allclose(exported.double(), out.double(), rtol=1e-4, atol=1e-4), (
             "export_score(ctx) differs from score(ctx)"

@@ -506,6 +506,10 @@ def fit_flow(
     latents, val_latents = latents.to(dev), val_latents.to(dev)
     initialize_flow(flow, latents)
     check_log_prob(flow, latents[:2])
+    if not any(p.requires_grad for p in flow.parameters()):
+        # nothing to train (patchknn: its initialize keeps the training patches)
+        flow.eval()
+        return History("flow")
     cast = autocast(dev, precision)
 
     def nll(z: torch.Tensor) -> torch.Tensor:

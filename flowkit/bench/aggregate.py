@@ -20,7 +20,7 @@ __all__ = [
     "target_order",
 ]
 
-METRICS = ("auc", "ap", "f1", "aupr_in", "aupr_out", "fpr95")
+METRICS = ("auc", "ap", "f1", "aupr_in", "aupr_out", "fpr95", "pixel_auc", "pro")
 # protocol → (its title in reports, what one target is)
 PROTOCOL_TITLES = {
     "loo": ("leave-one-class-out", "held-out class"),

@@ -106,6 +106,10 @@ def plot_dataset(
             grid = _extremes(store, combo, recs, key, label)
             if grid is not None:
                 paths[key] = grid
+            key = f"{dataset}-{protocol}-maps-{_slug(combo)}"
+            grid = _map_grid(store, combo, recs[0], key, label)
+            if grid is not None:
+                paths[key] = grid
     return paths
 
 
@@ -157,6 +161,63 @@ def _extremes(
         f"right: the {k} least anomalous; red frame = really anomalous, green = normal",
         fontsize=8,
     )
+    return atomic_write_bytes(store.root / f"{key}.png", _figure_bytes(fig))
+
+
+MAP_COLUMNS = 6  # the most and the least anomalous test images shown with their maps, each
+
+
+def _map_grid(store: RunStore, combo: str, rec: dict[str, Any], key: str, data: str) -> Path | None:
+    """Image | mask | anomaly map of the most and least anomalous test images of one cell
+    (rows: image, true mask, map on the model's colour scale); ``None`` for cells without
+    maps."""
+    import matplotlib.pyplot as plt
+
+    from flowkit.heatmaps import heatmap_rgb
+
+    path = store.scores_path(rec["cell_id"])
+    if not path.exists():
+        return None
+    with np.load(path) as npz:
+        if "top_maps" not in npz.files:
+            return None
+        n = min(MAP_COLUMNS // 2, len(npz["top_index"]))
+        y = npz["is_anomaly"].astype(bool)
+        picks = [(end, i) for end in ("top", "bottom") for i in range(n)]
+        images = [npz[f"{end}_images"][i] for end, i in picks]
+        maps = [npz[f"{end}_maps"][i].astype(np.float32) for end, i in picks]
+        masks = [
+            npz[f"{end}_masks"][i][0] if f"{end}_masks" in npz.files else None for end, i in picks
+        ]
+        flags = [bool(y[npz[f"{end}_index"][i]]) for end, i in picks]
+    low = float(np.median(np.concatenate([m.ravel() for m in maps[n:]] or [maps[0].ravel()])))
+    high = float(rec.get("pixel_threshold", max(float(m.max()) for m in maps)))
+    fig, axes = plt.subplots(3, len(picks), figsize=(1.3 * len(picks), 4.3), squeeze=False)
+    for j in range(len(picks)):
+        img = np.transpose(images[j], (1, 2, 0))
+        panels = (
+            (img[..., 0] if img.shape[-1] == 1 else img, "gray"),
+            (masks[j] if masks[j] is not None else np.zeros(maps[j].shape), "gray"),
+            (heatmap_rgb(maps[j], low, high), None),
+        )
+        for row, (picture, cmap) in enumerate(panels):
+            ax = axes[row][j]
+            ax.imshow(picture, cmap=cmap, vmin=0, vmax=255 if row == 0 else 1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red" if flags[j] else "green")
+        axes[0][j].set_title("most" if j < n else "least", fontsize=7)
+    for row, name in enumerate(("image", "mask", "map")):
+        axes[row][0].set_ylabel(name, fontsize=8)
+    import textwrap
+
+    title = (
+        f"{data}. {combo} (seed {rec['config']['seed']}): the {n} most and {n} least anomalous "
+        "test images, framed red where really anomalous; map: black = the normal median, "
+        "mid-scale = the pixel threshold"
+    )
+    fig.suptitle("\n".join(textwrap.wrap(title, 20 * len(picks))), fontsize=7)
     return atomic_write_bytes(store.root / f"{key}.png", _figure_bytes(fig))
 
 

@@ -25,6 +25,7 @@ from flowkit.bench.aggregate import (
 from flowkit.bench.plots import data_name
 from flowkit.bench.store import RunStore
 from flowkit.errors import ConfigError
+from flowkit.metrics import PRO_MAX_FPR
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -177,6 +178,8 @@ def _dataset_section(
     lookup = {(a.target, a.combination): a for a in group}
     title, what = PROTOCOL_TITLES.get(protocol, (protocol, "target"))
     metric_names = ["auc", "aupr_in", "aupr_out", "fpr95"] if protocol == "ood" else ["auc"]
+    if any(a.values.get("pixel_auc") for a in group):
+        metric_names += ["pixel_auc", "pro"]
     shown = data_name(dataset, [r for r in records if r["config"]["dataset"] == dataset])
     md += [
         f"## {shown}: {title} (ROC AUC, mean ± std over seeds)",
@@ -202,6 +205,8 @@ def _dataset_section(
         "aupr_in": "AUPR-in (in-distribution positive)",
         "aupr_out": "AUPR-out (OOD positive)",
         "fpr95": "FPR on OOD at 95% TPR on in-distribution (lower is better)",
+        "pixel_auc": "Pixel ROC AUC (every test pixel pooled)",
+        "pro": f"PRO (per-region overlap, area up to {PRO_MAX_FPR:.0%} FPR, normalised)",
     }
     for m in metric_names[1:]:
         rows = [
@@ -216,6 +221,7 @@ def _dataset_section(
         order = sorted(combos, key=lambda c: -fair[c])
         ranking = ", ".join(f"{c} {fair[c]:.3f}" for c in order)
         md += [f"Ranking: {ranking}.", "", _seed_noise_verdict(order[:2], fair, records)]
+    md += _per_type_table(combos, [r for r in records if r["config"]["dataset"] == dataset])
     md += ["", *_timing_table(combos, records)]
     md += _scorer_verdicts(group, targets, lookup)
     md += [""] + [f"_{n}_" for n in ref_notes if n] + [""]
@@ -239,6 +245,35 @@ def _dataset_section(
             if key.startswith(f"{dataset}-{protocol}"):
                 md += [f"![{key}]({p.name})", ""]
     return md, paths
+
+
+def _per_type_table(combos: list[str], records: list[dict[str, Any]]) -> list[str]:
+    """Image AUC / pixel AUC / PRO per defect type (first seed, each target), for records
+    that carry them (data with masks, models with maps)."""
+    typed = [r for r in records if r.get("status") == "ok" and r.get("per_type")]
+    if not typed:
+        return []
+    first = min(r["config"]["seed"] for r in typed)
+    cells: dict[tuple[str, str], str] = {}
+    kinds: dict[str, None] = {}
+    for r in typed:
+        if r["config"]["seed"] != first:
+            continue
+        target = str(r.get("target_name", r["config"]["target"]))
+        for kind, m in r["per_type"].items():
+            row = kind if target == "all" else f"{target} / {kind}"
+            kinds[row] = None
+            cells[(row, combination_label(r))] = (
+                f"{m['auc']:.3f} / {m['pixel_auc']:.3f} / {m['pro']:.3f}"
+            )
+    rows = [[k] + [cells.get((k, c), "-") for c in combos] for k in kinds]
+    return [
+        "",
+        f"Per defect type, image AUC / pixel AUC / PRO (seed {first}; each type's images "
+        "against every normal test image):",
+        "",
+        _markdown_table(["defect type"] + combos, rows),
+    ]
 
 
 SEED_NOISE = 0.01  # one seed's AUC moves by about this much between seeds (measured)

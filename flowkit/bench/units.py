@@ -30,7 +30,7 @@ from flowkit.bench.store import RunStore
 from flowkit.bench.suite import Cell
 from flowkit.data.protocols import Split
 from flowkit.executors import Job
-from flowkit.metrics import detection_metrics, ood_metrics
+from flowkit.metrics import detection_metrics, localization_metrics, ood_metrics
 from flowkit.pipeline import StagePipeline
 from flowkit.registry import encoders, flows, scorers
 from flowkit.spec import Spec
@@ -48,6 +48,7 @@ __all__ = [
     "deliver",
     "fail_unit",
     "extremes",
+    "localization",
     "state_digest",
     "EXTREMES",
 ]
@@ -114,18 +115,27 @@ def _run_flow_group(
             metrics = detection_metrics(y, s, calibration.threshold_)
             if cell.protocol == "ood":
                 metrics.update(ood_metrics(y, s))
+            located = localization(split, test_ctx.maps, s)
+            if located:
+                metrics.update({k: located[k] for k in ("pixel_auc", "pro")})
             sink.save_scores(
                 cell.cell_id,
                 anomaly_score=s,
                 log_prob=test_ctx.log_prob.numpy(),
                 is_anomaly=y,
                 labels=split.test.labels.numpy(),
-                **extremes(s, test.images),
+                **extremes(s, test.images, test_ctx.maps, split.test.masks),
             )
             sink.record(
                 cell,
                 "ok",
                 metrics=metrics,
+                **({"per_type": located["per_type"]} if located else {}),
+                **(
+                    {"pixel_threshold": calibration.pixel_threshold_}
+                    if calibration.pixel_threshold_ is not None
+                    else {}
+                ),
                 threshold=calibration.threshold_,
                 scorer_state_sha=state_digest(calibration.scorer_.state_dict()),
                 timings={
@@ -158,18 +168,37 @@ def _run_flow_group(
 EXTREMES = 8
 
 
-def extremes(scores: np.ndarray, images: torch.Tensor) -> dict[str, np.ndarray]:
+def extremes(
+    scores: np.ndarray,
+    images: torch.Tensor,
+    maps: torch.Tensor | None = None,
+    masks: torch.Tensor | None = None,
+) -> dict[str, np.ndarray]:
     """The :data:`EXTREMES` most and least anomalous test images (uint8, any channels) and
-    their indices into the test set, most anomalous first / least anomalous first."""
+    their indices into the test set, most anomalous first / least anomalous first; with
+    anomaly maps, their maps too (float16) and, for data with masks, their masks."""
     k = min(EXTREMES, len(scores))
     order = np.argsort(scores, kind="stable")
-    top, bottom = order[::-1][:k].copy(), order[:k].copy()
-    return {
-        "top_index": top,
-        "top_images": images[torch.from_numpy(top)].numpy(),
-        "bottom_index": bottom,
-        "bottom_images": images[torch.from_numpy(bottom)].numpy(),
-    }
+    out = {}
+    for end, pick in (("top", order[::-1][:k].copy()), ("bottom", order[:k].copy())):
+        index = torch.from_numpy(pick)
+        out[f"{end}_index"] = pick
+        out[f"{end}_images"] = images[index].numpy()
+        if maps is not None:
+            out[f"{end}_maps"] = maps[index].numpy().astype(np.float16)
+        if maps is not None and masks is not None:
+            out[f"{end}_masks"] = masks[index].numpy()
+    return out
+
+
+def localization(split: Split, maps: torch.Tensor | None, scores: np.ndarray) -> dict | None:
+    """Pixel ROC AUC, PRO and the per-defect-type figures of a split whose test images
+    carry masks, for a model that gives anomaly maps (``None`` otherwise)."""
+    test = split.test
+    if maps is None or test.masks is None:
+        return None
+    types = test.defect_types or ["good" if not a else "defect" for a in split.is_anomaly.tolist()]
+    return localization_metrics(test.masks[:, 0].numpy(), maps.numpy(), scores, types)
 
 
 def _error_text(exc: BaseException) -> str:

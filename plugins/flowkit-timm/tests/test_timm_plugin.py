@@ -210,3 +210,87 @@ def test_contrastive_timm_detector_saves_and_loads(tmp_path):
     np.testing.assert_allclose(
         again.score_samples(data.images[:4]), det.score_samples(data.images[:4]), rtol=1e-5
     )
+
+
+LITE0_MAPS = "timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0,layers=2+3"
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_layers_give_feature_maps_of_the_pretrained_trunk(channels):
+    """layers= gives the frozen trunk's maps (features_only), flattened side by side, with
+    the weights the full model loaded and the backbone's own normalisation; 1-channel
+    images are repeated to the 3 channels it takes."""
+    import timm
+    from flowkit_timm import checkpoint_file, load_checkpoint
+
+    enc = flowkit.create_encoder(LITE0_MAPS, in_channels=channels, image_size=64).eval()
+    check_encoder(
+        "timm/tf_efficientnet_lite0",
+        in_channels=channels,
+        image_size=64,
+        checkpoint="efficientnet-lite0",
+        layers="2+3",
+    )
+    assert enc.feature_maps == ((40, 8, 8), (112, 4, 4)) and enc.trainable is False
+    assert enc.embed_dim == 40 * 64 + 112 * 16
+    full = timm.create_model("tf_efficientnet_lite0", num_classes=0)
+    load_checkpoint(full, checkpoint_file("efficientnet-lite0", "m"), "m")
+    ref = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(2, 3))
+    ref.load_state_dict({k: full.state_dict()[k] for k in ref.state_dict()})
+    x = torch.rand(2, channels, 64, 64) * 2 - 1
+    with torch.no_grad():
+        rgb = ((x + 1) / 2).expand(-1, 3, -1, -1)
+        expect = torch.cat([f.flatten(1) for f in ref.eval()((rgb - 0.5) / 0.5)], 1)
+        torch.testing.assert_close(enc.encode(x), expect)
+
+
+def test_layers_refuse_small_images_and_training():
+    with pytest.raises(flowkit.ConfigError, match="too small for this backbone's strides"):
+        flowkit.create_encoder(LITE0_MAPS, in_channels=1, image_size=32)
+    with pytest.raises(flowkit.ConfigError, match="cannot be combined with train"):
+        flowkit.create_encoder(LITE0_MAPS + ",train=ae", in_channels=1, image_size=64)
+    with pytest.raises(flowkit.ConfigError, match="layers must be stage numbers"):
+        flowkit.create_encoder(LITE0_MAPS.replace("2+3", "two"), in_channels=1, image_size=64)
+
+
+def test_train_preset_defects_then_score_maps_at_each_images_size(tmp_path):
+    """flowkit train --preset defects (EfficientNet-Lite0 maps, a spatial density, anomaly
+    maps), then flowkit score --maps: one heatmap per image at that image's own size, from
+    the model file and from its ONNX export alike."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mtd"
+    for folder, n in (("MT_Free", 14), ("MT_Spot", 3)):
+        (root / folder / "Imgs").mkdir(parents=True)
+        for i in range(n):
+            h, w = (70, 90) if i % 2 else (80, 64)
+            img = rng.integers(80, 110, (h, w)).astype(np.uint8)
+            mask = np.zeros((h, w), np.uint8)
+            if folder == "MT_Spot":
+                img[10:30, 10:30], mask[10:30, 10:30] = 250, 255
+            Image.fromarray(img).save(root / folder / "Imgs" / f"t{i}.jpg")
+            Image.fromarray(mask).save(root / folder / "Imgs" / f"t{i}.png")
+    runner = CliRunner()
+    model = tmp_path / "defects.flowkit"
+    res = runner.invoke(
+        app,
+        ["train", "--preset", "defects", "--dataset", "mtd", "--data-root", str(root),
+         "--image-size", "64", "--device", "cpu", "--out", str(model), "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    det = flowkit.Detector.load(model)
+    assert det.flow_spec_[0] == "patchknn" and det.pixel_threshold_ > 0
+    onnx = tmp_path / "defects.onnx"
+    assert runner.invoke(app, ["export", str(model), "-o", str(onnx)]).exit_code == 0
+    maps = {}
+    for m in (model, onnx):
+        out = tmp_path / f"maps-{m.suffix[1:]}"
+        res = runner.invoke(app, ["score", str(m), str(root / "MT_Spot"), "--maps", str(out), "-q"])
+        assert res.exit_code == 0, res.output
+        for image in (root / "MT_Spot" / "Imgs").glob("*.jpg"):
+            with Image.open(out / "Imgs" / f"{image.stem}.png") as h, Image.open(image) as im:
+                assert h.size == im.size
+                maps.setdefault(image.stem, []).append(np.asarray(h, dtype=int))
+    for torch_map, onnx_map in maps.values():
+        assert np.abs(torch_map - onnx_map).max() <= 2  # the same colours, up to rounding

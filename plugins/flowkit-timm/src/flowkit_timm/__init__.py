@@ -19,7 +19,12 @@ repeated to 3 channels. Options:
 - ``small_input``: for ResNets, the CIFAR-style stem (a 3×3 stride-1 convolution and no
   max-pool) so that 32×32 images keep their resolution through the network.
 - ``input_size``: the size images are resized to (default: the pretrained input size when
-  pretrained, else the image size).
+  pretrained, else the image size; with ``layers``, the image size).
+- ``layers``: feature maps instead of pooled features (``features_only``): the stages to take,
+  ``+``-separated (``layers=2+3``: EfficientNet's stride-8 and stride-16 maps). The latent
+  is the maps side by side, flattened; the encoder declares ``feature_maps``, so a spatial
+  flow (``patchflow``, ``patchknn``) scores each position and the model gives anomaly maps.
+  Always frozen.
 """
 
 from __future__ import annotations
@@ -39,9 +44,12 @@ from flowkit.encoders.blocks import dcgan_decoder
 from flowkit.encoders.selfsup import contrastive_latent, feature_parts, nt_xent
 
 __version__ = "0.1.0"
-__all__ = ["TimmEncoder", "TimmSimCLREncoder", "timm_encoder"]
+__all__ = ["TimmEncoder", "TimmMapEncoder", "TimmSimCLREncoder", "timm_encoder"]
 
 TRAIN_MODES = ("ae", "simclr")
+#: The smallest side a feature map may have (an image must be this many times the deepest
+#: stride): a 1×1 map is one vector per image, no map at all.
+MIN_MAP_SIDE = 4
 
 
 class TimmEncoder(Encoder):
@@ -59,7 +67,7 @@ class TimmEncoder(Encoder):
         super().__init__()
         self.backbone = model
         self.input_shape = (int(in_channels), int(image_size), int(image_size))
-        self.embed_dim = int(model.num_features)
+        self.embed_dim = int(getattr(model, "num_features", 0))  # maps: set by the subclass
         self.input_size = int(input_size)
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
@@ -103,6 +111,60 @@ class TimmEncoder(Encoder):
 
     def reconstruction_error(self, x: torch.Tensor) -> torch.Tensor:  # train=ae only
         return (self.decoder(self.encode(x)) - x).abs().flatten(1).mean(1)
+
+
+class TimmMapEncoder(TimmEncoder):
+    """A frozen timm backbone's feature maps at a few stages (``features_only``), flattened
+    side by side: the latent of a spatial flow."""
+
+    def __init__(
+        self, model: torch.nn.Module, in_channels: int, image_size: int, input_size: int
+    ) -> None:
+        super().__init__(model, in_channels, image_size, input_size, None, True)
+        self.feature_maps = _map_shapes(model, self.input_size, self.input_shape)
+        self.embed_dim = sum(c * h * w for c, h, w in self.feature_maps)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([f.flatten(1) for f in self.backbone(self._prepare(x))], 1)
+
+
+def _map_shapes(
+    model: torch.nn.Module, size: int, image_shape: tuple[int, int, int]
+) -> tuple[tuple[int, int, int], ...]:
+    """The ``(C, h, w)`` of each map for ``size``-pixel inputs (one forward pass on the
+    model's device: shapes only on PyTorch's meta device), or one line saying the images
+    are too small for the backbone's strides."""
+    device = next(iter(model.parameters())).device
+    strides = model.feature_info.reduction()
+    maps = []
+    if size >= MIN_MAP_SIDE * max(strides):
+        try:
+            with torch.no_grad():
+                maps = model.eval()(torch.zeros(1, 3, size, size, device=device))
+        except RuntimeError:
+            maps = []
+    if not maps:
+        raise ConfigError(
+            f"images of {size}×{size} pixels are too small for this backbone's strides "
+            f"{strides}: the coarsest map must be at least {MIN_MAP_SIDE}×{MIN_MAP_SIDE}, so "
+            f"give images of at least {MIN_MAP_SIDE * max(strides)} pixels (image_size) or "
+            "shallower layers"
+        )
+    return tuple((int(m.shape[1]), int(m.shape[2]), int(m.shape[3])) for m in maps)
+
+
+def _parse_layers(layers: Any, model_name: str) -> tuple[int, ...]:
+    parts = str(layers).replace(",", "+").split("+")
+    try:
+        out = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(
+            f"timm/{model_name}: layers must be stage numbers joined by +, e.g. layers=2+3; "
+            f"got {layers!r}"
+        ) from None
+    if not out or min(out) < 0 or len(set(out)) != len(out):
+        raise ConfigError(f"timm/{model_name}: layers must be distinct stages >= 0, got {layers!r}")
+    return tuple(sorted(out))
 
 
 class TimmSimCLREncoder(TimmEncoder):
@@ -169,11 +231,13 @@ def timm_encoder(
     views: str = "auto",
     temperature: float = 0.2,
     projection_dim: int = 128,
+    layers: str | int | None = None,
 ) -> TimmEncoder:
     """Any timm model's pooled features (pretrained by default; checkpoint=PATH offline);
     ``train`` = ae or simclr trains it on the normal images (``features``, ``views``,
     ``temperature`` and ``projection_dim`` as in flowkit's ``simclr``, for train=simclr);
-    ``small_input``: a ResNet's CIFAR-style stem (3×3 stride 1, no max-pool)."""
+    ``small_input``: a ResNet's CIFAR-style stem (3×3 stride 1, no max-pool); ``layers``
+    (e.g. ``2+3``): the frozen backbone's feature maps at those stages, for anomaly maps."""
     if not timm.is_model(model_name):
         import difflib
 
@@ -194,6 +258,11 @@ def timm_encoder(
         )
     if in_channels not in (1, 3):
         raise ConfigError(f"timm/{model_name}: images must have 1 or 3 channels")
+    if layers is not None and (train is not None or small_input):
+        raise ConfigError(
+            f"timm/{model_name}: layers=... gives a frozen backbone's feature maps; it cannot "
+            "be combined with train or small_input"
+        )
     kwargs: dict[str, Any] = {"num_classes": 0}
     path = checkpoint_file(str(checkpoint), model_name) if checkpoint else None
     kwargs["pretrained"] = bool(pretrained) and path is None  # a checkpoint replaces the hub
@@ -221,6 +290,17 @@ def timm_encoder(
             UserWarning,
             stacklevel=2,
         )
+    if layers is not None:
+        indices = _parse_layers(layers, model_name)
+        try:
+            maps = timm.create_model(model_name, features_only=True, out_indices=indices)
+        except (IndexError, ValueError, AssertionError, RuntimeError) as exc:
+            raise ConfigError(f"timm/{model_name}: layers={layers}: {exc}") from None
+        if has_weights:  # the trunk's weights, by name, from the model they were loaded into
+            full = model.state_dict()
+            maps.load_state_dict({k: full[k] for k in maps.state_dict()})
+        size = int(input_size) if input_size is not None else int(image_size)
+        return TimmMapEncoder(maps, in_channels, image_size, size)
     if small_input:
         _small_input_stem(model, model_name)
     if input_size is None:
