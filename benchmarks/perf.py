@@ -17,6 +17,9 @@ Prints, in one run:
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
         python benchmarks/perf.py --readme        # an AVX-512 machine as an AVX2-only one
     python benchmarks/perf.py --device cuda
+    python benchmarks/perf.py --defects ../shared/data/mtd-dev   # the defects preset instead:
+        # training seconds for the category, scoring images/s of image files with their maps,
+        # and peak memory of `flowkit score --maps` at two --batch-size values
 
 The numbers are measurements, not assertions: nothing here fails.
 """
@@ -355,6 +358,74 @@ def onnx_scoring_row(det: flowkit.Detector, files: list[Path], per: float, path:
     return Row(stage, "onnxruntime, fp32", len(files) / seconds, "images", per, note)
 
 
+def _score_rss_mib(model: Path, folder: Path, batch_size: int) -> float:
+    """Peak memory (MiB) of a fresh process scoring ``folder`` with its maps (``flowkit
+    score --maps``) at ``batch_size``."""
+    import subprocess
+
+    code = (
+        "import resource, sys, tempfile\n"
+        "from typer.testing import CliRunner\n"
+        "from flowkit.cli import app\n"
+        "with tempfile.TemporaryDirectory() as out:\n"
+        "    r = CliRunner().invoke(app, ['score', sys.argv[1], sys.argv[2], '--maps', out,\n"
+        "        '--batch-size', sys.argv[3], '-q', '--csv'])\n"
+        "    assert r.exit_code == 0, r.output\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(model), str(folder), str(batch_size)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def defects_table(root: Path, dev: torch.device) -> str:
+    """The defects preset on a Magnetic Tile Defects tree: fit seconds (the whole category),
+    scoring images/s (JPEG files read, decoded, scored, each map resized to its image's size)
+    and peak memory of ``flowkit score --maps`` at two batch sizes."""
+    from flowkit.config import PRESET_IMAGE_SIZE
+    from flowkit.scoring import score_chunk
+
+    size = PRESET_IMAGE_SIZE["defects"]
+    data = flowkit.load_dataset("mtd", root=root, image_size=size)
+    train = data.images[~data.is_test]
+    det = flowkit.Detector.preset("defects", device=str(dev))
+    start = time.perf_counter()
+    det.fit(train)
+    fit_s = time.perf_counter() - start
+    files = [Path(p) for p, t in zip(data.paths or [], data.is_test.tolist(), strict=True) if t]
+    start = time.perf_counter()
+    for i in range(0, len(files), 32):
+        score_chunk(det, files[i : i + 32], maps=True)
+    score_rate = len(files) / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = det.save(Path(tmp) / "defects.flowkit")
+        free = root / "MT_Free"
+        rss = {b: _score_rss_mib(model, free, b) for b in (16, 64)}
+    flow_s = det.history_["flow"]["seconds"]
+    return "\n".join(
+        [
+            f"**Defects preset** (`{det.encoder}` + `{det.flow}` / `{det.scorer}`, {size} px). "
+            f"Machine: {cpu_name()} ({cpu_features()}), device {dev}, "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; data: "
+            f"Magnetic Tile Defects ({root}), {len(train)} training images, {len(files)} test "
+            "image files.",
+            "",
+            "| what | figure |",
+            "|---|---|",
+            f"| training, the whole category (embed + density + calibration) | {fit_s:.1f} s "
+            f"(density {flow_s:.1f} s) |",
+            f"| scoring image files with their maps (decode, score, resize each map) | "
+            f"{score_rate:.1f} images/s |",
+            f"| peak memory of `flowkit score --maps`, --batch-size 16 / 64 (MT_Free, "
+            f"{len(list(free.rglob('*.jpg')))} files) | {rss[16]:,.0f} / {rss[64]:,.0f} MiB |",
+        ]
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data-root", default=None, help="MNIST root (default: embedded digits)")
@@ -364,11 +435,23 @@ def main() -> None:
     ap.add_argument(
         "--readme", action="store_true", help="rewrite this machine kind's table in PERF.md"
     )
+    ap.add_argument(
+        "--defects",
+        default=None,
+        metavar="MTD_ROOT",
+        help="measure the defects preset on Magnetic Tile Defects (native layout) instead",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     dev = resolve_device(args.device)
+    if args.defects:
+        text = defects_table(Path(args.defects), dev)
+        print(text)
+        if args.readme:
+            write_readme(f"{machine_kind(dev)}, defects preset", text)
+        return
     if args.data_root:
         data = flowkit.load_dataset("mnist", root=args.data_root, download=False)
         what = f"real MNIST ({args.data_root})"

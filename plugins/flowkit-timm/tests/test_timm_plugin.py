@@ -223,7 +223,8 @@ def test_layers_give_feature_maps_of_the_pretrained_trunk(channels):
     import timm
     from flowkit_timm import checkpoint_file, load_checkpoint
 
-    enc = flowkit.create_encoder(LITE0_MAPS, in_channels=channels, image_size=64).eval()
+    enc = flowkit.create_encoder(LITE0_MAPS + ",pool=1", in_channels=channels, image_size=64)
+    enc.eval()
     check_encoder(
         "timm/tf_efficientnet_lite0",
         in_channels=channels,
@@ -242,6 +243,13 @@ def test_layers_give_feature_maps_of_the_pretrained_trunk(channels):
         rgb = ((x + 1) / 2).expand(-1, 3, -1, -1)
         expect = torch.cat([f.flatten(1) for f in ref.eval()((rgb - 0.5) / 0.5)], 1)
         torch.testing.assert_close(enc.encode(x), expect)
+        # by default each position is the mean of its 3 × 3 neighbourhood (PatchCore's)
+        pooled = flowkit.create_encoder(LITE0_MAPS, in_channels=channels, image_size=64).eval()
+        maps = [
+            torch.nn.functional.avg_pool2d(f, 3, 1, 1, count_include_pad=False)
+            for f in ref((rgb - 0.5) / 0.5)
+        ]
+        torch.testing.assert_close(pooled.encode(x), torch.cat([f.flatten(1) for f in maps], 1))
 
 
 def test_layers_refuse_small_images_and_training():
@@ -249,6 +257,10 @@ def test_layers_refuse_small_images_and_training():
         flowkit.create_encoder(LITE0_MAPS, in_channels=1, image_size=32)
     with pytest.raises(flowkit.ConfigError, match="cannot be combined with train"):
         flowkit.create_encoder(LITE0_MAPS + ",train=ae", in_channels=1, image_size=64)
+    with pytest.raises(flowkit.ConfigError, match="pool must be an odd number"):
+        flowkit.create_encoder(LITE0_MAPS + ",pool=2", in_channels=1, image_size=64)
+    with pytest.raises(flowkit.ConfigError, match="it needs layers"):
+        flowkit.create_encoder("timm/resnet18:pretrained=false,pool=3", in_channels=1)
     with pytest.raises(flowkit.ConfigError, match="layers must be stage numbers"):
         flowkit.create_encoder(LITE0_MAPS.replace("2+3", "two"), in_channels=1, image_size=64)
 

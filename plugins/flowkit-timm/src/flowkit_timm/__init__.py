@@ -24,7 +24,8 @@ repeated to 3 channels. Options:
   ``+``-separated (``layers=2+3``: EfficientNet's stride-8 and stride-16 maps). The latent
   is the maps side by side, flattened; the encoder declares ``feature_maps``, so a spatial
   flow (``patchflow``, ``patchknn``) scores each position and the model gives anomaly maps.
-  Always frozen.
+  Always frozen. ``pool`` (3): each position's vector is the mean over its ``pool`` ×
+  ``pool`` neighbourhood, as PatchCore aggregates (1: the raw maps).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ TRAIN_MODES = ("ae", "simclr")
 #: The smallest side a feature map may have (an image must be this many times the deepest
 #: stride): a 1×1 map is one vector per image, no map at all.
 MIN_MAP_SIDE = 4
+#: The neighbourhood each feature-map position is averaged over by default (PatchCore's 3).
+MAP_POOL = 3
 
 
 class TimmEncoder(Encoder):
@@ -118,14 +121,24 @@ class TimmMapEncoder(TimmEncoder):
     side by side: the latent of a spatial flow."""
 
     def __init__(
-        self, model: torch.nn.Module, in_channels: int, image_size: int, input_size: int
+        self,
+        model: torch.nn.Module,
+        in_channels: int,
+        image_size: int,
+        input_size: int,
+        pool: int = 1,
     ) -> None:
         super().__init__(model, in_channels, image_size, input_size, None, True)
         self.feature_maps = _map_shapes(model, self.input_size, self.input_shape)
         self.embed_dim = sum(c * h * w for c, h, w in self.feature_maps)
+        self.pool = int(pool)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([f.flatten(1) for f in self.backbone(self._prepare(x))], 1)
+        maps = self.backbone(self._prepare(x))
+        if self.pool > 1:  # each position sees its neighbourhood (PatchCore's aggregation)
+            k = self.pool
+            maps = [F.avg_pool2d(f, k, 1, k // 2, count_include_pad=False) for f in maps]
+        return torch.cat([f.flatten(1) for f in maps], 1)
 
 
 def _map_shapes(
@@ -232,12 +245,14 @@ def timm_encoder(
     temperature: float = 0.2,
     projection_dim: int = 128,
     layers: str | int | None = None,
+    pool: int | None = None,
 ) -> TimmEncoder:
     """Any timm model's pooled features (pretrained by default; checkpoint=PATH offline);
     ``train`` = ae or simclr trains it on the normal images (``features``, ``views``,
     ``temperature`` and ``projection_dim`` as in flowkit's ``simclr``, for train=simclr);
     ``small_input``: a ResNet's CIFAR-style stem (3×3 stride 1, no max-pool); ``layers``
-    (e.g. ``2+3``): the frozen backbone's feature maps at those stages, for anomaly maps."""
+    (e.g. ``2+3``): the frozen backbone's feature maps at those stages, for anomaly maps,
+    each position averaged over its ``pool`` × ``pool`` neighbourhood (odd; 1: none)."""
     if not timm.is_model(model_name):
         import difflib
 
@@ -258,6 +273,8 @@ def timm_encoder(
         )
     if in_channels not in (1, 3):
         raise ConfigError(f"timm/{model_name}: images must have 1 or 3 channels")
+    if layers is None and pool is not None:
+        raise ConfigError(f"timm/{model_name}: pool averages feature maps: it needs layers=...")
     if layers is not None and (train is not None or small_input):
         raise ConfigError(
             f"timm/{model_name}: layers=... gives a frozen backbone's feature maps; it cannot "
@@ -299,8 +316,11 @@ def timm_encoder(
         if has_weights:  # the trunk's weights, by name, from the model they were loaded into
             full = model.state_dict()
             maps.load_state_dict({k: full[k] for k in maps.state_dict()})
+        pool = MAP_POOL if pool is None else pool
+        if pool < 1 or pool % 2 == 0:
+            raise ConfigError(f"timm/{model_name}: pool must be an odd number >= 1, got {pool}")
         size = int(input_size) if input_size is not None else int(image_size)
-        return TimmMapEncoder(maps, in_channels, image_size, size)
+        return TimmMapEncoder(maps, in_channels, image_size, size, pool)
     if small_input:
         _small_input_stem(model, model_name)
     if input_size is None:
