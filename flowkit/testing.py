@@ -93,20 +93,23 @@ def check_flow(
         features = int(flow_capabilities(flow).get("features", features))
     z = torch.randn(batch, features, dtype=torch.double)
     initialize_flow(f, z)
-    # A few optimisation steps so that checks do not pass trivially at the identity.
-    opt = torch.optim.Adam(f.parameters(), lr=1e-2)
-    for _ in range(3):
+    # A few optimisation steps so that checks do not pass trivially at the identity (a flow
+    # with nothing to train, such as patchknn's memory bank, skips them).
+    trainable = [p for p in f.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=1e-2) if trainable else None
+    for _ in range(3 if opt is not None else 0):
         f.train()
         loss = -f.log_prob(z * 1.5 + 0.3).mean()
-        opt.zero_grad()
+        opt.zero_grad()  # type: ignore[union-attr]
         loss.backward()
-        opt.step()
+        opt.step()  # type: ignore[union-attr]
     f.train()
     lp = f.log_prob(z)
     assert lp.shape == (batch,), f"log_prob shape {tuple(lp.shape)}, expected ({batch},)"
     assert torch.isfinite(lp).all(), "log_prob is not finite"
     f.zero_grad()
-    (-lp.mean()).backward()
+    if trainable:
+        (-lp.mean()).backward()
     missing = [
         n
         for n, p in f.named_parameters()
@@ -331,9 +334,7 @@ def check_scorer(scorer: Any, **options: Any) -> None:
     assert s.members() and all(isinstance(m, Scorer) for m in s.members()), "members()"
     if s.exportable:  # its ONNX form gives its scores, in float32
         exported = s.export_score(
-            ScoreContext(
-                test.log_prob.float(), test.latents.float(), test.images, maps=test.maps
-            )
+            ScoreContext(test.log_prob.float(), test.latents.float(), test.images, maps=test.maps)
         )
         assert torch.allclose(exported.double(), out.double(), rtol=1e-4, atol=1e-4), (
             "export_score(ctx) differs from score(ctx)"

@@ -12,6 +12,9 @@ SMALL = {
     "realnvp": {"hidden": 16, "layers": 2, "blocks": 1},
     "maf": {"hidden": 16, "layers": 2, "blocks": 1},
     "nsf": {"hidden": 16, "layers": 2, "blocks": 1},
+    # spatial flows: the latent is feature maps (here one 2-channel map of 1 × 2 positions)
+    "patchflow": {"maps": [[2, 1, 2]], "hidden": 8, "layers": 2, "pos": 4},
+    "patchknn": {"maps": [[2, 1, 2]]},
 }
 
 

@@ -291,6 +291,7 @@ def test_train_preset_defects_then_score_maps_at_each_images_size(tmp_path):
          "--image-size", "64", "--device", "cpu", "--out", str(model), "-q"],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
+    assert "test ROC AUC" in res.output and "test pixel ROC AUC" in res.output
     det = flowkit.Detector.load(model)
     assert det.flow_spec_[0] == "patchknn" and det.pixel_threshold_ > 0
     onnx = tmp_path / "defects.onnx"
