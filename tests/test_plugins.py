@@ -75,7 +75,7 @@ def test_plugin_failing_to_import_warns_once_and_others_work(fake_entry_points):
         names = flowkit.list_encoders()
     assert len([w for w in rec if issubclass(w.category, FlowkitPluginWarning)]) == 1
     assert {"dcgan_ae", "my_encoder"} <= set(names)
-    assert flowkit.list_flows() == ["gaussian", "maf", "nsf", "realnvp"]
+    assert flowkit.list_flows() == ["gaussian", "maf", "nsf", "patchflow", "patchknn", "realnvp"]
 
 
 MISSPELT = """

@@ -31,11 +31,14 @@ def _context(det, z, images):
 
 
 NEEDS_ROTNET = {"rotation"}
+# map scorers read anomaly maps: their round trip is tests/test_maps.py's, on a spatial model
+NEEDS_MAPS = {"map_max", "map_topk"}
 
 
 @pytest.mark.parametrize(
     "scorer",
-    [s for s in registered("scorers", plugin="builtin") if s not in NEEDS_ROTNET] + ["nll+knn:k=3"],
+    [s for s in registered("scorers", plugin="builtin") if s not in NEEDS_ROTNET | NEEDS_MAPS]
+    + ["nll+knn:k=3"],
 )
 def test_every_scorer_round_trips_with_identical_scores(scorer, fitted, fake_split, tmp_path):
     det = fitted[0].with_scorer(fake_split.train, scorer)

@@ -102,8 +102,8 @@ def test_ray_rows_are_the_chunks_scores_and_the_model_opens_once_a_process(monke
     monkeypatch.setattr(executors, "_WORKER", {})
     monkeypatch.setattr(scoring, "open_model", lambda *a: opened.append(a) or "model")
 
-    def fake_chunk(model, files, skip):  # the second file of every chunk is unreadable
-        assert model == "model" and skip is True
+    def fake_chunk(model, files, skip, maps):  # the second file of every chunk is unreadable
+        assert model == "model" and skip is True and maps is False
         if files[0].name == "bad.png":
             raise DataError("1 of 1 image file(s) could not be read: bad.png")
         kept = [f for i, f in enumerate(files) if i != 1]
@@ -111,7 +111,7 @@ def test_ray_rows_are_the_chunks_scores_and_the_model_opens_once_a_process(monke
         return scoring.ChunkScores(kept, score, -score, [str(files[1])] if len(files) > 1 else [])
 
     monkeypatch.setattr(scoring, "score_chunk", fake_chunk)
-    job = executors.Job(scoring._score_here, scoring._open_here, ("m.flowkit", "auto", True))
+    job = executors.Job(scoring._score_here, scoring._open_here, ("m.flowkit", "auto", True, False))
     chunks = [["0.png", "1.png", "2.png"], ["3.png"], ["4.png", "5.png"], ["bad.png"]]
     rows = [
         executors._ray_rows(
