@@ -421,6 +421,7 @@ DEFECTS_PARAMS: dict[str, Any] = {
     "flow": "patchknn",
     "scorer": "map_topk",
     "preprocess": "none",
+    "flow_augment": 0,  # warped copies of tiles are not tiles: the bank holds real patches
     "epochs_flow": 20,
     "lr_flow": 1e-3,
     "flow_batch_size": 8,

@@ -335,3 +335,22 @@ def test_the_bench_reports_pixel_metrics_per_defect_type(tmp_path, blotches):
     assert "Pixel ROC AUC" in text and "PRO (per-region overlap" in text
     assert "Per defect type" in text and "| Blotch |" in text
     assert any("-maps-" in p.name for p in paths.values())
+
+
+def test_the_defects_preset_is_the_suites_measured_cell():
+    """The preset and the suite that measured it cannot drift apart: every option of the
+    density and calibration stages (and the encoder) of the suite's patchknn / map_topk cell
+    is the preset's (the rest only train encoders, and this one is frozen)."""
+    from flowkit.bench.suite import load_suite
+    from flowkit.config import DEFAULTS, PRESET_IMAGE_SIZE, preset, stage_of
+
+    suite = load_suite("defects")
+    cell = next(
+        c for c in suite.cells(["all"]) if c.flow == "patchknn" and c.scorer == "map_topk"
+    )
+    measured = cell.detector_params("cpu")
+    chosen = {**DEFAULTS.params(), **preset("defects")}
+    for key, value in measured.items():
+        if stage_of(key) in ("density", "calibration") or key == "encoder":
+            assert chosen[key] == value, key
+    assert suite.image_size == PRESET_IMAGE_SIZE["defects"]
