@@ -10,7 +10,8 @@ inputs scaled to [-1, 1]), loaded into anomalib's own feature extractor:
 
 - PatchCore: the stride-8 and -16 stages (``layers = [2, 3]``, its default pair of middle
   stages), 9 neighbours, coreset ratio ``--patchcore-coreset`` (its default 0.1);
-- PaDiM: the stride-4, -8 and -16 stages (``[1, 2, 3]``, its default first three);
+- PaDiM: the stride-4, -8 and -16 stages (``[1, 2, 3]``, its default first three), 100 of
+  their 176 channels drawn at random (its ResNet-18 setting: 100 of 448);
 - FastFlow: anomalib supports only ResNets and two transformers, so its ResNet-18 feature
   extractor is replaced by the Lite0's stride-4, -8 and -16 stages, with FastFlow's
   per-stage LayerNorm and flow blocks built for their shapes; ``--fastflow-epochs`` epochs.
@@ -110,6 +111,7 @@ def _padim() -> Any:
         backbone="tf_efficientnet_lite0",
         layers=[1, 2, 3],
         pre_trained=False,
+        n_features=100,  # of the 176 channels, drawn at random, as for its ResNet-18 (100 of 448)
         pre_processor=_pre_processor(),
         evaluator=False,
         visualizer=False,
