@@ -364,14 +364,16 @@ def _score_rss_mib(model: Path, folder: Path, batch_size: int) -> float:
     import subprocess
 
     code = (
-        "import resource, sys, tempfile\n"
+        "import sys, tempfile\n"
         "from typer.testing import CliRunner\n"
         "from flowkit.cli import app\n"
         "with tempfile.TemporaryDirectory() as out:\n"
         "    r = CliRunner().invoke(app, ['score', sys.argv[1], sys.argv[2], '--maps', out,\n"
         "        '--batch-size', sys.argv[3], '-q', '--csv'])\n"
         "    assert r.exit_code == 0, r.output\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        # VmHWM, not ru_maxrss: Linux keeps the parent's ru_maxrss across fork and exec
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print(int(hwm.split()[1]) / 1024)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(model), str(folder), str(batch_size)],
