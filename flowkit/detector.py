@@ -32,7 +32,7 @@ from flowkit.config import (
 )
 from flowkit.data.base import as_uint8_images
 from flowkit.errors import ConfigError, ModelFileError, NotFittedError
-from flowkit.heatmaps import resize_map
+from flowkit.heatmaps import maps_at, masks_of
 from flowkit.images import check_input_shape, check_unambiguous
 from flowkit.pipeline import StagePipeline, check_downstream
 from flowkit.scorers import ScoreContext, check_scorer_parts
@@ -290,14 +290,12 @@ class Detector:
         anomalous; models with a spatial flow), or with ``sizes`` (each image's own
         ``(height, width)``) a list of maps at those sizes (bilinear, as images are squashed
         to ``S × S``)."""
-        out = self.score(X, maps=True)["anomaly_map"]
-        return [resize_map(m, hw) for m, hw in zip(out, sizes, strict=True)] if sizes else out
+        return maps_at(self.score(X, maps=True)["anomaly_map"], sizes)
 
     def predict_mask(self, X: Any, sizes: list[tuple[int, int]] | None = None) -> Any:
         """Defect masks: True where :meth:`anomaly_map` exceeds ``pixel_threshold_`` (the
         ``confidence`` quantile of normal validation images' highest pixel)."""
-        maps, limit = self.anomaly_map(X, sizes), self.pixel_threshold_
-        return [m > limit for m in maps] if sizes else maps > limit
+        return masks_of(self.anomaly_map(X, sizes), self.pixel_threshold_)
 
     def log_likelihood(self, X: Any) -> np.ndarray:
         """Log-likelihood of each image's latent under the density (flow and preprocessing

@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["resize_map", "heatmap_rgb", "write_heatmap", "COLOURS"]
+__all__ = ["resize_map", "maps_at", "masks_of", "heatmap_rgb", "write_heatmap", "COLOURS"]
 
 #: Anchor colours of the scale, from cold to hot (black, purple, red, orange, pale yellow).
 COLOURS = np.array(
@@ -32,6 +33,19 @@ def resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if m.shape == (h, w):
         return m.copy()
     return np.asarray(Image.fromarray(m, mode="F").resize((w, h), Image.BILINEAR))
+
+
+def maps_at(maps: np.ndarray, sizes: list[tuple[int, int]] | None) -> Any:
+    """``maps`` ``(N, S, S)`` as they are, or with ``sizes`` a list of them, each resized to
+    its image's ``(height, width)`` (what ``anomaly_map(X, sizes)`` returns)."""
+    if sizes is None:
+        return maps
+    return [resize_map(m, hw) for m, hw in zip(maps, sizes, strict=True)]
+
+
+def masks_of(maps: Any, threshold: float) -> Any:
+    """Defect masks: True above ``threshold``, for an array of maps or a list of them."""
+    return [m > threshold for m in maps] if isinstance(maps, list) else maps > threshold
 
 
 def heatmap_rgb(anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -126,7 +126,7 @@ class OnnxDetector:
             "anomaly_score": np.concatenate(scores).astype(np.float64),
         }
         if maps:
-            c, h, w = self.input_shape_
+            _, h, w = self.input_shape_
             out["anomaly_map"] = np.concatenate(heat) if heat else np.empty((0, h, w), np.float32)
         return out
 
@@ -139,15 +139,15 @@ class OnnxDetector:
 
     def anomaly_map(self, X: Any, sizes: list[tuple[int, int]] | None = None) -> Any:
         """Anomaly maps as :meth:`flowkit.Detector.anomaly_map` gives them."""
-        from flowkit.heatmaps import resize_map
+        from flowkit.heatmaps import maps_at
 
-        out = self.score(X, maps=True)["anomaly_map"]
-        return [resize_map(m, hw) for m, hw in zip(out, sizes, strict=True)] if sizes else out
+        return maps_at(self.score(X, maps=True)["anomaly_map"], sizes)
 
     def predict_mask(self, X: Any, sizes: list[tuple[int, int]] | None = None) -> Any:
         """Defect masks as :meth:`flowkit.Detector.predict_mask` gives them."""
-        maps, limit = self.anomaly_map(X, sizes), self.pixel_threshold_
-        return [m > limit for m in maps] if sizes else maps > limit
+        from flowkit.heatmaps import masks_of
+
+        return masks_of(self.anomaly_map(X, sizes), self.pixel_threshold_)
 
     def log_likelihood(self, X: Any) -> np.ndarray:
         return self.score(X)["log_prob"]

@@ -74,7 +74,7 @@ def score_chunk(
     """Read, decode and score ``files`` with an open model. Files skipped as unreadable come
     back in ``skipped``, without a warning per chunk: the caller reports them once. With
     ``maps``, each file's anomaly map comes back too, resized to that image's own size."""
-    from flowkit.heatmaps import resize_map
+    from flowkit.heatmaps import maps_at
     from flowkit.images import image_size_of, read_images
 
     c, h, _ = model.input_shape_
@@ -87,12 +87,7 @@ def score_chunk(
         return ChunkScores([], empty, empty, [str(f) for f in files], [] if maps else None)
     result = model.score(images, maps=True) if maps else model.score(images)
     kept_set = set(kept)
-    own = None
-    if maps:
-        own = [
-            resize_map(m, image_size_of(f))
-            for m, f in zip(result["anomaly_map"], kept, strict=True)
-        ]
+    own = maps_at(result["anomaly_map"], [image_size_of(f) for f in kept]) if maps else None
     return ChunkScores(
         list(kept),
         np.asarray(result["anomaly_score"], dtype=np.float64),

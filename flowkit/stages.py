@@ -333,23 +333,28 @@ class Density(nn.Module):
         super().__init__()
         self.preprocess = preprocess
         self.flow = flow
-        spatial = isinstance(flow, SpatialFlow)
-        self.head = MapHead(map_size) if spatial and map_size else None
+        if map_size and not isinstance(flow, SpatialFlow):
+            raise ConfigError(
+                f"{type(flow).__name__} takes feature maps but gives no map per position: a "
+                "spatial flow subclasses flowkit.flows.spatial.SpatialFlow (log_prob_maps)"
+            )
+        self.head = MapHead(map_size) if map_size else None
 
     @property
     def spatial(self) -> bool:
         """Whether it gives anomaly maps (a spatial flow over feature maps)."""
         return self.head is not None
 
-    def maps_and_log_prob(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(anomaly maps (B, S, S), log p(z) (B,))`` of raw latents (a spatial density)."""
+    def with_maps(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(preprocessed latents, log p(z) (B,), anomaly maps (B, S, S))`` of raw latents
+        (a spatial density): :meth:`forward` and the maps in one pass."""
         if self.head is None:
             raise ConfigError("this model has no anomaly maps: its flow is not a spatial one")
         u = self.preprocess(z)
         per_scale = self.flow.log_prob_maps(u)
         lp = sum(m.flatten(1).sum(1) for m in per_scale)
         scores = [-m / c for m, (c, _, _) in zip(per_scale, self.flow.maps, strict=True)]
-        return self.head(scores), lp + self.preprocess.log_abs_det().to(u.device)
+        return u, lp + self.preprocess.log_abs_det().to(u.device), self.head(scores)
 
     @torch.inference_mode()
     def evaluate_maps(
@@ -358,18 +363,16 @@ class Density(nn.Module):
         """:meth:`evaluate` with the anomaly maps, in batches of :data:`MAP_BATCH` images:
         (latents, float64 log-likelihoods, float32 maps ``(N, S, S)``), on CPU."""
         self.to(device).eval()
-        maps, lps = [], []
+        us, lps, maps = [], [], []
         for i in range(0, len(z), MAP_BATCH):
-            m, lp = self.maps_and_log_prob(z[i : i + MAP_BATCH].to(device))
-            maps.append(m.float().cpu())
+            u, lp, m = self.with_maps(z[i : i + MAP_BATCH].to(device))
+            us.append(u.cpu())
             lps.append(lp.double().cpu())
-        size = self.head.size  # type: ignore[union-attr]
-        empty = torch.empty(0, size, size)
-        return (
-            z.cpu(),
-            torch.cat(lps) if lps else torch.empty(0, dtype=torch.float64),
-            torch.cat(maps) if maps else empty,
-        )
+            maps.append(m.float().cpu())
+        if not us:
+            size = self.head.size  # type: ignore[union-attr]
+            return z.cpu(), torch.empty(0, dtype=torch.float64), torch.empty(0, size, size)
+        return torch.cat(us), torch.cat(lps), torch.cat(maps)
 
     @property
     def part_sizes(self) -> tuple[int, ...]:
@@ -430,6 +433,11 @@ class MapLayout:
     def to_dict(self) -> dict[str, Any]:
         return {"shapes": [list(s) for s in self.shapes], "size": self.size}
 
+    @staticmethod
+    def flow_options(maps: MapLayout | None) -> dict[str, Any]:
+        """What a spatial flow's factory is given of ``maps`` (nothing for latent vectors)."""
+        return {"maps": [list(s) for s in maps.shapes]} if maps is not None else {}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> MapLayout | None:
         if not d:
@@ -466,8 +474,7 @@ class _ExportMapDensity(nn.Module):
         self.density = density
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        maps, lp = self.density.maps_and_log_prob(z)
-        return self.density.preprocess(z), lp, maps
+        return self.density.with_maps(z)
 
 
 def _flow_over(part_sizes: tuple[int, ...], make: Any) -> nn.Module:
@@ -536,8 +543,6 @@ class DensityStage(_Stage):
 
     component = "flow"
     fitted_attribute = "density_"
-    #: the layout of the feature maps it was fitted on (``None``: latent vectors)
-    maps_: MapLayout | None = None
 
     def _preprocess(
         self, in_dim: int, part_sizes: tuple[int, ...] | None, maps: MapLayout | None
@@ -553,7 +558,7 @@ class DensityStage(_Stage):
 
     def _make_flow(self, preprocess: Preprocess, maps: MapLayout | None) -> nn.Module:
         name, options = self.spec.factory_args()
-        given = {"maps": [list(s) for s in maps.shapes]} if maps is not None else {}
+        given = MapLayout.flow_options(maps)
         return _flow_over(
             preprocess.out_part_sizes, lambda d: flows.create(name, features=d, **given, **options)
         )
@@ -630,7 +635,7 @@ class DensityStage(_Stage):
         else:
             history = fit(flow, p_train, p_val).to_dict()
         density = Density(preprocess, flow, maps and maps.size)
-        return self._set(density, history, fitted_on, maps)
+        return self._set(density, history, fitted_on)
 
     def context(
         self,
@@ -693,29 +698,32 @@ class DensityStage(_Stage):
         pre.load_state_dict(pipeline["state"])
         options = _legacy_flow_options(flow["name"], flow["options"], flow["state"])
         maps = MapLayout.from_dict(flow.get("maps"))
-        given = {"maps": [list(s) for s in maps.shapes]} if maps is not None else {}
+        given = MapLayout.flow_options(maps)
         model = _flow_over(
             pre.out_part_sizes,
             lambda d: _rebuild(flows, flow["name"], options, source, features=d, **given),
         )
         model.load_state_dict(flow["state"])
         density = Density(pre, model.eval(), maps and maps.size)
-        return stage._set(density, history, fitted_on, maps)
+        return stage._set(density, history, fitted_on)
 
     def _state_for_identity(self) -> dict[str, Any]:
         return dict(self.density_.state_dict())
 
     def _set(
-        self,
-        density: Density,
-        history: dict[str, Any],
-        fitted_on: str | None = None,
-        maps: MapLayout | None = None,
+        self, density: Density, history: dict[str, Any], fitted_on: str | None = None
     ) -> DensityStage:
         vars(self).pop("_identity", None)
         self.density_, self.history_, self.fitted_on = density, history, fitted_on
-        self.maps_ = maps
         return self
+
+    @property
+    def maps_(self) -> MapLayout | None:
+        """The layout of the feature maps it was fitted on (``None``: latent vectors)."""
+        density = self.density_
+        if density.head is None:
+            return None
+        return MapLayout(density.flow.maps, density.head.size)
 
 
 # -- calibration ------------------------------------------------------------------------------

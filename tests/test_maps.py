@@ -345,9 +345,7 @@ def test_the_defects_preset_is_the_suites_measured_cell():
     from flowkit.config import DEFAULTS, PRESET_IMAGE_SIZE, preset, stage_of
 
     suite = load_suite("defects")
-    cell = next(
-        c for c in suite.cells(["all"]) if c.flow == "patchknn" and c.scorer == "map_topk"
-    )
+    cell = next(c for c in suite.cells(["all"]) if c.flow == "patchknn" and c.scorer == "map_topk")
     measured = cell.detector_params("cpu")
     chosen = {**DEFAULTS.params(), **preset("defects")}
     for key, value in measured.items():

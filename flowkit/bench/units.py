@@ -30,7 +30,7 @@ from flowkit.bench.store import RunStore
 from flowkit.bench.suite import Cell
 from flowkit.data.protocols import Split
 from flowkit.executors import Job
-from flowkit.metrics import detection_metrics, localization_metrics, ood_metrics
+from flowkit.metrics import detection_metrics, ood_metrics
 from flowkit.pipeline import StagePipeline
 from flowkit.registry import encoders, flows, scorers
 from flowkit.spec import Spec
@@ -48,7 +48,6 @@ __all__ = [
     "deliver",
     "fail_unit",
     "extremes",
-    "localization",
     "state_digest",
     "EXTREMES",
 ]
@@ -116,7 +115,7 @@ def _run_flow_group(
             metrics = detection_metrics(y, s, calibration.threshold_)
             if cell.protocol == "ood":
                 metrics.update(ood_metrics(y, s))
-            located = localization(split, test_ctx.maps, s)
+            located = split.localization(test_ctx.maps, s)
             if located:
                 metrics.update({k: located[k] for k in ("pixel_auc", "pro")})
             sink.save_scores(
@@ -190,16 +189,6 @@ def extremes(
         if maps is not None and masks is not None:
             out[f"{end}_masks"] = masks[index].numpy()
     return out
-
-
-def localization(split: Split, maps: torch.Tensor | None, scores: np.ndarray) -> dict | None:
-    """Pixel ROC AUC, PRO and the per-defect-type figures of a split whose test images
-    carry masks, for a model that gives anomaly maps (``None`` otherwise)."""
-    test = split.test
-    if maps is None or test.masks is None:
-        return None
-    types = test.defect_types or ["good" if not a else "defect" for a in split.is_anomaly.tolist()]
-    return localization_metrics(test.masks[:, 0].numpy(), maps.numpy(), scores, types)
 
 
 def _error_text(exc: BaseException) -> str:

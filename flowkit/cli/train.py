@@ -151,14 +151,8 @@ def train(
         scores = result["anomaly_score"]
         m = detection_metrics(split.is_anomaly.numpy(), scores, det.threshold_)
         out.print(f"test ROC AUC {m['auc']:.4f}  AP {m['ap']:.4f}  F1 {m['f1']:.4f}")
-        if located:
-            from flowkit.metrics import localization_metrics
-
-            types = split.test.defect_types or [
-                "defect" if a else "good" for a in split.is_anomaly.tolist()
-            ]
-            masks = split.test.masks[:, 0].numpy()  # type: ignore[index]
-            px = localization_metrics(masks, result["anomaly_map"], scores, types)
+        px = split.localization(result.get("anomaly_map"), scores)
+        if px is not None:
             out.print(f"test pixel ROC AUC {px['pixel_auc']:.4f}  PRO {px['pro']:.4f}")
     out.print(f"saved {shown(path)}")
 

@@ -14,7 +14,9 @@ Validation (early stopping, threshold, scorer calibration) is carved later from 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from flowkit.data.base import ImageSet
@@ -44,6 +46,19 @@ class Split:
             f"{len(self.train)} normal training images; test: "
             f"{len(self.test) - n_anom} normal + {n_anom} anomalous"
         )
+
+    def localization(self, maps: Any, scores: Any) -> dict[str, object] | None:
+        """Image ROC AUC, pixel ROC AUC, PRO and the per-defect-type figures
+        (:func:`flowkit.metrics.localization_metrics`) of anomaly maps ``(N, H, W)`` of the
+        test images, for a test set that carries masks; ``None`` without maps or masks."""
+        if maps is None or self.test.masks is None:
+            return None
+        from flowkit.metrics import localization_metrics
+
+        types = self.test.defect_types or [
+            "defect" if a else "good" for a in self.is_anomaly.tolist()
+        ]
+        return localization_metrics(self.test.masks[:, 0].numpy(), np.asarray(maps), scores, types)
 
 
 def class_index(data: ImageSet, anomaly_class: int | str) -> int:

@@ -129,7 +129,7 @@ class TimmMapEncoder(TimmEncoder):
         pool: int = 1,
     ) -> None:
         super().__init__(model, in_channels, image_size, input_size, None, True)
-        self.feature_maps = _map_shapes(model, self.input_size, self.input_shape)
+        self.feature_maps = _map_shapes(model, self.input_size)
         self.embed_dim = sum(c * h * w for c, h, w in self.feature_maps)
         self.pool = int(pool)
 
@@ -141,9 +141,7 @@ class TimmMapEncoder(TimmEncoder):
         return torch.cat([f.flatten(1) for f in maps], 1)
 
 
-def _map_shapes(
-    model: torch.nn.Module, size: int, image_shape: tuple[int, int, int]
-) -> tuple[tuple[int, int, int], ...]:
+def _map_shapes(model: torch.nn.Module, size: int) -> tuple[tuple[int, int, int], ...]:
     """The ``(C, h, w)`` of each map for ``size``-pixel inputs (one forward pass on the
     model's device: shapes only on PyTorch's meta device), or one line saying the images
     are too small for the backbone's strides."""
