@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -187,6 +188,13 @@ def test_report_tables_plots_and_reference(tmp_path):
         assert npz["bottom_images"].shape == top.shape
         assert top.dtype == np.uint8 and top.shape[0] == 8 and top.shape[1:] == (1, 32, 32)
         assert s[npz["top_index"][0]] == s.max() and s[npz["bottom_index"][0]] == s.min()
+    # a results folder kept without its scores/ (as benchmarks/results/ keeps them): the
+    # report is rewritten from the records, and the figures drawn from scores stay as drawn
+    drawn = {k: p.read_bytes() for k, p in paths.items() if "-hist-" in k or "-extremes-" in k}
+    shutil.rmtree(tmp_path / "scores")
+    again = write_report(tmp_path)
+    assert {k: again[k].read_bytes() for k in drawn} == drawn
+    assert all(f"]({again[k].name})" in again["markdown"].read_text() for k in drawn)
 
 
 def test_reference_figures_are_labelled():

@@ -100,16 +100,21 @@ def plot_dataset(
             key=lambda r: (r["config"]["seed"], str(r["config"]["target"])),
         )
         if recs:
-            key = f"{dataset}-{protocol}-hist-{_slug(combo)}"
-            paths[key] = _histograms(store, dataset, protocol, combo, recs, key, label)
-            key = f"{dataset}-{protocol}-extremes-{_slug(combo)}"
-            grid = _extremes(store, combo, recs, key, label)
-            if grid is not None:
-                paths[key] = grid
-            key = f"{dataset}-{protocol}-maps-{_slug(combo)}"
-            grid = _map_grid(store, combo, recs[0], key, label)
-            if grid is not None:
-                paths[key] = grid
+            # a figure whose cells' scores are gone (a results folder kept without its
+            # scores/) keeps the file an earlier run drew instead of being drawn empty
+            scored = [r for r in recs if store.scores_path(r["cell_id"]).exists()]
+            for kind in ("hist", "extremes", "maps"):
+                key = f"{dataset}-{protocol}-{kind}-{_slug(combo)}"
+                figure = None
+                if scored and kind == "hist":
+                    figure = _histograms(store, dataset, protocol, combo, scored, key, label)
+                elif scored and kind == "extremes":
+                    figure = _extremes(store, combo, scored, key, label)
+                elif scored:
+                    figure = _map_grid(store, combo, scored[0], key, label)
+                kept = store.root / f"{key}.png"
+                if figure is not None or kept.exists():
+                    paths[key] = figure or kept
     return paths
 
 
@@ -284,10 +289,7 @@ def _histograms(
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
     raw = recs[0]["config"]["scorer"] in ("nll", "bpd")
     for ax, rec in zip(axes.flat, recs, strict=False):
-        path = store.scores_path(rec["cell_id"])
-        if not path.exists():
-            continue
-        with np.load(path) as npz:
+        with np.load(store.scores_path(rec["cell_id"])) as npz:
             y = npz["is_anomaly"].astype(bool)
             # Figure 1 shows likelihoods; other scorers show their own score.
             lp = npz["log_prob"] if raw else npz["anomaly_score"]
