@@ -19,6 +19,7 @@ every scorer on each density, without repeating a step:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 import torch
 
 from flowkit.config import DetectorConfig
-from flowkit.encoders.base import input_shape_of, latent_parts, views
+from flowkit.encoders.base import input_shape_of, is_trainable, latent_parts, views
 from flowkit.errors import FlowkitError
 from flowkit.scorers import ScoreContext
 from flowkit.stages import (
@@ -39,6 +40,7 @@ from flowkit.stages import (
 
 __all__ = [
     "StagePipeline",
+    "LatentMemo",
     "StageCache",
     "Encoded",
     "check_downstream",
@@ -135,6 +137,66 @@ def check_downstream(config: DetectorConfig, encoder: torch.nn.Module) -> None:
     CalibrationStage(config).check(len(density.part_sizes))
 
 
+class LatentMemo:
+    """The latents of images under *frozen* encoders, kept across fit paths.
+
+    A frozen encoder (one that does not train: ``timm/...:checkpoint=...``) gives every image
+    the same latent whichever class is held out, so the bench embeds each image once per
+    process instead of once per held-out class (at 224×224 on a CPU, embedding is most of a
+    pretrained cell's time). Rows are keyed by the encoder's weights and class and by the
+    image's bytes; an encoder that trains is never memoized. Each row keeps
+    the seconds its embedding took, so that what scoring costs is still reported as the
+    cost of embedding (:meth:`embed` returns both). At most ``max_bytes`` of latents are
+    kept; past that, rows are embedded and not kept.
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30) -> None:
+        self.max_bytes = int(max_bytes)
+        self._rows: dict[bytes, tuple[torch.Tensor, float]] = {}
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def _fingerprint(encoder: torch.nn.Module, images: torch.Tensor) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{type(encoder).__qualname__}{tuple(images.shape[1:])}".encode())
+        for name, tensor in encoder.state_dict().items():
+            h.update(name.encode())
+            h.update(
+                tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+            )
+        return h.digest()
+
+    def embed(
+        self, stage: EncoderStage, images: torch.Tensor, device: str | torch.device
+    ) -> tuple[torch.Tensor, float]:
+        """``stage.embed(images)`` and the seconds it costs (remembered for kept rows)."""
+        start = time.perf_counter()
+        if is_trainable(stage.encoder_) or not len(images):
+            z = stage.embed(images, device=device)
+            return z, time.perf_counter() - start
+        fp = self._fingerprint(stage.encoder_, images)
+        keys = [
+            hashlib.blake2b(row.numpy().tobytes(), digest_size=16, key=fp).digest()
+            for row in images.reshape(len(images), -1)
+        ]
+        missing = [i for i, k in enumerate(keys) if k not in self._rows]
+        new: dict[bytes, tuple[torch.Tensor, float]] = {}
+        if missing:
+            t = time.perf_counter()
+            z = stage.embed(images[missing], device=device)
+            each = (time.perf_counter() - t) / len(missing)
+            new = {keys[i]: (row.clone(), each) for i, row in zip(missing, z, strict=True)}
+            for key, (row, _) in new.items():
+                if self._bytes + row.nbytes <= self.max_bytes:
+                    self._rows[key] = new[key]
+                    self._bytes += row.nbytes
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        rows = [new.get(k) or self._rows[k] for k in keys]
+        return torch.stack([r for r, _ in rows]), sum(c for _, c in rows)
+
+
 class StagePipeline:
     """Fit encoder → density → calibration on normal ``images`` (uint8 ``(N, C, H, W)``),
     split seeded into training and validation images as ``config`` says.
@@ -148,6 +210,8 @@ class StagePipeline:
         encoding, density: stages fitted already (:meth:`flowkit.Detector.with_scorer`
             recalibrates a fitted Detector): they are used as they are.
         progress: a rich progress display the training loops report to.
+        memo: a :class:`LatentMemo` the latents of a frozen encoder are kept in (the
+            bench's, across held-out classes); ``None``: every image is embedded.
     """
 
     def __init__(
@@ -161,8 +225,9 @@ class StagePipeline:
         encoding: EncoderStage | None = None,
         density: DensityStage | None = None,
         progress: Any = None,
+        memo: LatentMemo | None = None,
     ) -> None:
-        self.config, self.device, self.progress = config, device, progress
+        self.config, self.device, self.progress, self.memo = config, device, progress, memo
         self.cache, self.encoder_key = cache, encoder_key
         self.images = images  # checked for variation before the encoder trains
         self.train_images, self.val_images = split_validation(
@@ -177,11 +242,22 @@ class StagePipeline:
 
     # -- stage 1 ------------------------------------------------------------------------------
 
+    def embed(self, images: torch.Tensor, stage: EncoderStage | None = None) -> torch.Tensor:
+        """Latents of ``images`` under ``stage`` (default: the fitted encoder stage)."""
+        return self.embed_timed(images, stage)[0]
+
+    def embed_timed(
+        self, images: torch.Tensor, stage: EncoderStage | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """:meth:`embed` and the seconds embedding them costs (through the memo, if any)."""
+        stage = stage or self.encoding
+        if self.memo is not None:
+            return self.memo.embed(stage, images, self.device)
+        start = time.perf_counter()
+        return stage.embed(images, device=self.device), time.perf_counter() - start
+
     def _embed(self, stage: EncoderStage) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            stage.embed(self.train_images, device=self.device),
-            stage.embed(self.val_images, device=self.device),
-        )
+        return self.embed(self.train_images, stage), self.embed(self.val_images, stage)
 
     def encoded(self) -> Encoded:
         """The encoder stage, from the cache or trained now (and cached), with the latents of

@@ -31,7 +31,7 @@ from flowkit.bench.suite import Cell
 from flowkit.data.protocols import Split
 from flowkit.executors import Job
 from flowkit.metrics import detection_metrics, ood_metrics
-from flowkit.pipeline import StagePipeline
+from flowkit.pipeline import LatentMemo, StagePipeline
 from flowkit.registry import encoders, flows, scorers
 from flowkit.spec import Spec
 
@@ -67,6 +67,7 @@ def unit_pipeline(
         cache=sink,
         encoder_key=cell.encoder_key,
         progress=progress,
+        memo=FROZEN_LATENTS,
     )
 
 
@@ -80,9 +81,8 @@ class TestLatents:
 
 
 def embed_test(path: StagePipeline, split: Split) -> TestLatents:
-    start = time.perf_counter()
-    z = path.encoding.embed(split.test.images, device=path.device)
-    return TestLatents(split.test.images, z, time.perf_counter() - start)
+    z, seconds = path.embed_timed(split.test.images)
+    return TestLatents(split.test.images, z, seconds)
 
 
 def _run_flow_group(
@@ -166,6 +166,8 @@ def _run_flow_group(
 #: How many of the most and of the least anomalous test images each cell keeps, for the
 #: report's image grids (so a user can see what the model flags).
 EXTREMES = 8
+#: This process's latents of frozen encoders, shared by its units (every held-out class).
+FROZEN_LATENTS = LatentMemo()
 
 
 def extremes(
