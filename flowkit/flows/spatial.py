@@ -49,6 +49,10 @@ MapShapes = tuple[tuple[int, int, int], ...]
 #: Query positions and memory-bank rows compared at a time (bounds patchknn's memory).
 KNN_CHUNK = 1024
 BANK_CHUNK = 4096
+#: patchknn's distances between patch vectors.
+METRICS = ("euclidean", "cosine", "euclidean+cosine")
+#: Random pairs of training patches that set euclidean+cosine's two scales.
+PAIRS = 20000
 
 
 def check_maps(maps: Any, name: str) -> MapShapes:
@@ -194,24 +198,53 @@ class PatchFlow(SpatialFlow):
 class PatchKNN(SpatialFlow):
     """The distance of each patch vector to its nearest training patch of the same scale
     (all of them, or ``bank`` drawn at random with ``seed``), as ``log p = -d² / 2`` up to
-    the Gaussian kernel's constant. Nothing to train: :meth:`initialize` keeps the bank."""
+    the Gaussian kernel's constant. Nothing to train: :meth:`initialize` keeps the bank.
 
-    def __init__(self, maps: Sequence[Sequence[int]], bank: int = 0, seed: int = 0) -> None:
+    ``metric``: ``euclidean``; ``cosine`` scales the patch vectors to unit length first
+    (``d² = 2 - 2 cos``: their direction is compared, not their magnitude);
+    ``euclidean+cosine`` averages the two, each divided by its mean between two training
+    patches drawn at random (so neither dominates), times ``C`` (a per-channel scale like
+    the others')."""
+
+    def __init__(
+        self,
+        maps: Sequence[Sequence[int]],
+        bank: int = 0,
+        seed: int = 0,
+        metric: str = "euclidean",
+    ) -> None:
         super().__init__(maps, "patchknn")
         if bank < 0:
             raise ConfigError(f"patchknn: bank must be 0 (every patch) or positive, got {bank}")
-        self.bank, self.seed = int(bank), int(seed)
+        if metric not in METRICS:
+            raise ConfigError(f"patchknn: metric must be one of {METRICS}, got {metric!r}")
+        self.bank, self.seed, self.metric = int(bank), int(seed), metric
+        self.fused = metric == "euclidean+cosine"
         for k, (c, _, _) in enumerate(self.maps):
             self.register_buffer(f"bank_{k}", torch.zeros(0, c))
+            if self.fused:  # the two distances' typical sizes
+                self.register_buffer(f"scale_{k}", torch.ones(2))
 
     @torch.no_grad()
     def initialize(self, z: torch.Tensor) -> None:
         gen = torch.Generator().manual_seed(self.seed)
         for k, f in enumerate(self.split(z)):
             rows = _rows(f.detach())
+            if self.metric == "cosine":
+                rows = nn.functional.normalize(rows, dim=1)
             if self.bank and len(rows) > self.bank:
                 rows = rows[torch.randperm(len(rows), generator=gen)[: self.bank].to(rows.device)]
             setattr(self, f"bank_{k}", rows.contiguous())
+            if self.fused:
+                i, j = torch.randint(len(rows), (2, PAIRS), generator=gen).to(rows.device)
+                unit = nn.functional.normalize(rows, dim=1)
+                scale = torch.stack(
+                    [
+                        ((rows[i] - rows[j]) ** 2).sum(1).mean(),
+                        ((unit[i] - unit[j]) ** 2).sum(1).mean(),
+                    ]
+                )
+                getattr(self, f"scale_{k}").copy_(scale.clamp_min(1e-12))
 
     def _load_from_state_dict(self, state: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         for k in range(len(self.maps)):  # the bank's size is the saved one's
@@ -222,16 +255,23 @@ class PatchKNN(SpatialFlow):
 
     def log_prob_maps(self, z: torch.Tensor) -> list[torch.Tensor]:
         out = []
-        for k, f in enumerate(self.split(z)):
+        nearest_fn = _nearest if torch.compiler.is_exporting() else _nearest_blocked
+        for k, f in enumerate(self.split(z)):  # (the export: one product, a dynamic batch)
             b, c, h, w = f.shape
             bank = getattr(self, f"bank_{k}")
             if not len(bank):
                 raise ConfigError("patchknn has no memory bank: fit it on training latents first")
             rows = _rows(f)
-            if torch.compiler.is_exporting():  # one product: the batch stays dynamic
-                nearest = _nearest(rows, bank)
+            if self.metric == "euclidean":
+                nearest = nearest_fn(rows, bank)
+            elif self.metric == "cosine":
+                nearest = nearest_fn(nn.functional.normalize(rows, dim=1), bank)
             else:
-                nearest = _nearest_blocked(rows, bank)
+                scale = getattr(self, f"scale_{k}")
+                unit = nn.functional.normalize
+                euclid = nearest_fn(rows, bank) / scale[0]
+                cosine = nearest_fn(unit(rows, dim=1), unit(bank, dim=1)) / scale[1]
+                nearest = 0.5 * c * (euclid + cosine)
             lp = -0.5 * nearest - 0.5 * c * math.log(2 * math.pi)
             out.append(lp.reshape(b, h, w))
         return out
@@ -283,7 +323,11 @@ def patchflow(
 
 
 def patchknn(
-    features: int, maps: Sequence[Sequence[int]] = (), bank: int = 0, seed: int = 0
+    features: int,
+    maps: Sequence[Sequence[int]] = (),
+    bank: int = 0,
+    seed: int = 0,
+    metric: str = "euclidean",
 ) -> PatchKNN:
     """Nearest-training-patch distance per position (PatchCore's memory bank, no coreset).
 
@@ -292,8 +336,10 @@ def patchknn(
         maps: the ``(C, h, w)`` of each map (set from the encoder).
         bank: keep this many training patches per scale, drawn at random (0: all).
         seed: the draw's seed.
+        metric: euclidean; cosine (unit-length patch vectors: direction, not magnitude); or
+            euclidean+cosine (both, each over its typical size between training patches).
     """
-    flow = PatchKNN(maps, bank, seed)
+    flow = PatchKNN(maps, bank, seed, metric)
     _check_features(flow, features)
     return flow
 
