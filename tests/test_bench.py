@@ -201,6 +201,12 @@ def test_reference_figures_are_labelled():
     from flowkit.bench.report import _reference_columns, load_reference
 
     ref = load_reference()
+    # one-class runs get the published one-class means, labelled, on CIFAR-10's classes only
+    from flowkit.bench.report import _published_one_class
+
+    line = _published_one_class("folder", ref, [("0", "airplane"), ("3", "cat")])
+    assert "PANDA 0.962" in line[0] and "not re-checked" in line[2]
+    assert _published_one_class("folder", ref, [("0", "zero"), ("1", "one")]) == []
     names, cols, notes = _reference_columns("cifar10", ref, [("2", "bird"), ("1", "car")])
     assert cols["GANomaly (published)"] == ["0.510", "0.631†"]  # bird verified, car not
     assert cols["Skip-GANomaly (published)"] == ["0.448†", "0.953"]

@@ -51,6 +51,19 @@ def load_reference() -> dict[str, Any]:
     return tomllib.loads(path.read_text())
 
 
+def _published_one_class(
+    dataset: str, ref: dict[str, Any], targets: list[tuple[str, str]]
+) -> list[str]:
+    """The published one-class means for this dataset's classes (CIFAR-10), as a line."""
+    table, _ = published_table(dataset, ref, targets)
+    figures = (table or {}).get("one_class")
+    if not figures:
+        return []
+    shown = ", ".join(f"{name} {auc:.3f}" for name, auc in figures.items())
+    return [f"Published one-class mean ROC AUC (full training sets): {shown}.", "",
+            f"_{table.get('one_class_note', '')}_", ""]  # fmt: skip
+
+
 def _reference_columns(
     dataset: str, ref: dict[str, Any], targets: list[tuple[str, str]]
 ) -> tuple[list[str], dict[str, list[str]], list[str]]:
@@ -201,6 +214,7 @@ def _dataset_section(
     }
     rows.append(["**mean**"] + [f"**{means[c]:.3f}**" for c in combos] + ["" for _ in ref_names])
     md += [_markdown_table(header, rows), ""]
+    md += _published_one_class(dataset, ref, targets) if protocol == "one-class" else []
     titles = {
         "aupr_in": "AUPR-in (in-distribution positive)",
         "aupr_out": "AUPR-out (OOD positive)",
