@@ -100,8 +100,8 @@ def test_patchknn_euclidean_plus_cosine_averages_the_two_each_over_its_scale():
     flow.initialize(torch.tensor([[1.0, 0.0, 0.0, 2.0]]))  # patches (1,0), (0,2)
     # the scales: mean squared distance between random training patches (half the pairs
     # are the same patch): (1+4)/2 apart, and 2/2 as unit vectors
-    torch.testing.assert_close(flow.scale_0, torch.tensor([2.5, 1.0]), atol=0.08, rtol=0)
-    flow.scale_0.copy_(torch.tensor([2.0, 0.5]))
+    torch.testing.assert_close(flow.scales[0], torch.tensor([2.5, 1.0]), atol=0.08, rtol=0)
+    flow.scales[0] = torch.tensor([2.0, 0.5])
     z = torch.tensor([[3.0, 1.0, 0.0, 1.0]])  # (3,0): 4 and 0 away; (1,1): 1 and 2 - √2
     (lp,) = flow.log_prob_maps(z)
     fused = 0.5 * 2 * torch.tensor([4 / 2 + 0 / 0.5, 1 / 2 + (2 - math.sqrt(2)) / 0.5])

@@ -222,8 +222,8 @@ class PatchKNN(SpatialFlow):
         self.fused = metric == "euclidean+cosine"
         for k, (c, _, _) in enumerate(self.maps):
             self.register_buffer(f"bank_{k}", torch.zeros(0, c))
-            if self.fused:  # the two distances' typical sizes
-                self.register_buffer(f"scale_{k}", torch.ones(2))
+        if self.fused:  # the two distances' typical sizes, per scale
+            self.register_buffer("scales", torch.ones(len(self.maps), 2))
 
     @torch.no_grad()
     def initialize(self, z: torch.Tensor) -> None:
@@ -244,7 +244,7 @@ class PatchKNN(SpatialFlow):
                         ((unit[i] - unit[j]) ** 2).sum(1).mean(),
                     ]
                 )
-                getattr(self, f"scale_{k}").copy_(scale.clamp_min(1e-12))
+                self.scales[k] = scale.clamp_min(1e-12)
 
     def _load_from_state_dict(self, state: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         for k in range(len(self.maps)):  # the bank's size is the saved one's
@@ -267,7 +267,7 @@ class PatchKNN(SpatialFlow):
             elif self.metric == "cosine":
                 nearest = nearest_fn(nn.functional.normalize(rows, dim=1), bank)
             else:
-                scale = getattr(self, f"scale_{k}")
+                scale = self.scales[k]
                 unit = nn.functional.normalize
                 euclid = nearest_fn(rows, bank) / scale[0]
                 cosine = nearest_fn(unit(rows, dim=1), unit(bank, dim=1)) / scale[1]
