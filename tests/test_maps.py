@@ -372,7 +372,7 @@ def test_the_bench_reports_pixel_metrics_per_defect_type(tmp_path, blotches):
     [
         ("defects", "patchknn:metric=euclidean+cosine", "map_topk", 256),
         # CIFAR-10 is measured at its own 32 px; photographs load at the backbone's 224
-        ("pretrained", "gaussian", "nll+knn:k=2,metric=cosine", 32),
+        ("pretrained", "gaussian", "knn:k=2,metric=cosine", 32),
     ],
 )
 def test_a_pretrained_preset_is_its_suites_measured_cell(name, flow, scorer, image_size):

@@ -310,8 +310,8 @@ def test_train_preset_defects_then_score_maps_at_each_images_size(tmp_path):
 
 
 def test_train_preset_pretrained_on_a_photo_folder_then_score(tmp_path):
-    """flowkit train --preset pretrained: the frozen ImageNet Lite0's pooled features, a
-    Gaussian's NLL fused with the cosine kNN distance, on a folder of colour images with
+    """flowkit train --preset pretrained: the frozen ImageNet Lite0's pooled features (160 px
+    input) and the cosine kNN distance, on a folder of colour images with
     one class held out; the model file scores files."""
     from PIL import Image
 
@@ -335,8 +335,8 @@ def test_train_preset_pretrained_on_a_photo_folder_then_score(tmp_path):
     assert res.exit_code == 0, res.output
     assert "test ROC AUC" in res.output
     det = flowkit.Detector.load(model)
-    assert det.encoder.startswith("timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0")
-    assert det.scorer == "nll+knn:k=2,metric=cosine" and det.input_shape_ == (3, 224, 224)
+    assert det.encoder == "timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0,input_size=160"
+    assert det.scorer == "knn:k=2,metric=cosine" and det.input_shape_ == (3, 160, 160)
     res = CliRunner().invoke(app, ["score", str(model), str(tmp_path / "photos" / "stripes")])
     assert res.exit_code == 0, res.output
     assert "6 of 6 image(s) flagged as anomalies" in res.output  # the held-out class
