@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["plot_dataset"]
 
 MAX_PANELS = 10
+#: The figures drawn per combination from its cells' score files (the key part naming each).
+FIGURES = ("hist", "extremes", "maps")
 
 
 def _figure_bytes(fig: Any) -> bytes:
@@ -100,21 +102,23 @@ def plot_dataset(
             key=lambda r: (r["config"]["seed"], str(r["config"]["target"])),
         )
         if recs:
+            keys = {k: f"{dataset}-{protocol}-{k}-{_slug(combo)}" for k in FIGURES}
             # a figure whose cells' scores are gone (a results folder kept without its
             # scores/) keeps the file an earlier run drew instead of being drawn empty
             scored = [r for r in recs if store.scores_path(r["cell_id"]).exists()]
-            for kind in ("hist", "extremes", "maps"):
-                key = f"{dataset}-{protocol}-{kind}-{_slug(combo)}"
-                figure = None
-                if scored and kind == "hist":
-                    figure = _histograms(store, dataset, protocol, combo, scored, key, label)
-                elif scored and kind == "extremes":
-                    figure = _extremes(store, combo, scored, key, label)
-                elif scored:
-                    figure = _map_grid(store, combo, scored[0], key, label)
+            drawn = {}
+            if scored:
+                drawn = {
+                    "hist": _histograms(
+                        store, dataset, protocol, combo, scored, keys["hist"], label
+                    ),
+                    "extremes": _extremes(store, combo, scored, keys["extremes"], label),
+                    "maps": _map_grid(store, combo, scored[0], keys["maps"], label),
+                }
+            for kind, key in keys.items():
                 kept = store.root / f"{key}.png"
-                if figure is not None or kept.exists():
-                    paths[key] = figure or kept
+                if drawn.get(kind) is not None or kept.exists():
+                    paths[key] = drawn.get(kind) or kept
     return paths
 
 
