@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import flowkit
 from flowkit.cli import app
 from flowkit.errors import ConfigError, ModelFileError
+from flowkit.flows import spatial
 from flowkit.flows.spatial import patchflow, patchknn, positional_encoding
 from flowkit.heatmaps import COLOURS, heatmap_rgb, resize_map
 from flowkit.maps import MapHead
@@ -109,6 +110,27 @@ def test_patchknn_euclidean_plus_cosine_averages_the_two_each_over_its_scale():
     other = patchknn(4, maps=[[2, 1, 2]], metric="euclidean+cosine")  # the scales travel
     other.load_state_dict(flow.state_dict())
     assert torch.equal(other.log_prob(z), flow.log_prob(z))
+
+
+@pytest.mark.parametrize("blocked", [True, False])
+def test_both_distances_from_one_product_equal_two_searches(blocked, monkeypatch):
+    # small blocks, so that queries and bank rows span several; a zero row in each
+    monkeypatch.setattr(spatial, "KNN_CHUNK", 3)
+    monkeypatch.setattr(spatial, "BANK_CHUNK", 4)
+    gen = torch.Generator().manual_seed(0)
+    q, bank = torch.randn(10, 5, generator=gen), torch.randn(11, 5, generator=gen)
+    q[2], bank[7] = 0.0, 0.0
+    nearest = spatial._nearest_blocked if blocked else spatial._nearest
+    unit = torch.nn.functional.normalize
+    euclid, cosine = nearest(q, bank, with_cosine=True)
+    expected = torch.cdist(q.double(), bank.double()).square().amin(1).float()
+    torch.testing.assert_close(euclid, expected, rtol=1e-5, atol=1e-5)
+    unit_q, unit_b = unit(q.double(), dim=1), unit(bank.double(), dim=1)
+    torch.testing.assert_close(
+        cosine, torch.cdist(unit_q, unit_b).square().amin(1).float(), rtol=1e-5, atol=1e-5
+    )
+    assert cosine[2] == 0.0  # normalize keeps zero rows zero: the two zero rows coincide
+    torch.testing.assert_close(nearest(q, bank), euclid)
 
 
 def test_patchflow_gives_a_map_per_scale_whose_sum_is_log_prob():

@@ -266,35 +266,56 @@ class PatchKNN(SpatialFlow):
                 nearest = nearest_fn(rows, bank)
             elif self.metric == "cosine":
                 nearest = nearest_fn(nn.functional.normalize(rows, dim=1), bank)
-            else:
+            else:  # both distances from one product per block
+                euclid, cosine = nearest_fn(rows, bank, with_cosine=True)
                 scale = self.scales[k]
-                unit = nn.functional.normalize
-                euclid = nearest_fn(rows, bank) / scale[0]
-                cosine = nearest_fn(unit(rows, dim=1), unit(bank, dim=1)) / scale[1]
-                nearest = 0.5 * c * (euclid + cosine)
+                nearest = 0.5 * c * (euclid / scale[0] + cosine / scale[1])
             lp = -0.5 * nearest - 0.5 * c * math.log(2 * math.pi)
             out.append(lp.reshape(b, h, w))
         return out
 
 
-def _nearest(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """The squared distance of each row of ``q`` to its nearest row of ``bank``."""
-    d = (q * q).sum(1, keepdim=True) - 2 * q @ bank.T + (bank * bank).sum(1)
-    return d.amin(1).clamp_min(0.0)
+def _norms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's squared length, the inverse of its length as ``F.normalize`` divides by it
+    (at least 1e-12), and the squared length of the row so scaled (1, or 0 for a zero row)."""
+    sq = (x * x).sum(1)
+    inv = sq.sqrt().clamp_min(1e-12).reciprocal()
+    return sq, inv, sq * inv * inv
 
 
-def _nearest_blocked(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+def _nearest(q: torch.Tensor, bank: torch.Tensor, with_cosine: bool = False) -> Any:
+    """The squared distance of each row of ``q`` to its nearest row of ``bank``; with
+    ``with_cosine``, also that of the unit-length rows (``F.normalize``), from the same
+    product ``q @ bank.T``."""
+    p = q @ bank.T
+    euclid = (((bank * bank).sum(1) - 2 * p).amin(1) + (q * q).sum(1)).clamp_min(0.0)
+    if not with_cosine:
+        return euclid
+    (_, inv_q, unit_q), (_, inv_b, unit_b) = _norms(q), _norms(bank)
+    cosine = (unit_b - 2 * p * inv_b * inv_q[:, None]).amin(1) + unit_q
+    return euclid, cosine.clamp_min(0.0)
+
+
+def _nearest_blocked(q: torch.Tensor, bank: torch.Tensor, with_cosine: bool = False) -> Any:
     """:func:`_nearest` in blocks of :data:`KNN_CHUNK` queries × :data:`BANK_CHUNK` bank rows:
     the same numbers, in bounded memory, about three times faster on a CPU than whole rows
     of distances (each block stays in cache; ``benchmarks/EXPERIMENTS.md``)."""
-    sq_bank = (bank * bank).sum(1)
-    best = torch.full((len(q),), float("inf"), dtype=q.dtype, device=q.device)
+    (sq_q, inv_q, unit_q), (sq_b, inv_b, unit_b) = _norms(q), _norms(bank)
+    best = torch.full((2, len(q)), float("inf"), dtype=q.dtype, device=q.device)
     for j in range(0, len(bank), BANK_CHUNK):
-        block, sq = bank[j : j + BANK_CHUNK], sq_bank[j : j + BANK_CHUNK]
+        block, sq, inv, unit = (t[j : j + BANK_CHUNK] for t in (bank, sq_b, inv_b, unit_b))
         for i in range(0, len(q), KNN_CHUNK):
-            d = torch.addmm(sq, q[i : i + KNN_CHUNK], block.T, alpha=-2).amin(1)
-            torch.minimum(best[i : i + KNN_CHUNK], d, out=best[i : i + KNN_CHUNK])
-    return (best + (q * q).sum(1)).clamp_min(0.0)
+            rows = slice(i, i + KNN_CHUNK)
+            if not with_cosine:
+                d = torch.addmm(sq, q[rows], block.T, alpha=-2).amin(1)
+                torch.minimum(best[0, rows], d, out=best[0, rows])
+                continue
+            p = q[rows] @ block.T
+            torch.minimum(best[0, rows], torch.add(sq, p, alpha=-2).amin(1), out=best[0, rows])
+            p.mul_(inv).mul_(inv_q[rows, None])
+            torch.minimum(best[1, rows], torch.add(unit, p, alpha=-2).amin(1), out=best[1, rows])
+    euclid = (best[0] + sq_q).clamp_min(0.0)
+    return (euclid, (best[1] + unit_q).clamp_min(0.0)) if with_cosine else euclid
 
 
 def patchflow(
