@@ -237,12 +237,10 @@ class PatchKNN(SpatialFlow):
             setattr(self, f"bank_{k}", rows.contiguous())
             if self.fused:
                 i, j = torch.randint(len(rows), (2, PAIRS), generator=gen).to(rows.device)
-                unit = nn.functional.normalize(rows, dim=1)
+                a, b = rows[i], rows[j]  # only the drawn pairs are scaled to unit length
+                unit_a, unit_b = (nn.functional.normalize(x, dim=1) for x in (a, b))
                 scale = torch.stack(
-                    [
-                        ((rows[i] - rows[j]) ** 2).sum(1).mean(),
-                        ((unit[i] - unit[j]) ** 2).sum(1).mean(),
-                    ]
+                    [((a - b) ** 2).sum(1).mean(), ((unit_a - unit_b) ** 2).sum(1).mean()]
                 )
                 self.scales[k] = scale.clamp_min(1e-12)
 
@@ -275,23 +273,23 @@ class PatchKNN(SpatialFlow):
         return out
 
 
-def _norms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each row's squared length, the inverse of its length as ``F.normalize`` divides by it
-    (at least 1e-12), and the squared length of the row so scaled (1, or 0 for a zero row)."""
-    sq = (x * x).sum(1)
+def _unit_terms(sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From rows' squared lengths: the inverse of each length as ``F.normalize`` divides by
+    it (at least 1e-12), and the squared length of the row so scaled (1, or 0 for a zero
+    row)."""
     inv = sq.sqrt().clamp_min(1e-12).reciprocal()
-    return sq, inv, sq * inv * inv
+    return inv, sq * inv * inv
 
 
 def _nearest(q: torch.Tensor, bank: torch.Tensor, with_cosine: bool = False) -> Any:
     """The squared distance of each row of ``q`` to its nearest row of ``bank``; with
     ``with_cosine``, also that of the unit-length rows (``F.normalize``), from the same
     product ``q @ bank.T``."""
-    p = q @ bank.T
-    euclid = (((bank * bank).sum(1) - 2 * p).amin(1) + (q * q).sum(1)).clamp_min(0.0)
+    sq_q, sq_b, p = (q * q).sum(1), (bank * bank).sum(1), q @ bank.T
+    euclid = ((sq_b - 2 * p).amin(1) + sq_q).clamp_min(0.0)
     if not with_cosine:
         return euclid
-    (_, inv_q, unit_q), (_, inv_b, unit_b) = _norms(q), _norms(bank)
+    (inv_q, unit_q), (inv_b, unit_b) = _unit_terms(sq_q), _unit_terms(sq_b)
     cosine = (unit_b - 2 * p * inv_b * inv_q[:, None]).amin(1) + unit_q
     return euclid, cosine.clamp_min(0.0)
 
@@ -300,20 +298,22 @@ def _nearest_blocked(q: torch.Tensor, bank: torch.Tensor, with_cosine: bool = Fa
     """:func:`_nearest` in blocks of :data:`KNN_CHUNK` queries × :data:`BANK_CHUNK` bank rows:
     the same numbers, in bounded memory, about three times faster on a CPU than whole rows
     of distances (each block stays in cache; ``benchmarks/EXPERIMENTS.md``)."""
-    (sq_q, inv_q, unit_q), (sq_b, inv_b, unit_b) = _norms(q), _norms(bank)
-    best = torch.full((2, len(q)), float("inf"), dtype=q.dtype, device=q.device)
+    sq_q, sq_b = (q * q).sum(1), (bank * bank).sum(1)
+    (inv_q, unit_q), (inv_b, unit_b) = _unit_terms(sq_q), _unit_terms(sq_b)
+    best = torch.full((1 + with_cosine, len(q)), float("inf"), dtype=q.dtype, device=q.device)
     for j in range(0, len(bank), BANK_CHUNK):
         block, sq, inv, unit = (t[j : j + BANK_CHUNK] for t in (bank, sq_b, inv_b, unit_b))
         for i in range(0, len(q), KNN_CHUNK):
             rows = slice(i, i + KNN_CHUNK)
-            if not with_cosine:
-                d = torch.addmm(sq, q[rows], block.T, alpha=-2).amin(1)
-                torch.minimum(best[0, rows], d, out=best[0, rows])
-                continue
-            p = q[rows] @ block.T
-            torch.minimum(best[0, rows], torch.add(sq, p, alpha=-2).amin(1), out=best[0, rows])
-            p.mul_(inv).mul_(inv_q[rows, None])
-            torch.minimum(best[1, rows], torch.add(unit, p, alpha=-2).amin(1), out=best[1, rows])
+            if with_cosine:  # the product serves both distances
+                p = q[rows] @ block.T
+                d = torch.add(sq, p, alpha=-2)
+            else:
+                d = torch.addmm(sq, q[rows], block.T, alpha=-2)
+            torch.minimum(best[0, rows], d.amin(1), out=best[0, rows])
+            if with_cosine:
+                c = torch.add(unit, p.mul_(inv).mul_(inv_q[rows, None]), alpha=-2)
+                torch.minimum(best[1, rows], c.amin(1), out=best[1, rows])
     euclid = (best[0] + sq_q).clamp_min(0.0)
     return (euclid, (best[1] + unit_q).clamp_min(0.0)) if with_cosine else euclid
 
