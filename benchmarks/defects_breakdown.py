@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 import flowkit
 from flowkit.config import PRESET_IMAGE_SIZE
-from flowkit.metrics import localization_metrics, pixel_auc, pro_score
+from flowkit.metrics import image_pixel_aucs, localization_metrics, pixel_auc, pro_score
 
 
 def image_score(maps: np.ndarray) -> np.ndarray:
@@ -76,9 +75,10 @@ def breakdown(masks: np.ndarray, maps: np.ndarray, types: np.ndarray) -> list[st
         f"| good | {int((types == 'good').sum())} | | | {np.median(rank[types == 'good']):.0%} |"
     )
     own_median = {}
+    own_all = image_pixel_aucs(masks, maps)
     for kind in kinds:
-        idx = [i for i in np.flatnonzero(types == kind) if 0 < masks[i].mean() < 1]
-        own = np.array([roc_auc_score(masks[i].ravel(), maps[i].ravel()) for i in idx])
+        own = own_all[types == kind]
+        own = own[~np.isnan(own)]
         own_median[kind] = float(np.median(own))
         lines.append(
             f"| {kind} | {int((types == kind).sum())} | {own_median[kind]:.3f} "

@@ -12,6 +12,7 @@ __all__ = [
     "detection_metrics",
     "ood_metrics",
     "pixel_auc",
+    "image_pixel_aucs",
     "pro_curve",
     "pro_score",
     "localization_metrics",
@@ -79,6 +80,18 @@ def pixel_auc(masks: np.ndarray, maps: np.ndarray) -> float:
     return float(roc_auc_score(m.ravel(), a.ravel()))
 
 
+def image_pixel_aucs(masks: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Each image's own pixel ROC AUC: its defect pixels against its other pixels, NaN for
+    an image without both. Where inside an image the map is high, whatever its level against
+    other images (which the pooled :func:`pixel_auc` mixes in)."""
+    m, a = _pixels(masks, maps)
+    out = np.full(len(m), np.nan)
+    for i, (mask, amap) in enumerate(zip(m, a, strict=True)):
+        if mask.any() and not mask.all():
+            out[i] = roc_auc_score(mask.ravel(), amap.ravel())
+    return out
+
+
 def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The per-region-overlap curve: for every threshold on the maps (highest first), the
     false-positive rate over defect-free pixels and the mean, over every connected defect
@@ -138,8 +151,11 @@ def localization_metrics(
     normal: str = "good",
 ) -> dict[str, object]:
     """Image ROC AUC, pixel ROC AUC and PRO over the whole test set, and per defect type
-    (each type's images against every normal test image)."""
+    (each type's images against every normal test image), with the median over the type's
+    images of each one's own pixel ROC AUC (:func:`image_pixel_aucs`; None if no image of
+    the type has both defect and defect-free pixels)."""
     m, a = _pixels(masks, maps)
+    own = image_pixel_aucs(m, a)
     types = np.asarray(defect_types)
     is_normal = types == normal
     s = np.asarray(image_scores, dtype=np.float64)
@@ -155,7 +171,13 @@ def localization_metrics(
             "auc": float(roc_auc_score(types[pick] == kind, s[pick])),
             "pixel_auc": pixel_auc(m[pick], a[pick]),
             "pro": pro_score(m[pick], a[pick]),
+            "own_pixel_auc": _median_or_none(own[types == kind]),
             "images": int((types == kind).sum()),
         }
     out["per_type"] = per_type
     return out
+
+
+def _median_or_none(values: np.ndarray) -> float | None:
+    kept = values[~np.isnan(values)]
+    return float(np.median(kept)) if len(kept) else None

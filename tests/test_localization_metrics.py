@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from flowkit.errors import DataError
-from flowkit.metrics import localization_metrics, pixel_auc, pro_curve, pro_score
+from flowkit.metrics import (
+    image_pixel_aucs,
+    localization_metrics,
+    pixel_auc,
+    pro_curve,
+    pro_score,
+)
 
 
 def test_pro_of_one_region_by_hand():
@@ -59,9 +65,15 @@ def test_localization_metrics_per_defect_type():
     out = localization_metrics(
         masks, maps, [0.1, 0.2, 0.9, 0.15], ["good", "good", "hole", "crack"]
     )
-    assert out["per_type"]["hole"] == {"auc": 1.0, "pixel_auc": 1.0, "pro": 1.0, "images": 1}
+    assert out["per_type"]["hole"] == {
+        "auc": 1.0,
+        "pixel_auc": 1.0,
+        "pro": 1.0,
+        "own_pixel_auc": 1.0,
+        "images": 1,
+    }
     crack = out["per_type"]["crack"]
-    assert crack["auc"] == 0.5
+    assert crack["auc"] == 0.5 and crack["own_pixel_auc"] == 0.0
     # by hand: 12 of the 44 normal pixels (value 1) come first, FPR 3/11 at PRO 0; then all
     # at 0, FPR 1 at PRO 1. At FPR 0.3 the curve is (0.3 - 3/11) / (8/11) = 0.0375 high: the
     # area up to 0.3 is that triangle, normalised by 0.3
@@ -76,3 +88,23 @@ def test_bad_masks_and_maps_are_one_line():
         pro_score(np.zeros((1, 4, 4), bool), np.zeros((1, 4, 4)))
     with pytest.raises(DataError, match="NaN"):
         pixel_auc(np.eye(4, dtype=bool)[None], np.full((1, 4, 4), np.nan))
+
+
+def test_each_images_own_pixel_auc_ignores_the_level_of_other_images():
+    masks = np.zeros((4, 4, 4), bool)
+    masks[1, 0] = True  # a defect in the top row
+    masks[2, :, 0] = True  # a defect in the left column
+    masks[3] = True  # all defect: no own AUC
+    maps = np.zeros((4, 4, 4))
+    maps[1] = 10.0 + np.arange(4)[::-1, None]  # raised, highest at the top: ranks its defect
+    maps[2] = np.arange(4)[None, :] / 10  # low, highest at the right: the wrong side
+    own = image_pixel_aucs(masks, maps)
+    assert np.isnan(own[0]) and np.isnan(own[3])
+    assert own[1] == 1.0 and own[2] == 0.0
+    out = localization_metrics(masks[:3], maps[:3], [0.0, 1.0, 1.0], ["good", "top", "left"])
+    assert out["per_type"]["top"]["own_pixel_auc"] == 1.0
+    assert out["per_type"]["left"]["own_pixel_auc"] == 0.0
+    only_full = localization_metrics(
+        masks[[0, 1, 3]], maps[[0, 1, 3]], [0, 1, 1], ["good", "a", "b"]
+    )
+    assert only_full["per_type"]["b"]["own_pixel_auc"] is None

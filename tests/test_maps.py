@@ -5,6 +5,7 @@ the bench's pixel metrics, end to end on synthetic blotches (tests/map_encoder.p
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -382,10 +383,13 @@ def test_the_bench_reports_pixel_metrics_per_defect_type(tmp_path, blotches):
         assert rec["per_type"]["Blotch"]["images"] == 8
     knn = next(r for r in records if r["config"]["flow"] == "patchknn")
     assert knn["metrics"]["pixel_auc"] > 0.9 and knn["metrics"]["auc"] > 0.9
+    assert knn["per_type"]["Blotch"]["own_pixel_auc"] > 0.9  # inside each image, too
     paths = write_report(tmp_path / "run")
     text = paths["markdown"].read_text()
     assert "Pixel ROC AUC" in text and "PRO (per-region overlap" in text
-    assert "Per defect type" in text and "| Blotch |" in text
+    assert "Per defect type" in text and "each image's own pixel AUC" in text
+    blotch = next(line for line in text.splitlines() if line.startswith("| Blotch |"))
+    assert re.search(r"\| \d\.\d{3} / \d\.\d{3} / \d\.\d{3} / \d\.\d{3} \|", blotch)
     assert any("-maps-" in p.name for p in paths.values())
 
 

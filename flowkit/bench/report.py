@@ -277,14 +277,17 @@ def _per_type_table(combos: list[str], records: list[dict[str, Any]]) -> list[st
         for kind, m in r["per_type"].items():
             row = kind if target == "all" else f"{target} / {kind}"
             kinds[row] = None
+            own = m.get("own_pixel_auc")  # records before 2026-12-07 lack it
             cells[(row, combination_label(r))] = (
                 f"{m['auc']:.3f} / {m['pixel_auc']:.3f} / {m['pro']:.3f}"
+                + (f" / {own:.3f}" if own is not None else "")
             )
     rows = [[k] + [cells.get((k, c), "-") for c in combos] for k in kinds]
     return [
         "",
         f"Per defect type, image AUC / pixel AUC / PRO (seed {first}; each type's images "
-        "against every normal test image):",
+        "against every normal test image) / the median of each image's own pixel AUC (its "
+        "defect pixels against its other pixels: where inside an image the map is high):",
         "",
         _markdown_table(["defect type"] + combos, rows),
     ]
