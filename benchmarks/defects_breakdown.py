@@ -3,9 +3,9 @@
 Trains a preset (``defects`` by default) on a dataset with masks, maps every test image and
 prints, from those maps:
 
-- the pooled figures (image AUROC, pixel AUROC, PRO), then the same with each defect type's
-  images left out, one type at a time: a type whose absence lifts pixel AUROC and PRO most
-  is the one that holds them down;
+- the pooled figures (image AUROC from the preset's own image scores, pixel AUROC, PRO),
+  then the same with each defect type's images left out, one type at a time: a type whose
+  absence lifts pixel AUROC and PRO most is the one that holds them down;
 - per type, each defective image's **own** pixel AUROC (its defect pixels against its other
   pixels): the median, and the share of images whose map ranks the region outside the mask
   higher (below 0.5) — where a map cannot tell the defect from the rest of its image;
@@ -37,18 +37,13 @@ from flowkit.config import PRESET_IMAGE_SIZE
 from flowkit.metrics import image_pixel_aucs, localization_metrics, pixel_auc, pro_score
 
 
-def image_score(maps: np.ndarray) -> np.ndarray:
-    """The mean of each map's top 1 % (``map_topk``'s default), for the image AUROC."""
-    flat = maps.reshape(len(maps), -1)
-    k = max(1, int(0.01 * flat.shape[1]))
-    return np.sort(flat, axis=1)[:, -k:].mean(axis=1)
-
-
-def breakdown(masks: np.ndarray, maps: np.ndarray, types: np.ndarray) -> list[str]:
-    """The report's lines (markdown) for test ``masks`` / ``maps`` ``(N, H, W)`` and each
-    image's defect type (``good`` for the defect-free ones)."""
+def breakdown(
+    masks: np.ndarray, maps: np.ndarray, scores: np.ndarray, types: np.ndarray
+) -> list[str]:
+    """The report's lines (markdown) for test ``masks`` / ``maps`` ``(N, H, W)``, each
+    image's score and its defect type (``good`` for the defect-free ones)."""
     lines = []
-    overall = localization_metrics(masks, maps, image_score(maps), types.tolist())
+    overall = localization_metrics(masks, maps, scores, types.tolist())
     lines += [
         "| test set | images | image AUROC | pixel AUROC | PRO |",
         "|---|---|---|---|---|",
@@ -58,7 +53,7 @@ def breakdown(masks: np.ndarray, maps: np.ndarray, types: np.ndarray) -> list[st
     kinds = sorted(set(types.tolist()) - {"good"})
     for kind in kinds:
         keep = types != kind
-        m = localization_metrics(masks[keep], maps[keep], image_score(maps[keep]), types[keep])
+        m = localization_metrics(masks[keep], maps[keep], scores[keep], types[keep].tolist())
         lines.append(
             f"| without {kind} | {int(keep.sum())} | {m['auc']:.3f} | {m['pixel_auc']:.3f} "
             f"| {m['pro']:.3f} |"
@@ -74,17 +69,19 @@ def breakdown(masks: np.ndarray, maps: np.ndarray, types: np.ndarray) -> list[st
     lines.append(
         f"| good | {int((types == 'good').sum())} | | | {np.median(rank[types == 'good']):.0%} |"
     )
-    own_median = {}
-    own_all = image_pixel_aucs(masks, maps)
+    own = image_pixel_aucs(masks, maps)  # NaN for an image without both kinds of pixel
+    own_median = {k: v["own_pixel_auc"] for k, v in overall["per_type"].items()}
     for kind in kinds:
-        own = own_all[types == kind]
-        own = own[~np.isnan(own)]
-        own_median[kind] = float(np.median(own))
+        mine = own[types == kind]
+        median = "-" if own_median[kind] is None else f"{own_median[kind]:.3f}"
         lines.append(
-            f"| {kind} | {int((types == kind).sum())} | {own_median[kind]:.3f} "
-            f"| {(own < 0.5).mean():.0%} | {np.median(rank[types == kind]):.0%} |"
+            f"| {kind} | {int((types == kind).sum())} | {median} "
+            f"| {(mine[~np.isnan(mine)] < 0.5).mean():.0%} | {np.median(rank[types == kind]):.0%} |"
         )
-    weakest = min(own_median, key=own_median.__getitem__)
+    known = {k: v for k, v in own_median.items() if v is not None}
+    if not known:
+        return lines
+    weakest = min(known, key=known.__getitem__)
     placed = maps.copy()
     for i in np.flatnonzero(types == weakest):
         placed[i] = np.where(masks[i], maps[i].max(), maps[i].min())
@@ -113,9 +110,10 @@ def main() -> None:
     start = time.perf_counter()
     det.fit(data.images[~data.is_test])
     fit_s = time.perf_counter() - start
-    maps = np.concatenate(
-        [det.anomaly_map(data.images[data.is_test][i : i + 32]) for i in range(0, test.sum(), 32)]
-    )
+    images = data.images[data.is_test]
+    scored = [det.score(images[i : i + 32], maps=True) for i in range(0, len(images), 32)]
+    maps = np.concatenate([s["anomaly_map"] for s in scored])
+    scores = np.concatenate([s["anomaly_score"] for s in scored])
     masks = data.masks[data.is_test][:, 0].numpy().astype(bool)
     types = np.array([t for t, k in zip(data.defect_types, test, strict=True) if k])
     print(
@@ -123,7 +121,7 @@ def main() -> None:
         f"{int((~test).sum())} training images ({fit_s:.0f} s), {len(types)} test images; "
         f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}\n"
     )
-    print("\n".join(breakdown(masks, maps, types)))
+    print("\n".join(breakdown(masks, maps, scores, types)))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def test_a_type_mapped_outside_its_masks_is_found_and_bounded():
         masks[i, :8] = True
         maps[i] += 0.5
         maps[i, 8:] += 0.3
-    lines = breakdown_mod.breakdown(masks, maps, types)
+    scores = maps.reshape(n, -1).max(axis=1)
+    lines = breakdown_mod.breakdown(masks, maps, scores, types)
     spot, band = _row(lines, "spot"), _row(lines, "band")
     assert spot[2:4] == ["1.000", "0%"] and band[2:4] == ["0.000", "100%"]
     assert 40 <= int(_row(lines, "good")[4].rstrip("%")) <= 60  # like the defect-free images
